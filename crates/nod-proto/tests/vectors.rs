@@ -1,0 +1,339 @@
+//! The macos-auth v1 deterministic vector, reproduced byte for byte.
+
+use nod_proto::keys::PublicKeyFile;
+use nod_proto::{
+    Decision, KeyId, ProtoError, RequestBody, ResponseBody, SignedRequest, SignedResponse,
+    SigningKey, VerifyingKey, frame,
+};
+use serde_json::Value;
+
+const VECTOR: &str = include_str!("vectors/macos-auth-v1/approval.json");
+
+struct Vector {
+    json: Value,
+    host: SigningKey,
+    agent: SigningKey,
+}
+
+fn seed(v: &Value, field: &str) -> [u8; 32] {
+    let mut out = [0; 32];
+    hex::decode_to_slice(v[field].as_str().unwrap(), &mut out).unwrap();
+    out
+}
+
+fn vector() -> Vector {
+    let json: Value = serde_json::from_str(VECTOR).unwrap();
+    Vector {
+        host: SigningKey::from_bytes(&seed(&json, "host_private_key_hex")),
+        agent: SigningKey::from_bytes(&seed(&json, "agent_private_key_hex")),
+        json,
+    }
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+// Mid-way through the vector's lifetimes, so freshness passes.
+const NOW: u64 = 1_700_000_002_000;
+
+fn request(v: &Vector) -> SignedRequest {
+    SignedRequest::from_json(&bytes(&v.json["request"])).unwrap()
+}
+
+fn response(v: &Vector) -> SignedResponse {
+    SignedResponse::from_json(&bytes(&v.json["response"])).unwrap()
+}
+
+fn pinned_agent(v: &Vector) -> Vec<(VerifyingKey, KeyId)> {
+    vec![(v.agent.verifying_key(), KeyId::new("agent-key-1").unwrap())]
+}
+
+#[test]
+fn public_keys_match_the_seeds() {
+    let v = vector();
+    assert_eq!(
+        hex::encode(v.host.verifying_key().as_bytes()),
+        v.json["host_public_key_hex"].as_str().unwrap()
+    );
+    assert_eq!(
+        hex::encode(v.agent.verifying_key().as_bytes()),
+        v.json["agent_public_key_hex"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn request_hash_matches() {
+    let v = vector();
+    let req = request(&v);
+    assert_eq!(
+        hex::encode(req.body.hash()),
+        v.json["request_hash_hex"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn request_signature_is_reproduced() {
+    let v = vector();
+    let req = request(&v);
+    let resigned = req.body.clone().sign(&v.host);
+    assert_eq!(resigned.signature, req.signature);
+}
+
+#[test]
+fn response_signature_is_reproduced() {
+    let v = vector();
+    let resp = response(&v);
+    let resigned = resp.body.clone().sign(&v.agent);
+    assert_eq!(resigned.signature, resp.signature);
+}
+
+#[test]
+fn json_round_trips_to_the_same_value() {
+    let v = vector();
+    let req: Value = serde_json::from_slice(&request(&v).to_json()).unwrap();
+    let resp: Value = serde_json::from_slice(&response(&v).to_json()).unwrap();
+    assert_eq!(req, v.json["request"]);
+    assert_eq!(resp, v.json["response"]);
+}
+
+#[test]
+fn decodes_every_field_of_the_request() {
+    let v = vector();
+    let body: RequestBody = request(&v).body;
+    assert_eq!(body.protocol_version, 1);
+    assert_eq!(body.request_id, "req-test-vector-v1");
+    assert_eq!(body.nonce, [66; 32]);
+    assert_eq!(body.created_at_ms, 1_700_000_000_000);
+    assert_eq!(body.expires_at_ms, 1_700_000_030_000);
+    assert_eq!(body.linux_host_id, "host-abc");
+    assert_eq!(body.linux_hostname, "linux.example.com");
+    assert_eq!(body.pam_service, "sudo");
+    assert_eq!(body.pam_user, "alice");
+    assert_eq!(body.pam_ruser.as_deref(), Some("alice"));
+    assert_eq!(body.pam_rhost, None);
+    assert_eq!(body.pam_tty.as_deref(), Some("pts/3"));
+    assert_eq!(body.sudo_command.as_deref(), Some("/usr/bin/id"));
+    assert_eq!(body.client_pid, Some(12345));
+    assert_eq!(body.key_id, "host-key-1");
+}
+
+#[test]
+fn decodes_every_field_of_the_response() {
+    let v = vector();
+    let body: ResponseBody = response(&v).body;
+    assert_eq!(body.decision, Decision::Approved);
+    assert_eq!(body.auth_method, nod_proto::AuthMethod::BiometricOrWatch);
+    assert_eq!(body.request_hash, request(&v).body.hash());
+    assert_eq!(body.created_at_ms, 1_700_000_001_000);
+    assert_eq!(body.expires_at_ms, 1_700_000_011_000);
+    assert_eq!(body.agent_key_id, "agent-key-1");
+    assert_eq!(body.error_code, None);
+    assert_eq!(body.error_message, None);
+}
+
+#[test]
+fn agent_side_verification_accepts_the_vector_request() {
+    let v = vector();
+    let verified = request(&v)
+        .verify(&v.host.verifying_key(), "host-key-1", NOW, 30_000)
+        .unwrap();
+    assert_eq!(
+        hex::encode(verified.hash()),
+        v.json["request_hash_hex"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn helper_side_verification_accepts_the_vector_response() {
+    let v = vector();
+    let req = request(&v).body;
+    let verified = response(&v)
+        .verify(&pinned_agent(&v), &req, NOW, 30_000)
+        .unwrap();
+    assert_eq!(verified.decision(), Decision::Approved);
+}
+
+#[test]
+fn answering_the_vector_request_reproduces_the_vector_response() {
+    let v = vector();
+    let verified = request(&v)
+        .verify(&v.host.verifying_key(), "host-key-1", NOW, 30_000)
+        .unwrap();
+    let body = ResponseBody::answering(
+        &verified,
+        Decision::Approved,
+        nod_proto::AuthMethod::BiometricOrWatch,
+        "agent-key-1",
+        1_700_000_001_000,
+    );
+    assert_eq!(body.sign(&v.agent), response(&v));
+}
+
+#[test]
+fn rejects_each_tampered_response_field() {
+    let v = vector();
+    let req = request(&v).body;
+    let tamperings: Vec<(&str, Box<dyn Fn(&mut ResponseBody)>)> = vec![
+        ("request_id", Box::new(|b| b.request_id.push('x'))),
+        ("nonce", Box::new(|b| b.nonce[0] ^= 1)),
+        ("request_hash", Box::new(|b| b.request_hash[31] ^= 1)),
+        ("linux_host_id", Box::new(|b| b.linux_host_id.push('x'))),
+        ("pam_service", Box::new(|b| b.pam_service = "su".into())),
+        ("pam_user", Box::new(|b| b.pam_user = "root".into())),
+        ("decision", Box::new(|b| b.decision = Decision::Denied)),
+        (
+            "auth_method",
+            Box::new(|b| b.auth_method = nod_proto::AuthMethod::Unknown),
+        ),
+        ("created_at_ms", Box::new(|b| b.created_at_ms += 1)),
+        ("expires_at_ms", Box::new(|b| b.expires_at_ms += 1)),
+        ("agent_key_id", Box::new(|b| b.agent_key_id.push('x'))),
+        ("error_code", Box::new(|b| b.error_code = Some("x".into()))),
+        (
+            "error_message",
+            Box::new(|b| b.error_message = Some("x".into())),
+        ),
+    ];
+    for (field, tamper) in tamperings {
+        let mut resp = response(&v);
+        tamper(&mut resp.body);
+        let err = resp
+            .verify(&pinned_agent(&v), &req, NOW, 30_000)
+            .unwrap_err();
+        assert_eq!(err, ProtoError::BadSignature, "tampered {field}");
+        assert!(err.is_auth_failure());
+    }
+}
+
+#[test]
+fn rejects_response_signed_by_another_key() {
+    let v = vector();
+    let req = request(&v).body;
+    let forged = response(&v).body.sign(&SigningKey::from_bytes(&[1; 32]));
+    assert_eq!(
+        forged.verify(&pinned_agent(&v), &req, NOW, 30_000),
+        Err(ProtoError::BadSignature)
+    );
+}
+
+#[test]
+fn rejects_response_with_wrong_key_id() {
+    let v = vector();
+    let req = request(&v).body;
+    let pinned = vec![(v.agent.verifying_key(), KeyId::new("other-id").unwrap())];
+    assert!(matches!(
+        response(&v).verify(&pinned, &req, NOW, 30_000),
+        Err(ProtoError::WrongKeyId { .. })
+    ));
+}
+
+#[test]
+fn rejects_response_bound_to_another_request() {
+    let v = vector();
+    let mut other = request(&v).body;
+    other.nonce = [1; 32];
+    assert_eq!(
+        response(&v).verify(&pinned_agent(&v), &other, NOW, 30_000),
+        Err(ProtoError::Mismatch("nonce"))
+    );
+}
+
+#[test]
+fn rejects_expired_and_future_responses() {
+    let v = vector();
+    let req = request(&v).body;
+    assert!(matches!(
+        response(&v).verify(&pinned_agent(&v), &req, 1_700_000_011_001, 30_000),
+        Err(ProtoError::Expired { .. })
+    ));
+    assert!(matches!(
+        response(&v).verify(&pinned_agent(&v), &req, 1_700_000_001_000 - 30_001, 30_000),
+        Err(ProtoError::FromFuture { .. })
+    ));
+}
+
+#[test]
+fn rejects_request_with_bad_signature_or_key_id_or_age() {
+    let v = vector();
+    let host = v.host.verifying_key();
+    let mut tampered = request(&v);
+    tampered.body.pam_user = "root".into();
+    assert_eq!(
+        tampered.verify(&host, "host-key-1", NOW, 30_000).unwrap_err(),
+        ProtoError::BadSignature
+    );
+    assert!(matches!(
+        request(&v).verify(&host, "other", NOW, 30_000),
+        Err(ProtoError::WrongKeyId { .. })
+    ));
+    assert!(matches!(
+        request(&v).verify(&host, "host-key-1", 1_700_000_030_001, 30_000),
+        Err(ProtoError::Expired { .. })
+    ));
+}
+
+#[test]
+fn rejects_unknown_fields_and_wrong_shapes() {
+    let v = vector();
+    let mut extra = v.json["request"].clone();
+    extra["body"]["surprise"] = Value::Bool(true);
+    assert!(matches!(
+        SignedRequest::from_json(&bytes(&extra)),
+        Err(ProtoError::Json(_))
+    ));
+
+    let mut short_nonce = v.json["request"].clone();
+    short_nonce["body"]["nonce"] = serde_json::json!([1, 2, 3]);
+    assert!(SignedRequest::from_json(&bytes(&short_nonce)).is_err());
+
+    let mut long_sig = v.json["response"].clone();
+    long_sig["signature"].as_array_mut().unwrap().push(0.into());
+    assert!(SignedResponse::from_json(&bytes(&long_sig)).is_err());
+
+    let mut v2 = v.json["request"].clone();
+    v2["body"]["protocol_version"] = 2.into();
+    assert_eq!(
+        SignedRequest::from_json(&bytes(&v2)),
+        Err(ProtoError::UnsupportedVersion(2))
+    );
+
+    let mut empty_life = v.json["response"].clone();
+    empty_life["body"]["expires_at_ms"] = empty_life["body"]["created_at_ms"].clone();
+    assert!(SignedResponse::from_json(&bytes(&empty_life)).is_err());
+
+    let mut bad_alg = v.json["request"].clone();
+    bad_alg["body"]["alg"] = "Ed25519".into();
+    assert!(SignedRequest::from_json(&bytes(&bad_alg)).is_err());
+}
+
+#[test]
+fn frames_the_vector_messages() {
+    let v = vector();
+    let payload = request(&v).to_json();
+    let framed = frame::encode(&payload).unwrap();
+    let back = frame::read_frame(&mut &framed[..]).unwrap();
+    assert_eq!(SignedRequest::from_json(&back).unwrap(), request(&v));
+}
+
+#[test]
+fn key_files_in_both_formats_pin_the_vector_keys() {
+    let v = vector();
+    let hex_file = format!(
+        "# agent\npublic_key_hex={}\nkey_id=agent-key-1\n",
+        v.json["agent_public_key_hex"].as_str().unwrap()
+    );
+    let PublicKeyFile { key, key_id } = nod_proto::parse_public_key_file(&hex_file).unwrap();
+    assert_eq!(key, v.agent.verifying_key());
+    assert_eq!(key_id.as_str(), "agent-key-1");
+    let private = format!(
+        "private_key_hex={}\n",
+        v.json["host_private_key_hex"].as_str().unwrap()
+    );
+    assert_eq!(
+        nod_proto::parse_private_key_file(&private)
+            .unwrap()
+            .verifying_key(),
+        v.host.verifying_key()
+    );
+}
