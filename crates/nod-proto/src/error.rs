@@ -92,7 +92,11 @@ impl fmt::Display for ProtoError {
             }
             Self::Closed => f.write_str("connection closed before any reply"),
             Self::Io { kind, started } => {
-                let when = if *started { "mid-frame" } else { "before any byte" };
+                let when = if *started {
+                    "mid-frame"
+                } else {
+                    "before any byte"
+                };
                 write!(f, "i/o error {when}: {kind}")
             }
         }

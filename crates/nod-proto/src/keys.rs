@@ -107,7 +107,9 @@ fn parse_openssh_ed25519(line: &str) -> Result<VerifyingKey, ProtoError> {
         ));
     };
     if b64.len() > 128 {
-        return Err(ProtoError::BadKey("ssh-ed25519 key blob is too long".into()));
+        return Err(ProtoError::BadKey(
+            "ssh-ed25519 key blob is too long".into(),
+        ));
     }
     let blob = STANDARD
         .decode(b64)

@@ -140,7 +140,11 @@ impl RequestBody {
     }
 
     fn check_shape(&self) -> Result<(), ProtoError> {
-        check_common_shape(self.protocol_version, self.created_at_ms, self.expires_at_ms)
+        check_common_shape(
+            self.protocol_version,
+            self.created_at_ms,
+            self.expires_at_ms,
+        )
     }
 }
 
@@ -228,7 +232,11 @@ impl ResponseBody {
     }
 
     fn check_shape(&self) -> Result<(), ProtoError> {
-        check_common_shape(self.protocol_version, self.created_at_ms, self.expires_at_ms)
+        check_common_shape(
+            self.protocol_version,
+            self.created_at_ms,
+            self.expires_at_ms,
+        )
     }
 }
 

@@ -174,7 +174,8 @@ fn answering_the_vector_request_reproduces_the_vector_response() {
 fn rejects_each_tampered_response_field() {
     let v = vector();
     let req = request(&v).body;
-    let tamperings: Vec<(&str, Box<dyn Fn(&mut ResponseBody)>)> = vec![
+    type Tamper = Box<dyn Fn(&mut ResponseBody)>;
+    let tamperings: Vec<(&str, Tamper)> = vec![
         ("request_id", Box::new(|b| b.request_id.push('x'))),
         ("nonce", Box::new(|b| b.nonce[0] ^= 1)),
         ("request_hash", Box::new(|b| b.request_hash[31] ^= 1)),
@@ -260,7 +261,9 @@ fn rejects_request_with_bad_signature_or_key_id_or_age() {
     let mut tampered = request(&v);
     tampered.body.pam_user = "root".into();
     assert_eq!(
-        tampered.verify(&host, "host-key-1", NOW, 30_000).unwrap_err(),
+        tampered
+            .verify(&host, "host-key-1", NOW, 30_000)
+            .unwrap_err(),
         ProtoError::BadSignature
     );
     assert!(matches!(

@@ -1,0 +1,2 @@
+//! nod agent library.
+#![forbid(unsafe_code)]

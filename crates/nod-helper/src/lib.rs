@@ -1,0 +1,2 @@
+//! nod-helper library.
+#![forbid(unsafe_code)]
