@@ -47,3 +47,20 @@ pub const MAX_RESPONSE_LIFETIME_MS: u64 = 10_000;
 pub const NONCE_LEN: usize = 32;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
+
+/// Everything a peer's bytes go through on either side: framing, then decoding as a request
+/// and as a response. The fuzz target calls this; it must never panic or allocate beyond the
+/// frame cap.
+pub fn fuzz_decode(data: &[u8]) {
+    let Ok(payload) = frame::read_frame(&mut &data[..]) else {
+        return;
+    };
+    if let Ok(req) = SignedRequest::from_json(&payload) {
+        let _ = req.body.hash();
+        let _ = SignedRequest::from_json(&req.to_json()).expect("re-encoded request decodes");
+    }
+    if let Ok(resp) = SignedResponse::from_json(&payload) {
+        let _ = resp.body.canonical_bytes();
+        let _ = SignedResponse::from_json(&resp.to_json()).expect("re-encoded response decodes");
+    }
+}

@@ -1,0 +1,48 @@
+# nod — build, test and benchmark entry points. `make check` is what CI runs.
+
+CARGO ?= cargo
+FUZZ_SECONDS ?= 15
+
+.PHONY: all build run check fmt-check clippy test fuzz-smoke bench clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+# Build and run the agent in the foreground with defaults.
+run:
+	$(CARGO) run --release --bin nod -- agent
+
+# Everything CI checks: formatting, lints, unit + end-to-end tests, a short fuzz run.
+check: fmt-check clippy test fuzz-smoke
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The end-to-end tests exec the built binaries and pam_nod.so, so build them first.
+test: build
+	$(CARGO) test --workspace
+
+# Each fuzz target for FUZZ_SECONDS on a scratch copy of its committed corpus.
+fuzz-smoke:
+	@if ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
+		if [ "$$CI" = "true" ]; then echo "cargo-fuzz is missing (CI=true: not skipping)"; exit 1; fi; \
+		echo "SKIPPED fuzz-smoke: cargo install cargo-fuzz"; exit 0; \
+	fi; \
+	set -e; cd fuzz; for t in $$($(CARGO) fuzz list); do \
+		tmp=$$(mktemp -d); cp -r corpus/$$t/. $$tmp/; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t $$tmp -- -max_total_time=$(FUZZ_SECONDS) -max_len=8192 2>&1 | tail -n 2; \
+		rm -rf $$tmp; \
+	done
+
+# Side-by-side benchmarks; prints ratios against the peers measured in the same run.
+bench:
+	$(CARGO) build --release --workspace
+	NOD_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -p nod-e2e --bin nod-bench
+
+clean:
+	$(CARGO) clean

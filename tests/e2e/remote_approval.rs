@@ -1,0 +1,346 @@
+//! Remote approval end to end: nod-helper → approval socket (directly, through a tampering
+//! proxy, or through a real sshd `ssh -R` forward) → `nod agent` → command approver, and back;
+//! then the same through `pam_nod.so` under pamtester and real sudo.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+use nod_e2e::{
+    Agent, Answer, FallbackMarker, Host, PamService, Scratch, Sshd, SudoersDropIn, TamperProxy,
+    TestUser, code, require, run,
+};
+
+const APPROVED: i32 = 0;
+const UNAVAILABLE: i32 = 10;
+const CANCELLED: i32 = 11;
+const DENIED: i32 = 20;
+const AUTH_FAILURE: i32 = 30;
+
+/// Agent plus a host whose config points straight at the agent's socket, the host pinned.
+fn agent_and_host(scratch: &Scratch, host_id: &str) -> (Agent, Host) {
+    let agent = Agent::start(scratch);
+    let host = Host::setup(
+        scratch,
+        host_id,
+        &agent.public_key_file(),
+        &agent.socket.display().to_string(),
+    );
+    agent.add_host(host_id, &host.host_pub);
+    (agent, host)
+}
+
+#[test]
+fn helper_exit_codes_follow_the_agents_decision() {
+    if !require(&[]) {
+        return;
+    }
+    let scratch = Scratch::new("codes");
+    let (agent, host) = agent_and_host(&scratch, "codes-host");
+
+    agent.answer(Answer::Approve);
+    assert_eq!(code(&host.request("root", &[])), APPROVED);
+    agent.answer(Answer::Deny);
+    assert_eq!(code(&host.request("root", &[])), DENIED);
+    agent.answer(Answer::Cancel);
+    assert_eq!(code(&host.request("root", &[])), CANCELLED);
+    assert_eq!(agent.prompts().len(), 3);
+}
+
+#[test]
+fn prompt_names_host_service_user_tty_rhost_and_command() {
+    if !require(&[]) {
+        return;
+    }
+    let scratch = Scratch::new("prompt");
+    let (agent, host) = agent_and_host(&scratch, "prompt-host");
+    let out = host.request(
+        "root",
+        &[
+            "--rhost",
+            "10.1.2.3",
+            "--ruser",
+            "alice",
+            "--sudo-command",
+            "sudo systemctl restart nginx",
+        ],
+    );
+    assert_eq!(code(&out), APPROVED);
+    let prompts = agent.prompts();
+    let p = &prompts[0];
+    assert_eq!(p["host"], "prompt-host.example.test");
+    assert_eq!(p["host_id"], "prompt-host");
+    assert_eq!(p["service"], "sudo");
+    assert_eq!(p["user"], "root");
+    assert_eq!(p["ruser"], "alice");
+    assert_eq!(p["tty"], "pts/7");
+    assert_eq!(p["rhost"], "10.1.2.3");
+    assert_eq!(p["command"], "sudo systemctl restart nginx");
+}
+
+#[test]
+fn agent_down_or_host_unknown_is_unavailable() {
+    if !require(&[]) {
+        return;
+    }
+    let scratch = Scratch::new("unavail");
+    let mut agent = Agent::start(&scratch);
+    // Not added to the allowlist: the agent accepts, logs and closes without a reply.
+    let host = Host::setup(
+        &scratch,
+        "stranger",
+        &agent.public_key_file(),
+        &agent.socket.display().to_string(),
+    );
+    let out = host.request("root", &[]);
+    assert_eq!(code(&out), UNAVAILABLE, "{out:?}");
+    assert!(
+        agent.prompts().is_empty(),
+        "an unknown host reached the prompt"
+    );
+
+    agent.stop();
+    assert!(!agent.socket.exists(), "agent left its socket behind");
+    assert_eq!(code(&host.request("root", &[])), UNAVAILABLE);
+}
+
+#[test]
+fn tampered_response_is_an_auth_failure() {
+    if !require(&[]) {
+        return;
+    }
+    let scratch = Scratch::new("tamper");
+    let agent = Agent::start(&scratch);
+    let proxy_socket = scratch.join("proxy.sock");
+    let host = Host::setup(
+        &scratch,
+        "tamper-host",
+        &agent.public_key_file(),
+        &proxy_socket.display().to_string(),
+    );
+    agent.add_host("tamper-host", &host.host_pub);
+    agent.answer(Answer::Deny);
+    // A denial rewritten into an approval in transit.
+    let proxy = TamperProxy::start(proxy_socket, agent.socket.clone(), 1, |json| {
+        json["body"]["decision"] = "approved".into();
+    });
+    assert_eq!(code(&host.request("root", &[])), AUTH_FAILURE);
+    proxy.join();
+}
+
+#[test]
+fn garbage_connections_do_not_stop_service() {
+    if !require(&[]) {
+        return;
+    }
+    let scratch = Scratch::new("garbage");
+    let (agent, host) = agent_and_host(&scratch, "garbage-host");
+    let junk: [&[u8]; 4] = [
+        b"\xff\xff\xff\xff",       // oversized frame header
+        b"\0\0\0\x05{not json",    // malformed JSON
+        b"GET / HTTP/1.0\r\n\r\n", // not a frame at all
+        b"\0\0\0\x02{}",           // well-framed, wrong shape
+    ];
+    for i in 0..1000 {
+        let mut s = UnixStream::connect(&agent.socket).expect("agent still accepts");
+        let _ = s.write_all(junk[i % junk.len()]);
+    }
+    assert_eq!(code(&host.request("root", &[])), APPROVED);
+    assert_eq!(agent.prompts().len(), 1, "garbage reached the prompt");
+}
+
+/// The PAM stack of the throwaway service: nod first; on "unavailable" fall through to a
+/// marker module (pamtester) and then `tail`.
+fn pam_stack(
+    host: &Host,
+    module: &std::path::Path,
+    fallback: &FallbackMarker,
+    tail: &str,
+) -> String {
+    format!(
+        "auth [success=done authinfo_unavail=ignore default=die] {} conf={} helper={} timeout_ms=5000 debug\n\
+         auth optional pam_exec.so quiet {}\n\
+         {tail}\n\
+         account required pam_permit.so\n\
+         session required pam_permit.so\n",
+        module.display(),
+        host.config.display(),
+        host.helper.display(),
+        fallback.script.display(),
+    )
+}
+
+#[test]
+fn pamtester_approves_falls_back_and_fails_hard_on_tampering() {
+    if !require(&["pamtester"]) {
+        return;
+    }
+    let scratch = Scratch::new("pamtester");
+    let mut agent = Agent::start(&scratch);
+    let module = scratch.install("libpam_nod.so", "pam_nod.so");
+    let proxy_socket = scratch.join("proxy.sock");
+    let socket_link = scratch.join("current.sock");
+    // The host talks to `current.sock`, which each case points at the agent or the proxy.
+    let host = Host::setup(
+        &scratch,
+        "pam-host",
+        &agent.public_key_file(),
+        &socket_link.display().to_string(),
+    );
+    agent.add_host("pam-host", &host.host_pub);
+    let fallback = FallbackMarker::new(&scratch);
+    let service = PamService::new(
+        "pamtester",
+        &pam_stack(&host, &module, &fallback, "auth requisite pam_deny.so"),
+    );
+    let pamtester = |user: &str| {
+        run(Command::new("pamtester")
+            .args([&service.name, user, "authenticate"])
+            .stdin(Stdio::null()))
+    };
+    let point_at = |target: &std::path::Path| {
+        let _ = std::fs::remove_file(&socket_link);
+        // A hard link keeps it a socket (the helper refuses symlinks).
+        std::fs::hard_link(target, &socket_link).unwrap();
+    };
+
+    // Approve → success, and the fallback never ran.
+    point_at(&agent.socket);
+    agent.answer(Answer::Approve);
+    let out = pamtester("root");
+    assert!(out.status.success(), "approve: {out:?}");
+    assert!(!fallback.taken(), "fallback ran after an approval");
+
+    // Tampered response → failure, and the fallback did not run either.
+    agent.answer(Answer::Deny);
+    let proxy = TamperProxy::start(proxy_socket.clone(), agent.socket.clone(), 1, |json| {
+        json["body"]["decision"] = "approved".into();
+    });
+    point_at(&proxy_socket);
+    let out = pamtester("root");
+    assert!(
+        !out.status.success(),
+        "tampered response authenticated: {out:?}"
+    );
+    assert!(!fallback.taken(), "fallback ran after a tampered response");
+    proxy.join();
+
+    // Agent down → the fallback runs (and then pam_deny ends the stack).
+    point_at(&agent.socket);
+    agent.stop();
+    let out = pamtester("root");
+    assert!(
+        fallback.taken(),
+        "fallback did not run with the agent down: {out:?}"
+    );
+}
+
+/// Real sudo by a non-root user logged in through a real sshd, whose `ssh -R` forwards the
+/// approval socket from the "workstation" (the agent) to `/run/user/<uid>/nod-agent.sock`.
+#[test]
+fn sudo_over_ssh_forward_runs_when_approved_and_falls_back_to_password() {
+    if !require(&[
+        "sshd",
+        "ssh",
+        "ssh-keygen",
+        "sudo",
+        "visudo",
+        "useradd",
+        "chpasswd",
+    ]) {
+        return;
+    }
+    const PASSWORD: &str = "nod-e2e-password";
+    let scratch = Scratch::new("sudo");
+    let user = TestUser::ensure("nodtest", PASSWORD);
+    let runtime = user.runtime_dir();
+    let remote_socket = runtime.join("nod-agent.sock");
+    let _ = std::fs::remove_file(&remote_socket);
+
+    let mut agent = Agent::start(&scratch);
+    let module = scratch.install("libpam_nod.so", "pam_nod.so");
+    let host = Host::setup(
+        &scratch,
+        "sudo-host",
+        &agent.public_key_file(),
+        "/run/user/{uid}/nod-agent.sock",
+    );
+    agent.add_host("sudo-host", &host.host_pub);
+    let fallback = FallbackMarker::new(&scratch);
+    let service = PamService::new(
+        "sudo",
+        &pam_stack(&host, &module, &fallback, "auth required pam_unix.so"),
+    );
+    let _sudoers = SudoersDropIn::new(
+        "sudo",
+        &format!(
+            "Defaults:{u} pam_service={svc}\n\
+             Defaults:{u} passwd_tries=1\n\
+             Defaults:{u} timestamp_timeout=0\n\
+             Defaults:{u} !lecture\n\
+             {u} ALL=(root) ALL\n",
+            u = user.name,
+            svc = service.name
+        ),
+    );
+    let sshd = Sshd::start(&scratch, &user);
+    // Wait for the forwarded socket, then run sudo; the password (if asked) comes on stdin.
+    let remote_cmd = format!(
+        "i=0; while [ ! -S {sock} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
+         sudo -S -p '' id -u",
+        sock = remote_socket.display()
+    );
+    let agent_socket = agent.socket.clone();
+    let ssh = |stdin: &str| {
+        let mut child = sshd
+            .ssh_with_forward(&user, &remote_socket, &agent_socket, &remote_cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    // Approved: sudo runs the command without a password (stdin is empty).
+    agent.answer(Answer::Approve);
+    let out = ssh("");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "sudo did not run after approval: {out:?}"
+    );
+    assert!(!fallback.taken());
+    let prompts = agent.prompts();
+    assert_eq!(prompts.len(), 1);
+    assert_eq!(prompts[0]["user"], user.name.as_str());
+    assert!(
+        prompts[0]["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("id -u")),
+        "prompt lacks the sudo command: {}",
+        prompts[0]
+    );
+
+    // Denied: sudo fails and never asks for the password.
+    agent.answer(Answer::Deny);
+    let out = ssh(&format!("{PASSWORD}\n"));
+    assert!(!out.status.success(), "sudo ran after a denial: {out:?}");
+    assert!(!fallback.taken(), "denial fell back to the password");
+
+    // Agent down (the forward still exists): sudo falls back to the password and runs.
+    agent.stop();
+    let out = ssh(&format!("{PASSWORD}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "password fallback did not work: {out:?}"
+    );
+    assert!(fallback.taken(), "fallback marker not set");
+}
