@@ -1,2 +1,111 @@
-//! nod-helper library.
+//! `nod-helper`: the Linux-host half of nod's remote approval (DESIGN.md §1).
+//!
+//! `pam_nod.so` runs `nod-helper request` as root for every PAM authentication. The helper signs
+//! a protocol v1 request with the host key, sends it through the user's `ssh -R` forwarded Unix
+//! socket to their `nod agent`, and turns the signed reply into an exit code. It speaks
+//! macos-auth protocol v1 (see `shared/reference/approval-protocol-v1.md`) through `nod-proto`.
+//!
+//! Threat model, in short:
+//! - Local users must not steer what root reads: config and keys are opened by fd walk from `/`
+//!   (`nod-fscheck`), root-owned, not group/other writable, no symlinks; unknown config keys are
+//!   errors.
+//! - Only the PAM user's own forward may answer: the socket must be a socket owned by them, and
+//!   the peer's kernel credentials are checked after connecting.
+//! - The wire is untrusted: a reply counts only if signed by a pinned agent key under the key id
+//!   pinned for it, bound to this request's id, nonce and hash, and fresh. A replayed reply
+//!   fails the binding.
+//! - Missing authenticator (no socket, agent down, no answer in time) falls back to the password
+//!   (exit 10–12); anything unsafe or forged fails closed (20–32). See [`HelperError::exit_code`].
+
 #![forbid(unsafe_code)]
+
+pub mod check_config;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gen_key;
+pub mod request;
+pub mod socket;
+
+use std::time::Instant;
+
+pub use cli::{Cli, Command};
+pub use error::HelperError;
+
+use crate::config::Config;
+use crate::error::one_line;
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> u8 {
+    // The deadline of `request` counts from here, so config loading is inside it too.
+    let start = Instant::now();
+    match cli.command {
+        Command::GenKey {
+            private_key_file,
+            public_key_file,
+            key_id,
+            force,
+        } => {
+            let args = gen_key::GenKeyArgs {
+                private_key_file,
+                public_key_file,
+                key_id,
+                force,
+            };
+            match gen_key::run(&args) {
+                Ok(k) => {
+                    println!("key_id={}", k.key_id);
+                    println!("{}", k.openssh_line);
+                    0
+                }
+                Err(e) => report(&e),
+            }
+        }
+        Command::Request {
+            config,
+            user,
+            ruser,
+            rhost,
+            tty,
+            service,
+            sudo_command,
+            timeout_ms,
+        } => {
+            let info = request::RequestInfo {
+                user,
+                ruser,
+                rhost,
+                tty,
+                service,
+                sudo_command,
+                timeout_ms,
+            };
+            let mut problems = Vec::new();
+            let result = match Config::load(&config, &mut problems) {
+                Some(config) => request::run(&config, &info, start),
+                None => {
+                    Err(problems
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| HelperError::BadConfig {
+                            path: config,
+                            problem: "could not be loaded — run `nod-helper check-config`".into(),
+                        }))
+                }
+            };
+            match result {
+                Ok(()) => 0,
+                Err(e) => report(&e),
+            }
+        }
+        Command::CheckConfig { config, user } => {
+            check_config::run(&config, user.as_deref(), &mut std::io::stdout().lock())
+        }
+    }
+}
+
+/// One line on stderr that says what went wrong and what to do; returns the exit code.
+fn report(e: &HelperError) -> u8 {
+    eprintln!("nod-helper: {}", one_line(&e.to_string()));
+    e.exit_code()
+}

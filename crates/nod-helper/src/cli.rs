@@ -1,0 +1,65 @@
+//! Command-line surface, the same as macos-auth's helper so its setup notes still apply.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{DEFAULT_CONFIG_PATH, MAX_TIMEOUT_MS};
+
+/// nod's Linux host helper: asks the user's `nod agent`, over their `ssh -R` forward, to approve
+/// a PAM authentication. Run by `pam_nod.so`; exit code = decision.
+#[derive(Debug, Parser)]
+#[command(name = "nod-helper", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the host key pair (private key 0600, refuses to overwrite without --force).
+    GenKey {
+        #[arg(long, value_name = "PATH")]
+        private_key_file: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        public_key_file: PathBuf,
+        /// Key id the host claims (default: the key's SHA256 fingerprint).
+        #[arg(long, value_name = "ID")]
+        key_id: Option<String>,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Ask the agent to approve one authentication. Prints nothing on stdout; the exit code is
+    /// the decision (0 approved, 10 unavailable, 11 cancelled, 12 failed, 20 denied,
+    /// 30 bad signature/binding/freshness, 31 unsafe config, 32 protocol error).
+    Request {
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The PAM user.
+        #[arg(long, allow_hyphen_values = true)]
+        user: String,
+        #[arg(long, allow_hyphen_values = true)]
+        ruser: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        rhost: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        tty: Option<String>,
+        /// The PAM service (default: `service` from the config, else "sudo").
+        #[arg(long, allow_hyphen_values = true)]
+        service: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        sudo_command: Option<String>,
+        /// Overrides `timeout_ms` from the config.
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
+        timeout_ms: Option<u64>,
+    },
+    /// Check the config, keys and agent socket, and print every problem found.
+    CheckConfig {
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Check the socket path of this user (default: the current user).
+        #[arg(long)]
+        user: Option<String>,
+    },
+}

@@ -1,0 +1,350 @@
+//! Everything that can end a `nod-helper` run other than an approval, and the one mapping from
+//! it to the exit code that `pam_nod.so` turns into a PAM result (DESIGN.md §1, exit codes).
+//!
+//! The split that matters for security: 10/11/12 let PAM fall back to the password (only the
+//! authenticator is missing), everything else fails closed.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use nod_proto::ProtoError;
+
+/// Exit code of an approved request.
+pub const EXIT_APPROVED: u8 = 0;
+/// The agent cannot be reached or could not ask the person. PAM falls back to the password.
+pub const EXIT_UNAVAILABLE: u8 = 10;
+/// The person cancelled the prompt. PAM falls back to the password.
+pub const EXIT_CANCELLED: u8 = 11;
+/// The agent failed to obtain a decision. PAM falls back to the password.
+pub const EXIT_FAILED: u8 = 12;
+/// The person denied the request. Hard fail.
+pub const EXIT_DENIED: u8 = 20;
+/// The reply failed signature, key id, binding, freshness or replay checks. Hard fail.
+pub const EXIT_AUTH: u8 = 30;
+/// Unsafe or invalid configuration. Hard fail.
+pub const EXIT_CONFIG: u8 = 31;
+/// The reply is not a well-formed protocol v1 message. Hard fail.
+pub const EXIT_PROTOCOL: u8 = 32;
+/// `gen-key` could not write its files. Never produced by `request`.
+pub const EXIT_GEN_KEY: u8 = 1;
+
+/// Why a run did not end in approval (or, for `gen-key`, in new key files).
+#[derive(Debug)]
+pub enum HelperError {
+    /// A config or key file, or one of its ancestors, fails the trusted-path checks.
+    UnsafePath(nod_fscheck::Unsafe),
+    /// A config or key file is trusted but its content is wrong.
+    BadConfig { path: PathBuf, problem: String },
+    /// The PAM user does not exist, so `{uid}`/`{user}` cannot be filled in.
+    UnknownUser { user: String, problem: String },
+    /// The agent socket exists but is not a socket owned by the PAM user.
+    UnsafeSocket { path: PathBuf, problem: String },
+    /// Nothing at the socket path: no `ssh -R` forward is up.
+    NoSocket { path: PathBuf },
+    /// Connecting to the socket failed (refused, vanished, …).
+    AgentUnreachable { path: PathBuf, kind: io::ErrorKind },
+    /// The connection closed before a single reply byte: the forward is up, the agent is not.
+    AgentClosed,
+    /// The deadline passed before a single reply byte arrived.
+    AgentTimedOut { timeout_ms: u64 },
+    /// The agent answered `unavailable`.
+    AgentUnavailable { detail: String },
+    /// The agent answered `cancelled`.
+    Cancelled { detail: String },
+    /// The agent answered `failed`.
+    Failed { detail: String },
+    /// The agent answered `denied`.
+    Denied { detail: String },
+    /// The reply parsed but must not be believed.
+    Auth(ProtoError),
+    /// The reply is not a well-formed protocol v1 frame or message.
+    Protocol(ProtoError),
+    /// A local facility the request needs failed (randomness, clock).
+    System { what: &'static str, detail: String },
+    /// `gen-key` refused to overwrite a key file.
+    KeyExists { path: PathBuf },
+    /// `gen-key` could not write a key file.
+    KeyWrite { path: PathBuf, error: io::Error },
+}
+
+impl HelperError {
+    /// The exit code for this outcome. This is the only place the mapping lives.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NoSocket { .. }
+            | Self::AgentUnreachable { .. }
+            | Self::AgentClosed
+            | Self::AgentTimedOut { .. }
+            | Self::AgentUnavailable { .. } => EXIT_UNAVAILABLE,
+            Self::Cancelled { .. } => EXIT_CANCELLED,
+            // A local failure to build the request is not an attack and the password still
+            // guards the account, so it falls back like a failed approval.
+            Self::Failed { .. } | Self::System { .. } => EXIT_FAILED,
+            Self::Denied { .. } => EXIT_DENIED,
+            Self::Auth(_) => EXIT_AUTH,
+            Self::UnsafePath(_)
+            | Self::BadConfig { .. }
+            | Self::UnknownUser { .. }
+            | Self::UnsafeSocket { .. } => EXIT_CONFIG,
+            Self::Protocol(_) => EXIT_PROTOCOL,
+            Self::KeyExists { .. } | Self::KeyWrite { .. } => EXIT_GEN_KEY,
+        }
+    }
+
+    /// Sorts an error from reading or checking the agent's reply.
+    ///
+    /// EOF or a dead connection before the first byte, and a deadline with no byte, mean the
+    /// agent is not there (sshd accepts the forward even when the agent is down): unavailable,
+    /// not a protocol error, so the person can still use the password.
+    pub fn from_reply(e: ProtoError, timeout_ms: u64) -> Self {
+        use io::ErrorKind::{BrokenPipe, ConnectionReset, TimedOut, WouldBlock};
+        match e {
+            ProtoError::Closed => Self::AgentClosed,
+            ProtoError::Io {
+                kind: WouldBlock | TimedOut,
+                started: false,
+            } => Self::AgentTimedOut { timeout_ms },
+            ProtoError::Io {
+                kind: ConnectionReset | BrokenPipe,
+                started: false,
+            } => Self::AgentClosed,
+            e if e.is_auth_failure() => Self::Auth(e),
+            e => Self::Protocol(e),
+        }
+    }
+}
+
+impl fmt::Display for HelperError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnsafePath(u) => write!(f, "unsafe configuration: {u}"),
+            Self::BadConfig { path, problem } => write!(f, "{}: {problem}", path.display()),
+            Self::UnknownUser { user, problem } => {
+                write!(f, "cannot look up user {user:?}: {problem}")
+            }
+            Self::UnsafeSocket { path, problem } => write!(
+                f,
+                "refusing agent socket {}: {problem} — only the user's own `ssh -R` forward may live there",
+                path.display()
+            ),
+            Self::NoSocket { path } => write!(
+                f,
+                "no agent socket at {} — is your `ssh -R` session still open? see `nod-helper check-config`",
+                path.display()
+            ),
+            Self::AgentUnreachable { path, kind } => write!(
+                f,
+                "cannot connect to the agent socket {} ({kind}) — is your `ssh -R` session still open and `nod agent` running?",
+                path.display()
+            ),
+            Self::AgentClosed => f.write_str(
+                "the agent socket closed without a reply — the ssh forward is up but `nod agent` is probably not running on your workstation",
+            ),
+            Self::AgentTimedOut { timeout_ms } => write!(
+                f,
+                "no reply from the agent within {timeout_ms} ms — answer the prompt sooner, or raise timeout_ms"
+            ),
+            Self::AgentUnavailable { detail } => {
+                write!(f, "the agent could not ask for approval{detail}")
+            }
+            Self::Cancelled { detail } => write!(f, "the approval was cancelled{detail}"),
+            Self::Failed { detail } => write!(f, "the agent failed to get a decision{detail}"),
+            Self::Denied { detail } => write!(f, "the request was denied on the agent{detail}"),
+            Self::Auth(e) => write!(
+                f,
+                "rejected the agent's reply: {e} — check that agent_pubkey_file pins your agent's current key (`nod agent-key`) and that both clocks are right"
+            ),
+            Self::Protocol(e) => write!(
+                f,
+                "protocol error talking to the agent: {e} — is the program behind the socket a protocol v1 agent (`nod agent`)?"
+            ),
+            Self::System { what, detail } => write!(f, "{what}: {detail}"),
+            Self::KeyExists { path } => write!(
+                f,
+                "{} already exists — pass --force to replace it",
+                path.display()
+            ),
+            Self::KeyWrite { path, error } => write!(
+                f,
+                "cannot write {}: {error} — check that the directory exists and is writable by root",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HelperError {}
+
+/// Makes an untrusted or multi-line message safe to print as one line of a log.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// One value of every variant, with the exit code DESIGN.md §1 gives it. The match in
+    /// `covers` has no wildcard, so adding a variant without listing it here fails to compile.
+    fn every_variant() -> Vec<(HelperError, u8)> {
+        let p = || PathBuf::from("/etc/nod/config.toml");
+        let unsafe_path =
+            nod_fscheck::open_file(Path::new("relative"), nod_fscheck::Rule::root_file())
+                .unwrap_err();
+        let s = String::new;
+        vec![
+            (HelperError::UnsafePath(unsafe_path), 31),
+            (
+                HelperError::BadConfig {
+                    path: p(),
+                    problem: s(),
+                },
+                31,
+            ),
+            (
+                HelperError::UnknownUser {
+                    user: s(),
+                    problem: s(),
+                },
+                31,
+            ),
+            (
+                HelperError::UnsafeSocket {
+                    path: p(),
+                    problem: s(),
+                },
+                31,
+            ),
+            (HelperError::NoSocket { path: p() }, 10),
+            (
+                HelperError::AgentUnreachable {
+                    path: p(),
+                    kind: io::ErrorKind::ConnectionRefused,
+                },
+                10,
+            ),
+            (HelperError::AgentClosed, 10),
+            (HelperError::AgentTimedOut { timeout_ms: 1 }, 10),
+            (HelperError::AgentUnavailable { detail: s() }, 10),
+            (HelperError::Cancelled { detail: s() }, 11),
+            (HelperError::Failed { detail: s() }, 12),
+            (HelperError::Denied { detail: s() }, 20),
+            (HelperError::Auth(ProtoError::BadSignature), 30),
+            (HelperError::Protocol(ProtoError::FrameTruncated), 32),
+            (
+                HelperError::System {
+                    what: "x",
+                    detail: s(),
+                },
+                12,
+            ),
+            (HelperError::KeyExists { path: p() }, 1),
+            (
+                HelperError::KeyWrite {
+                    path: p(),
+                    error: io::Error::other("x"),
+                },
+                1,
+            ),
+        ]
+    }
+
+    fn covers(e: &HelperError) -> &'static str {
+        match e {
+            HelperError::UnsafePath(_) => "UnsafePath",
+            HelperError::BadConfig { .. } => "BadConfig",
+            HelperError::UnknownUser { .. } => "UnknownUser",
+            HelperError::UnsafeSocket { .. } => "UnsafeSocket",
+            HelperError::NoSocket { .. } => "NoSocket",
+            HelperError::AgentUnreachable { .. } => "AgentUnreachable",
+            HelperError::AgentClosed => "AgentClosed",
+            HelperError::AgentTimedOut { .. } => "AgentTimedOut",
+            HelperError::AgentUnavailable { .. } => "AgentUnavailable",
+            HelperError::Cancelled { .. } => "Cancelled",
+            HelperError::Failed { .. } => "Failed",
+            HelperError::Denied { .. } => "Denied",
+            HelperError::Auth(_) => "Auth",
+            HelperError::Protocol(_) => "Protocol",
+            HelperError::System { .. } => "System",
+            HelperError::KeyExists { .. } => "KeyExists",
+            HelperError::KeyWrite { .. } => "KeyWrite",
+        }
+    }
+
+    const VARIANT_COUNT: usize = 17;
+
+    #[test]
+    fn every_variant_maps_to_its_documented_exit_code() {
+        let all = every_variant();
+        let mut names: Vec<_> = all.iter().map(|(e, _)| covers(e)).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), VARIANT_COUNT, "every variant listed once");
+        for (e, code) in &all {
+            assert_eq!(e.exit_code(), *code, "{} ({e})", covers(e));
+            let msg = e.to_string();
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+    }
+
+    #[test]
+    fn eof_and_silence_before_the_first_byte_are_unavailable() {
+        use io::ErrorKind::*;
+        let code = |e| HelperError::from_reply(e, 5).exit_code();
+        assert_eq!(code(ProtoError::Closed), 10);
+        for kind in [WouldBlock, TimedOut, ConnectionReset, BrokenPipe] {
+            assert_eq!(
+                code(ProtoError::Io {
+                    kind,
+                    started: false
+                }),
+                10,
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            code(ProtoError::Io {
+                kind: TimedOut,
+                started: true
+            }),
+            32
+        );
+        assert_eq!(code(ProtoError::FrameTruncated), 32);
+        assert_eq!(code(ProtoError::FrameTooLarge(u64::MAX)), 32);
+        assert_eq!(code(ProtoError::Json("x".into())), 32);
+        assert_eq!(code(ProtoError::UnsupportedVersion(2)), 32);
+        assert_eq!(code(ProtoError::InvalidField("expires_at_ms")), 32);
+        assert_eq!(code(ProtoError::BadSignature), 30);
+        assert_eq!(code(ProtoError::Mismatch("nonce")), 30);
+        assert_eq!(
+            code(ProtoError::WrongKeyId {
+                expected: "a".into(),
+                got: "b".into()
+            }),
+            30
+        );
+        assert_eq!(
+            code(ProtoError::Expired {
+                now_ms: 2,
+                expires_at_ms: 1
+            }),
+            30
+        );
+        assert_eq!(
+            code(ProtoError::FromFuture {
+                now_ms: 1,
+                created_at_ms: 2
+            }),
+            30
+        );
+    }
+
+    #[test]
+    fn one_line_strips_control_characters() {
+        assert_eq!(one_line("a\nb\r\x1b[31mc"), "a b  [31mc");
+    }
+}
