@@ -2,8 +2,8 @@
 //!
 //! The module itself does no crypto and reads no config: it collects the PAM items (user,
 //! service, ruser, rhost, tty and, under sudo, the command line), runs
-//! `nod-helper request ...` and maps its exit code to a PAM result (DESIGN.md §1 "PAM module",
-//! exit codes in the interface contract). Everything that can go wrong is decided by the
+//! `nod-helper request ...` and maps its exit code to a PAM result. Spec: DESIGN.md §1,
+//! "PAM module" and the `nod-helper` exit code table. Everything that can go wrong is decided by the
 //! helper, in a process of its own, so a bug there cannot crash `sudo` or `sshd`.
 //!
 //! Threat model: the module runs inside a root process on behalf of a user who may control
@@ -447,10 +447,10 @@ impl PamHooks for PamNod {
         pam_result(&authenticate(pamh, &args))
     }
 
-    /// There are no credentials to set, but `pam_setcred` runs the same `auth` stack: if this
-    /// module ended it with `success=done` and answered `PAM_IGNORE` here, no module would
-    /// have answered and libpam would fail `pam_setcred` (sudo then refuses to run the
-    /// command). pam_unix answers success for the same reason.
+    /// There are no credentials to set, but `pam_setcred` replays the chain that
+    /// `pam_authenticate` took through the `auth` stack. After an approval (`success=done`)
+    /// that chain is this module alone; answering `PAM_IGNORE` here would leave libpam with
+    /// no answer, and `pam_setcred` would fail (sudo then refuses to run the command).
     fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
         PamResultCode::PAM_SUCCESS
     }

@@ -203,13 +203,22 @@ impl Case {
 
     /// Writes the service with these pam_nod.so arguments.
     fn service(&self, module_args: &str) {
+        self.service_then(
+            module_args,
+            &format!(
+                "auth required pam_exec.so {}\nauth required pam_permit.so",
+                self.dir.join("marker.sh").display()
+            ),
+        );
+    }
+
+    /// Writes the service with these pam_nod.so arguments and these `auth` lines after it.
+    fn service_then(&self, module_args: &str, rest: &str) {
         let text = format!(
             "auth [success=done authinfo_unavail=ignore default=die] {} {module_args}\n\
-             auth required pam_exec.so {}\n\
-             auth required pam_permit.so\n\
+             {rest}\n\
              account required pam_permit.so\n",
             module_path().display(),
-            self.dir.join("marker.sh").display(),
         );
         fs::write(&self.service_file, text).unwrap();
     }
@@ -336,6 +345,28 @@ fn approved_helper_succeeds_without_fallback_and_gets_a_clean_exec() {
     );
     assert_eq!(case.logged("cwd "), ["/"]);
     assert_eq!(case.logged("blocked "), ["0"]);
+}
+
+/// `pam_setcred` replays the frozen `auth` chain: after `success=done` only pam_nod.so answers,
+/// so if it said PAM_IGNORE there, setcred would fail (and sudo would refuse to run).
+#[test]
+fn setcred_succeeds_after_an_approval_ended_the_stack() {
+    if !prerequisites_met() {
+        return;
+    }
+    let case = Case::new("setcred");
+    case.behave("exit 0");
+    case.service_then(
+        &format!("helper={} conf=/dev/null", case.helper().display()),
+        "auth required pam_deny.so",
+    );
+    let out = case.pamtester(&[], &["authenticate", "setcred"]);
+    assert!(
+        out.status.success(),
+        "pamtester failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
