@@ -1,2 +1,55 @@
-//! nod agent library.
+//! The nod agent as a library.
+//!
+//! The agent runs in the user's session and asks the person before a credential is used. This
+//! crate holds everything behind the thin `nod` binary:
+//!
+//! - [`approval`]: the remote-approval service. `nod-helper` on a Linux host sends a signed
+//!   request (protocol v1, macos-auth compatible, see `nod-proto`) over an SSH-forwarded Unix
+//!   socket; the agent checks it, asks the person, and answers with a signed decision.
+//! - [`approve`]: how a person says yes — the [`approve::Approver`] trait and its `tty`,
+//!   `askpass` and `command` backends.
+//! - [`audit`]: a hash-chained JSON-lines log of every decision, and its verifier.
+//! - [`keystore`]: the agent's own Ed25519 key.
+//! - [`config`], [`paths`]: `agent.toml` and the XDG locations of every file.
+//! - [`agent`]: the foreground process: sockets, signals, the accept loop.
+//!
+//! # Threat model (approval service)
+//!
+//! Anything that reaches the approval socket is untrusted: the socket is forwarded from other
+//! hosts, and anyone who can reach it there can write to it. A request is believed only once it
+//! is signed by a host key the user pinned with `nod hosts add`, names that key's id, is fresh,
+//! and has not been seen before (DESIGN.md §1 "Agent side", checks 1-7 in order). An invalid
+//! request never reaches a prompt and gets no reply; the helper reads silence as
+//! "unavailable" and falls back to the password. Prompts are serialized and bounded by the
+//! request's expiry, and every approver error is a non-approval (fail closed). What the prompt
+//! shows comes from the host, so it is escaped before it reaches a terminal.
+//!
+//! Not covered: a process running as the same user can read the agent key (it is stored 0600,
+//! not yet encrypted at rest) and can edit `hosts.toml` or `agent.toml`.
+//!
+//! # Spec
+//!
+//! Wire format: `shared/reference/approval-protocol-v1.md`, implemented by `nod-proto`.
+//! Behaviour: `shared/DESIGN.md` §1, "Approvers", "Audit" and "Files".
+
 #![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod approval;
+pub mod approve;
+pub mod audit;
+pub mod config;
+mod fsutil;
+pub mod keystore;
+mod log;
+pub mod paths;
+
+pub use agent::{AgentError, AgentOptions, run_agent};
+
+/// Milliseconds since the Unix epoch, the clock of protocol v1.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

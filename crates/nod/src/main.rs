@@ -1,1 +1,194 @@
-fn main() {}
+//! `nod`: the command line of the nod agent. Parses arguments, calls `nod-agent`, and maps the
+//! result to an exit code: 0 success, 1 error (with a message on stderr), 2 usage error.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use nod_agent::approval::hosts::{AddOutcome, HostsFile};
+use nod_agent::approve::ApproverChoice;
+use nod_agent::audit::{self, Verdict};
+use nod_agent::config::ApproverKind;
+use nod_agent::keystore::Keystore;
+use nod_agent::paths::Paths;
+use nod_agent::{AgentOptions, run_agent};
+use nod_proto::keys::format_public_key_file;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nod",
+    version,
+    about = "nod: a presence-gated credential agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (logs to stderr; stop with Ctrl-C or SIGTERM).
+    ///
+    /// Reads $XDG_CONFIG_HOME/nod/agent.toml if present:
+    /// [approver] kind = "tty"|"askpass"|"command", command = ["prog", "arg"];
+    /// [approval] allowed_future_skew_ms, rate_limit_burst, rate_limit_per_minute.
+    Agent {
+        /// How the person is asked. Default: tty if stdin is a terminal, else askpass if a
+        /// display and an askpass program exist, else nobody (requests answered unavailable).
+        #[arg(long, value_parser = parse_kind)]
+        approver: Option<ApproverKind>,
+        /// Program for the command approver (prompt as JSON on stdin; exit 0 approve,
+        /// 1 deny, 2 cancel). Implies --approver command.
+        #[arg(long, value_name = "PROG")]
+        approver_command: Option<String>,
+    },
+    /// Print the agent's public key file, to install on hosts as /etc/nod/agents.d/<name>.pub.
+    AgentKey,
+    /// Manage the hosts allowed to ask for approval.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
+    /// Inspect the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostsCommand {
+    /// Allow a host: its id (host_id in its /etc/nod/config.toml) and its public key file
+    /// (public_key_hex=… or an ssh-ed25519 line). Re-adding an id replaces its key.
+    Add {
+        host_id: String,
+        pubkey_file: PathBuf,
+        /// Key id the host signs with; default: the file's key_id= line, else the fingerprint.
+        #[arg(long, value_name = "ID")]
+        key_id: Option<String>,
+    },
+    /// List the allowed hosts.
+    List,
+    /// Stop allowing a host.
+    Remove { host_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the whole audit log.
+    Verify,
+}
+
+fn parse_kind(s: &str) -> Result<ApproverKind, String> {
+    s.parse()
+}
+
+fn agent_key(paths: &Paths) -> Result<()> {
+    let key = Keystore::new(&paths.keystore_dir()).agent_key()?;
+    let comment = "nod agent key. Install this file on each Linux host as\n\
+                   /etc/nod/agents.d/<name>.pub (owned by root, mode 0644).";
+    print!(
+        "{}",
+        format_public_key_file(&key.public_key(), key.key_id(), comment)
+    );
+    Ok(())
+}
+
+fn hosts_add(paths: &Paths, host_id: &str, file: &Path, key_id: Option<&str>) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the host key file {}", file.display()))?;
+    let path = paths.hosts_file();
+    let mut hosts = HostsFile::load(&path)?;
+    let outcome = hosts.add(host_id, &text, file, key_id)?;
+    hosts.save(&path)?;
+    let entry = hosts
+        .entries()
+        .find(|e| e.id == host_id)
+        .context("host vanished after adding it")?;
+    match outcome {
+        AddOutcome::Added => println!("added host {host_id} (key id {})", entry.key_id),
+        AddOutcome::Replaced => println!(
+            "replaced the key of host {host_id} (key id now {})",
+            entry.key_id
+        ),
+    }
+    Ok(())
+}
+
+fn hosts_list(paths: &Paths) -> Result<()> {
+    let hosts = HostsFile::load(&paths.hosts_file())?;
+    if hosts.is_empty() {
+        eprintln!("no hosts allowed yet; add one with `nod hosts add <host_id> <pubkey-file>`");
+    }
+    for entry in hosts.entries() {
+        println!("{}\t{}\t{}", entry.id, entry.key_id, entry.public_key_hex);
+    }
+    Ok(())
+}
+
+fn hosts_remove(paths: &Paths, host_id: &str) -> Result<()> {
+    let path = paths.hosts_file();
+    let mut hosts = HostsFile::load(&path)?;
+    hosts.remove(host_id)?;
+    hosts.save(&path)?;
+    println!("removed host {host_id}");
+    Ok(())
+}
+
+fn audit_verify(paths: &Paths) -> Result<()> {
+    let path = paths.audit_log();
+    match audit::verify(&path)? {
+        Verdict::Intact { entries } => {
+            println!("ok: {entries} entries");
+            Ok(())
+        }
+        Verdict::Broken { line, why } => {
+            bail!("{}: chain broken at line {line}: {why}", path.display())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let paths = Paths::from_env()?;
+    match cli.command {
+        Command::Agent {
+            approver,
+            approver_command,
+        } => {
+            let options = AgentOptions {
+                approver: ApproverChoice {
+                    kind: approver,
+                    command: approver_command,
+                },
+                paths: Some(paths),
+            };
+            Ok(run_agent(options)?)
+        }
+        Command::AgentKey => agent_key(&paths),
+        Command::Hosts { command } => match command {
+            HostsCommand::Add {
+                host_id,
+                pubkey_file,
+                key_id,
+            } => hosts_add(&paths, &host_id, &pubkey_file, key_id.as_deref()),
+            HostsCommand::List => hosts_list(&paths),
+            HostsCommand::Remove { host_id } => hosts_remove(&paths, &host_id),
+        },
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => audit_verify(&paths),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nod: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

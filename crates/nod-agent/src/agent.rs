@@ -1,0 +1,189 @@
+//! `nod agent`: the foreground process. Sets up the process (umask, fd limit, not dumpable),
+//! loads config, key, allowlist and audit log, creates the sockets, and serves until SIGINT or
+//! SIGTERM, after which it removes its sockets and returns.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::stat::{Mode, umask};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::approval::hosts::HostAllowlist;
+use crate::approval::{ApprovalService, ApprovalSettings};
+use crate::approve::{self, ApproverChoice, Environment, SelectError};
+use crate::audit::{AuditError, AuditLog};
+use crate::config::{AgentConfig, ConfigError};
+use crate::fsutil::ensure_private_dir;
+use crate::keystore::{Keystore, KeystoreError};
+use crate::log::event;
+use crate::paths::{Paths, PathsError};
+
+/// What `nod agent` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    pub approver: ApproverChoice,
+    /// Directories to use instead of the XDG ones from the environment.
+    pub paths: Option<Paths>,
+}
+
+/// The agent could not start (or its runtime failed).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Paths(#[from] PathsError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Approver(#[from] SelectError),
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("socket {}: {source}", path.display())]
+    Socket { path: PathBuf, source: io::Error },
+    #[error(
+        "{} exists and is not a socket; refusing to replace it — move it away and retry",
+        path.display()
+    )]
+    NotASocket { path: PathBuf },
+    #[error(
+        "another nod agent is already serving {}; stop it first (or use another XDG_RUNTIME_DIR)",
+        path.display()
+    )]
+    AlreadyRunning { path: PathBuf },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(io::Error),
+}
+
+/// Raises the soft open-files limit to the hard one: every connection holds an fd, and a flood
+/// of them should meet the 5 s read deadline, not `EMFILE`.
+pub fn raise_nofile_limit() {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                event!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => event!("cannot read the open-files limit: {e}"),
+    }
+}
+
+/// A socket we created; removed on drop unless something else has taken its place.
+#[derive(Debug)]
+pub struct BoundSocket {
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates a listening socket at `path` (mode 0600, in a 0700 directory of ours). A stale socket
+/// left by a crashed agent is replaced; a live one, or anything that is not a socket, is not.
+/// Must be called inside the runtime.
+pub fn bind_socket(path: &Path) -> Result<(UnixListener, BoundSocket), AgentError> {
+    let sock_err = |source| AgentError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir).map_err(sock_err)?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(AgentError::AlreadyRunning {
+                    path: path.to_owned(),
+                });
+            }
+            fs::remove_file(path).map_err(sock_err)?;
+        }
+        Ok(_) => {
+            return Err(AgentError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(sock_err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(sock_err)?;
+    let ino = fs::symlink_metadata(path).map_err(sock_err)?.ino();
+    Ok((
+        listener,
+        BoundSocket {
+            path: path.to_owned(),
+            ino,
+        },
+    ))
+}
+
+/// Runs the agent in the foreground on a current-thread runtime until SIGINT or SIGTERM.
+pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
+    // Everything the agent creates is private to the user, whatever the caller's umask.
+    umask(Mode::from_bits_truncate(0o077));
+    raise_nofile_limit();
+    // Keep other processes of this user from reading the key out of our memory (ptrace, core
+    // dumps).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        event!("cannot make the agent non-dumpable: {e}");
+    }
+    let paths = match options.paths {
+        Some(paths) => paths,
+        None => Paths::from_env()?,
+    };
+    let socket_path = paths.approval_socket()?;
+    let config = AgentConfig::load(&paths.agent_config())?;
+    let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
+    let agent_key = Keystore::new(&paths.keystore_dir()).agent_key()?;
+    let hosts = HostAllowlist::open(&paths.hosts_file());
+    let audit = AuditLog::open(&paths.audit_log())?;
+    if approver.name() == "none" {
+        event!(
+            "no terminal, no display and no approver configured: every request is answered \
+             unavailable (hosts fall back to the password); use --approver command to change this"
+        );
+    }
+    event!(
+        "agent key {}; approver {}; audit log {}",
+        agent_key.key_id(),
+        approver.name(),
+        audit.path().display()
+    );
+    let service = Arc::new(ApprovalService::new(
+        agent_key,
+        hosts,
+        audit,
+        approver,
+        ApprovalSettings::from(&config.approval),
+    ));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    runtime.block_on(async move {
+        let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
+        let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
+        let (listener, socket) = bind_socket(&socket_path)?;
+        event!("approval socket {} ready", socket_path.display());
+        tokio::select! {
+            () = service.serve(listener) => {}
+            _ = sigint.recv() => event!("SIGINT: shutting down"),
+            _ = sigterm.recv() => event!("SIGTERM: shutting down"),
+        }
+        drop(socket);
+        Ok(())
+    })
+}

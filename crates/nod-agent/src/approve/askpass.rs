@@ -1,0 +1,162 @@
+//! The `askpass` approver, OpenSSH's convention for `ssh-add -c`: run `$SSH_ASKPASS` (or
+//! `ssh-askpass` from `PATH`) with `SSH_ASKPASS_PROMPT=confirm` and the prompt as `argv[1]`.
+//! Exit 0 is yes; any other exit is no; a crash, a spawn failure or the deadline is `Failed`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::{ApprovalFuture, Approver, Outcome, Prompt};
+use crate::log::event;
+
+/// `$SSH_ASKPASS` if set (and non-empty), else `ssh-askpass` found in `PATH`.
+pub fn find_program() -> Option<PathBuf> {
+    if let Some(p) = env::var_os("SSH_ASKPASS").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join("ssh-askpass"))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Asks through an askpass program.
+#[derive(Debug, Clone)]
+pub struct AskpassApprover {
+    program: PathBuf,
+}
+
+impl AskpassApprover {
+    pub fn new(program: PathBuf) -> Self {
+        Self { program }
+    }
+
+    async fn run(&self, prompt: &Prompt) -> Outcome {
+        let mut child = match Command::new(&self.program)
+            .arg(prompt.text())
+            .env("SSH_ASKPASS_PROMPT", "confirm")
+            .env("NOD_PROMPT_KIND", prompt.kind())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                event!("askpass {} could not start: {e}", self.program.display());
+                return Outcome::Failed;
+            }
+        };
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        // If we are dropped at the deadline, take the whole dialog down, not just its wrapper.
+        let mut guard = KillGroupOnDrop(pid);
+        let status = child.wait().await;
+        // Reaped: the pid may be reused from now on, so never signal it.
+        guard.0 = None;
+        match status {
+            Ok(s) if s.success() => Outcome::Approved,
+            Ok(s) if s.code().is_some() => Outcome::Denied,
+            Ok(s) => {
+                event!("askpass {} died: {s}", self.program.display());
+                Outcome::Failed
+            }
+            Err(e) => {
+                event!("askpass {}: wait failed: {e}", self.program.display());
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Approver for AskpassApprover {
+    fn name(&self) -> &'static str {
+        "askpass"
+    }
+
+    fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a> {
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, self.run(prompt)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    event!("askpass was not answered in time; closed it");
+                    Outcome::Failed
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::approve::PamPrompt;
+
+    fn prompt() -> Prompt {
+        Prompt::Pam(PamPrompt {
+            host: "h".into(),
+            host_id: "h".into(),
+            service: "sudo".into(),
+            user: "u".into(),
+            ruser: None,
+            tty: None,
+            rhost: None,
+            command: Some("id".into()),
+            request_id: "r".into(),
+        })
+    }
+
+    /// A fake askpass: a script that checks the OpenSSH convention and exits with `code`.
+    fn fake_askpass(dir: &Path, code: u8) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(format!("askpass-{code}"));
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\n[ \"$SSH_ASKPASS_PROMPT\" = confirm ] || exit 9\n\
+                 case \"$1\" in *'allow sudo as u on h'*) exit {code};; esac\nexit 8\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn exit_zero_approves_and_anything_else_denies() {
+        let mut r = [0u8; 8];
+        getrandom::getrandom(&mut r).unwrap();
+        let dir = std::env::temp_dir().join(format!("nod-askpass-{}", hex::encode(r)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let yes = AskpassApprover::new(fake_askpass(&dir, 0));
+        let no = AskpassApprover::new(fake_askpass(&dir, 1));
+        assert_eq!(yes.approve(&prompt(), deadline).await, Outcome::Approved);
+        assert_eq!(no.approve(&prompt(), deadline).await, Outcome::Denied);
+        let missing = AskpassApprover::new(dir.join("missing"));
+        assert_eq!(missing.approve(&prompt(), deadline).await, Outcome::Failed);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,366 @@
+//! How a person says yes (DESIGN.md "Approvers").
+//!
+//! A [`Prompt`] goes in, an [`Outcome`] comes out. Every backend error is a non-approval: a
+//! program that cannot be started is `Failed`, a missing terminal is `Unavailable`, a deadline
+//! reached is whatever the caller makes of an unanswered prompt. Nothing here can turn an error
+//! into `Approved`.
+//!
+//! Backends: [`tty::TtyApprover`], [`askpass::AskpassApprover`], [`command::CommandApprover`],
+//! and [`Unavailable`] when none can reach the person.
+
+pub mod askpass;
+pub mod command;
+pub mod tty;
+
+use std::fmt;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::{ApproverConfig, ApproverKind};
+
+/// What one approver answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Approved,
+    Denied,
+    Cancelled,
+    /// No way to ask the person (no terminal, no display).
+    Unavailable,
+    /// The approver itself broke (could not start, crashed, answered nonsense).
+    Failed,
+}
+
+/// A remote-approval (PAM) prompt: what a Linux host asks for. Every field comes from the
+/// host's signed request, i.e. from a machine we trust to say who asks, but the strings may
+/// still hold anything the user on that host typed (the sudo command line), so renderings
+/// escape them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PamPrompt {
+    /// `linux_hostname`.
+    pub host: String,
+    /// `linux_host_id`, as in the allowlist.
+    pub host_id: String,
+    /// `pam_service`, e.g. `sudo`.
+    pub service: String,
+    pub user: String,
+    pub ruser: Option<String>,
+    pub tty: Option<String>,
+    pub rhost: Option<String>,
+    /// `sudo_command`, when sent.
+    pub command: Option<String>,
+    pub request_id: String,
+}
+
+/// What an approver is asked. One variant per service; later services add their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Prompt {
+    /// Remote approval of a PAM login or sudo on a Linux host.
+    Pam(PamPrompt),
+}
+
+/// Longest rendering of one field in a human-readable prompt.
+const MAX_FIELD_CHARS: usize = 300;
+
+/// Makes host-supplied text safe to show: control characters (including ESC, so no terminal
+/// escape sequences) and bidi overrides are escaped, and long values are cut.
+pub fn display_safe(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_FIELD_CHARS {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Prompt {
+    /// The prompt's kind as in its JSON `kind` and the `NOD_PROMPT_KIND` variable.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Pam(_) => "pam",
+        }
+    }
+
+    /// One JSON object, as the `command` approver receives it on stdin.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a prompt always serializes")
+    }
+
+    /// A few lines of text for a person, with every host-supplied value escaped.
+    pub fn text(&self) -> String {
+        match self {
+            Self::Pam(p) => {
+                let mut text = format!(
+                    "{} as {} on {} ({})",
+                    display_safe(&p.service),
+                    display_safe(&p.user),
+                    display_safe(&p.host),
+                    display_safe(&p.host_id),
+                );
+                if let Some(cmd) = &p.command {
+                    text.push_str(&format!("\n  command: {}", display_safe(cmd)));
+                }
+                let mut from = Vec::new();
+                if let Some(tty) = &p.tty {
+                    from.push(format!("tty {}", display_safe(tty)));
+                }
+                if let Some(rhost) = &p.rhost {
+                    from.push(format!("from {}", display_safe(rhost)));
+                }
+                if let Some(ruser) = &p.ruser {
+                    from.push(format!("by {}", display_safe(ruser)));
+                }
+                if !from.is_empty() {
+                    text.push_str(&format!("\n  {}", from.join(", ")));
+                }
+                format!("nod: allow {text}?")
+            }
+        }
+    }
+}
+
+/// The future an approver returns.
+pub type ApprovalFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// A way to ask the person. `deadline` is when the answer stops mattering (the request's
+/// expiry); a backend should give up by then, and the caller drops the future at the deadline
+/// anyway, so anything a backend holds must clean up on drop (e.g. kill its child).
+pub trait Approver: fmt::Debug + Send + Sync {
+    /// Short name for logs: `tty`, `askpass`, `command`, `none`.
+    fn name(&self) -> &'static str;
+
+    fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a>;
+}
+
+/// The approver used when nobody can be asked: always [`Outcome::Unavailable`], so the host
+/// falls back to its password (fail closed, never open).
+#[derive(Debug, Clone, Default)]
+pub struct Unavailable;
+
+impl Approver for Unavailable {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn approve<'a>(&'a self, _prompt: &'a Prompt, _deadline: Instant) -> ApprovalFuture<'a> {
+        Box::pin(async { Outcome::Unavailable })
+    }
+}
+
+/// The approver requested on the command line; it wins over `agent.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApproverChoice {
+    pub kind: Option<ApproverKind>,
+    /// `--approver-command PROG`: a program, run without a shell.
+    pub command: Option<String>,
+}
+
+/// No approver can be built from the given choice.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error(
+        "the command approver needs a program: pass --approver-command PROG or set \
+         [approver] command = [\"prog\", \"arg\"] in agent.toml"
+    )]
+    NoCommand,
+    #[error(
+        "the askpass approver needs a program: set SSH_ASKPASS or install ssh-askpass \
+         (e.g. the ssh-askpass-gnome package)"
+    )]
+    NoAskpass,
+}
+
+/// What the environment offers, for the default choice. Read once at start.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub stdin_is_tty: bool,
+    pub has_display: bool,
+    pub askpass: Option<PathBuf>,
+}
+
+impl Environment {
+    pub fn detect() -> Self {
+        let set = |v: &str| std::env::var_os(v).is_some_and(|s| !s.is_empty());
+        Self {
+            stdin_is_tty: std::io::stdin().is_terminal(),
+            has_display: set("DISPLAY") || set("WAYLAND_DISPLAY"),
+            askpass: askpass::find_program(),
+        }
+    }
+}
+
+/// Picks the approver: the command line, then `agent.toml`, then the default: `tty` when stdin
+/// is a terminal, else `askpass` when a display and an askpass program exist, else
+/// [`Unavailable`].
+pub fn select(
+    cli: &ApproverChoice,
+    config: &ApproverConfig,
+    env: &Environment,
+) -> Result<Arc<dyn Approver>, SelectError> {
+    let kind = cli
+        .kind
+        .or(cli.command.as_ref().map(|_| ApproverKind::Command))
+        .or(config.kind)
+        .or(config.command.as_ref().map(|_| ApproverKind::Command));
+    let kind = match kind {
+        Some(kind) => kind,
+        None if env.stdin_is_tty => ApproverKind::Tty,
+        None if env.has_display && env.askpass.is_some() => ApproverKind::Askpass,
+        None => return Ok(Arc::new(Unavailable)),
+    };
+    Ok(match kind {
+        ApproverKind::Tty => Arc::new(tty::TtyApprover::new()),
+        ApproverKind::Askpass => {
+            let program = env.askpass.clone().ok_or(SelectError::NoAskpass)?;
+            Arc::new(askpass::AskpassApprover::new(program))
+        }
+        ApproverKind::Command => {
+            let argv = match (&cli.command, &config.command) {
+                (Some(prog), _) => vec![prog.clone()],
+                (None, Some(argv)) => argv.clone(),
+                (None, None) => return Err(SelectError::NoCommand),
+            };
+            Arc::new(command::CommandApprover::new(argv).ok_or(SelectError::NoCommand)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt() -> Prompt {
+        Prompt::Pam(PamPrompt {
+            host: "web-1.example.com".into(),
+            host_id: "web-1".into(),
+            service: "sudo".into(),
+            user: "alice".into(),
+            ruser: Some("alice".into()),
+            tty: Some("/dev/pts/3".into()),
+            rhost: Some("10.0.0.5".into()),
+            command: Some("/usr/bin/apt upgrade".into()),
+            request_id: "r1".into(),
+        })
+    }
+
+    #[test]
+    fn prompt_json_has_the_contract_fields() {
+        let v: serde_json::Value = serde_json::from_slice(&prompt().to_json()).unwrap();
+        assert_eq!(v["kind"], "pam");
+        for (k, want) in [
+            ("host", "web-1.example.com"),
+            ("host_id", "web-1"),
+            ("service", "sudo"),
+            ("user", "alice"),
+            ("ruser", "alice"),
+            ("tty", "/dev/pts/3"),
+            ("rhost", "10.0.0.5"),
+            ("command", "/usr/bin/apt upgrade"),
+            ("request_id", "r1"),
+        ] {
+            assert_eq!(v[k], want, "{k}");
+        }
+    }
+
+    #[test]
+    fn absent_command_is_json_null() {
+        let Prompt::Pam(mut p) = prompt();
+        p.command = None;
+        let v: serde_json::Value = serde_json::from_slice(&Prompt::Pam(p).to_json()).unwrap();
+        assert!(v["command"].is_null());
+    }
+
+    #[test]
+    fn text_escapes_terminal_control_sequences() {
+        let Prompt::Pam(mut p) = prompt();
+        p.command = Some("ls\x1b[2J\rApproved!\u{202e}".into());
+        let text = Prompt::Pam(p).text();
+        assert!(!text.contains('\x1b'));
+        assert!(!text.contains('\r'));
+        assert!(!text.contains('\u{202e}'));
+        assert!(text.contains("\\u{1b}[2J"));
+        assert!(text.contains("web-1.example.com") && text.contains("Approved!"));
+    }
+
+    #[test]
+    fn text_cuts_long_values() {
+        assert_eq!(
+            display_safe(&"a".repeat(1000)).chars().count(),
+            MAX_FIELD_CHARS + 1
+        );
+    }
+
+    #[test]
+    fn selection_prefers_cli_then_config_then_environment() {
+        let cfg = ApproverConfig {
+            kind: Some(ApproverKind::Command),
+            command: Some(vec!["/bin/true".into()]),
+        };
+        let tty_env = Environment {
+            stdin_is_tty: true,
+            ..Default::default()
+        };
+        let cli = ApproverChoice {
+            kind: Some(ApproverKind::Tty),
+            command: None,
+        };
+        assert_eq!(select(&cli, &cfg, &tty_env).unwrap().name(), "tty");
+        let none = ApproverChoice::default();
+        assert_eq!(select(&none, &cfg, &tty_env).unwrap().name(), "command");
+        let empty = ApproverConfig::default();
+        assert_eq!(select(&none, &empty, &tty_env).unwrap().name(), "tty");
+        let gui = Environment {
+            has_display: true,
+            askpass: Some("/usr/bin/ssh-askpass".into()),
+            ..Default::default()
+        };
+        assert_eq!(select(&none, &empty, &gui).unwrap().name(), "askpass");
+        let headless = Environment::default();
+        assert_eq!(select(&none, &empty, &headless).unwrap().name(), "none");
+        let cli_cmd = ApproverChoice {
+            kind: None,
+            command: Some("/bin/approve".into()),
+        };
+        assert_eq!(
+            select(&cli_cmd, &empty, &headless).unwrap().name(),
+            "command"
+        );
+    }
+
+    #[test]
+    fn selection_errors_instead_of_guessing() {
+        let cli = ApproverChoice {
+            kind: Some(ApproverKind::Command),
+            command: None,
+        };
+        let err = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap_err();
+        assert!(matches!(err, SelectError::NoCommand));
+        let cli = ApproverChoice {
+            kind: Some(ApproverKind::Askpass),
+            command: None,
+        };
+        let err = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap_err();
+        assert!(matches!(err, SelectError::NoAskpass));
+    }
+
+    #[tokio::test]
+    async fn unavailable_never_approves() {
+        let outcome = Unavailable.approve(&prompt(), Instant::now()).await;
+        assert_eq!(outcome, Outcome::Unavailable);
+    }
+}

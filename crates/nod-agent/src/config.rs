@@ -1,0 +1,226 @@
+//! `$XDG_CONFIG_HOME/nod/agent.toml`. Optional: a missing file means the defaults. Unknown keys
+//! are an error, so a misspelled `rate_limit_burts` is not silently ignored.
+//!
+//! ```toml
+//! [approver]
+//! kind = "command"          # tty | askpass | command
+//! command = ["prog", "arg"]
+//! [approval]
+//! allowed_future_skew_ms = 30000
+//! rate_limit_burst = 5
+//! rate_limit_per_minute = 20
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::fsutil::check_not_writable_by_others;
+
+/// Which approver backend asks the person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApproverKind {
+    Tty,
+    Askpass,
+    Command,
+}
+
+impl std::str::FromStr for ApproverKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tty" => Ok(Self::Tty),
+            "askpass" => Ok(Self::Askpass),
+            "command" => Ok(Self::Command),
+            other => Err(format!(
+                "unknown approver {other:?}; use tty, askpass or command"
+            )),
+        }
+    }
+}
+
+/// `[approver]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverConfig {
+    pub kind: Option<ApproverKind>,
+    /// argv of the `command` approver.
+    pub command: Option<Vec<String>>,
+}
+
+/// `[approval]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalConfig {
+    pub allowed_future_skew_ms: u64,
+    /// Prompts a host|service|user may trigger back to back.
+    pub rate_limit_burst: u32,
+    /// Steady rate at which that allowance refills.
+    pub rate_limit_per_minute: u32,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        Self {
+            allowed_future_skew_ms: nod_proto::DEFAULT_FUTURE_SKEW_MS,
+            rate_limit_burst: 5,
+            rate_limit_per_minute: 20,
+        }
+    }
+}
+
+/// The whole `agent.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub approver: ApproverConfig,
+    #[serde(default)]
+    pub approval: ApprovalConfig,
+}
+
+/// `agent.toml` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("refusing {}: {source}", path.display())]
+    Unsafe { path: PathBuf, source: io::Error },
+    #[error("{} is invalid; fix or remove the offending key:\n{message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+}
+
+/// Longest allowed clock skew: ten minutes is already generous for NTP-less hosts.
+const MAX_SKEW_MS: u64 = 10 * 60 * 1000;
+
+impl AgentConfig {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let meta = fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        check_not_writable_by_others(path, &meta).map_err(|source| ConfigError::Unsafe {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks the text of `agent.toml`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.check().map_err(|problem| ConfigError::Invalid {
+            path: path.to_owned(),
+            problem,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if let Some(cmd) = &self.approver.command {
+            if cmd.first().is_none_or(|p| p.is_empty()) {
+                return Err("[approver] command must name a program, e.g. command = [\"/usr/bin/my-approver\"]".into());
+            }
+        }
+        let a = &self.approval;
+        if a.rate_limit_burst == 0 || a.rate_limit_per_minute == 0 {
+            return Err(
+                "[approval] rate_limit_burst and rate_limit_per_minute must be at least 1".into(),
+            );
+        }
+        if a.allowed_future_skew_ms > MAX_SKEW_MS {
+            return Err(format!(
+                "[approval] allowed_future_skew_ms must be at most {MAX_SKEW_MS}; fix the host's clock instead"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, AgentConfig::default());
+        assert_eq!(c.approval.allowed_future_skew_ms, 30_000);
+        assert_eq!(c.approval.rate_limit_burst, 5);
+        assert_eq!(c.approval.rate_limit_per_minute, 20);
+    }
+
+    #[test]
+    fn reads_every_documented_key() {
+        let c = parse(
+            r#"
+            [approver]
+            kind = "command"
+            command = ["prog", "arg"]
+            [approval]
+            allowed_future_skew_ms = 1000
+            rate_limit_burst = 2
+            rate_limit_per_minute = 3
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.approver.kind, Some(ApproverKind::Command));
+        assert_eq!(c.approver.command.unwrap(), ["prog", "arg"]);
+        assert_eq!(c.approval.allowed_future_skew_ms, 1000);
+        assert_eq!(c.approval.rate_limit_burst, 2);
+        assert_eq!(c.approval.rate_limit_per_minute, 3);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_at_every_level() {
+        for text in [
+            "colour = 1",
+            "[approver]\nkinds = \"tty\"",
+            "[approval]\nrate_limit_burts = 5",
+            "[ssh]\nx = 1",
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("unknown field"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse("[approver]\nkind = \"yes\"").is_err());
+        assert!(parse("[approver]\ncommand = []").is_err());
+        assert!(parse("[approval]\nrate_limit_burst = 0").is_err());
+        assert!(parse("[approval]\nallowed_future_skew_ms = 99999999").is_err());
+    }
+
+    #[test]
+    fn approver_kind_parses_cli_spelling() {
+        assert_eq!("tty".parse::<ApproverKind>(), Ok(ApproverKind::Tty));
+        assert_eq!("askpass".parse::<ApproverKind>(), Ok(ApproverKind::Askpass));
+        assert_eq!("command".parse::<ApproverKind>(), Ok(ApproverKind::Command));
+        assert!("always".parse::<ApproverKind>().is_err());
+    }
+}
