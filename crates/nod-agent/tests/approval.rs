@@ -360,3 +360,35 @@ async fn audit_chain_records_every_decision_and_verifies() {
         Verdict::Broken { line: 2, .. }
     ));
 }
+
+#[tokio::test]
+async fn slow_or_truncated_frames_are_closed_without_prompt() {
+    let settings = ApprovalSettings {
+        read_timeout: Duration::from_millis(300),
+        ..ApprovalSettings::default()
+    };
+    let h = start_with("exit 0", settings, true).await;
+    // Announces 1 MiB, sends 10 bytes, then waits: cut off at the read deadline.
+    let started = Instant::now();
+    let mut partial = (MAX_FRAME_LEN as u32).to_be_bytes().to_vec();
+    partial.extend_from_slice(&[b'{'; 10]);
+    assert!(exchange_raw(&h.socket, &partial).await.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3));
+    // A valid request cut short, then EOF.
+    let req = signed(&h, "req-truncated");
+    let bytes = frame::encode(&req.to_json()).unwrap();
+    let mut stream = tokio::net::UnixStream::connect(&h.socket).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(&bytes[..bytes.len() - 5]).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        assert!(out.is_empty());
+    }
+    assert!(!h.approver_ran());
+    // The same request, complete, still works: nothing of the cut one was remembered.
+    let resp = verify(&h, &req, ask(&h, &req).await.expect("a reply"));
+    assert_eq!(resp.body().decision, Decision::Approved);
+}

@@ -195,8 +195,8 @@ pub fn decision_of(outcome: Outcome) -> (Decision, AuthMethod, Option<&'static s
     }
 }
 
-/// Reads one request frame: header, size check against the protocol cap before allocating,
-/// then exactly the announced payload.
+/// Reads one request frame: header, size check against the protocol cap (nod-proto's
+/// `payload_len`) before reading on, then exactly the announced payload.
 async fn read_request_frame(stream: &mut UnixStream) -> Result<Vec<u8>, ProtoError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
@@ -214,17 +214,20 @@ async fn read_request_frame(stream: &mut UnixStream) -> Result<Vec<u8>, ProtoErr
         }
     }
     let len = frame::payload_len(header)?;
-    let mut payload = vec![0u8; len];
-    stream
-        .read_exact(&mut payload)
+    // Grow the buffer as bytes arrive instead of allocating the announced length up front:
+    // a thousand peers announcing 1 MiB each and then stalling must not cost a gigabyte.
+    let mut payload = Vec::with_capacity(len.min(64 * 1024));
+    let got = (&mut *stream)
+        .take(len as u64)
+        .read_to_end(&mut payload)
         .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => ProtoError::FrameTruncated,
-            kind => ProtoError::Io {
-                kind,
-                started: true,
-            },
+        .map_err(|e| ProtoError::Io {
+            kind: e.kind(),
+            started: true,
         })?;
+    if got != len {
+        return Err(ProtoError::FrameTruncated);
+    }
     Ok(payload)
 }
 
