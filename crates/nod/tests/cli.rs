@@ -432,3 +432,33 @@ fn agent_rejects_an_unknown_approver_kind() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--approver-command"), "{}", stderr(&o));
 }
+
+#[test]
+fn xdg_fallbacks_use_home_and_ignore_relative_values() {
+    let dir = TempDir::new();
+    fs::write(
+        dir.path("web.pub"),
+        openssh_public_line(&host_key().verifying_key(), ""),
+    )
+    .unwrap();
+    let o = nod(&dir)
+        .env_remove("XDG_CONFIG_HOME")
+        .env("XDG_DATA_HOME", "relative/data")
+        .args([
+            "hosts",
+            "add",
+            "web-1",
+            dir.path("web.pub").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path("home/.config/nod/hosts.toml").exists());
+    let o = nod(&dir)
+        .env("XDG_DATA_HOME", "relative/data")
+        .arg("agent-key")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path("home/.local/share/nod/agent_ed25519.key").exists());
+}

@@ -259,6 +259,13 @@ impl HostAllowlist {
     fn reload(&mut self, stamp: Stamp) {
         self.stamp = stamp;
         self.hosts = match HostsFile::load(&self.path) {
+            Ok(hosts) if stamp.is_none() => {
+                event!(
+                    "no host allowlist at {} yet; allow a host with `nod hosts add <host_id> <pubkey-file>`",
+                    self.path.display()
+                );
+                hosts
+            }
             Ok(hosts) => {
                 event!(
                     "host allowlist {}: {} host(s)",
