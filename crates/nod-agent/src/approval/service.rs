@@ -39,6 +39,9 @@ use crate::keystore::AgentKey;
 use crate::log::event;
 use crate::now_ms;
 
+/// How long before the request's expiry a prompt is given up, to leave time for the reply.
+const REPLY_MARGIN_MS: u64 = 500;
+
 /// Tunables of the service; [`From<&ApprovalConfig>`] fills them from `agent.toml`.
 #[derive(Debug, Clone)]
 pub struct ApprovalSettings {
@@ -454,7 +457,13 @@ impl ApprovalService {
         verified: &VerifiedRequest,
     ) -> Option<PromptResult> {
         let body = verified.body();
-        let left = Duration::from_millis(body.expires_at_ms.saturating_sub(now_ms()));
+        // Stop asking a little before the request expires, so that even a timed-out prompt's
+        // answer reaches the helper before its own deadline (same instant as the expiry). A
+        // reply cut off mid-frame by that deadline would read as a protocol error (a hard
+        // fail) instead of "unavailable" (password fallback).
+        let remaining = body.expires_at_ms.saturating_sub(now_ms());
+        let margin = (remaining / 4).min(REPLY_MARGIN_MS);
+        let left = Duration::from_millis(remaining - margin);
         let deadline = Instant::now() + left.min(self.settings.max_prompt);
         let prompt = Prompt::Pam(PamPrompt::from_request(body));
         let ask = async {
