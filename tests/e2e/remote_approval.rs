@@ -159,7 +159,7 @@ fn pam_stack(
 ) -> String {
     format!(
         "auth [success=done authinfo_unavail=ignore default=die] {} conf={} helper={} timeout_ms=5000 debug\n\
-         auth optional pam_exec.so quiet {}\n\
+         auth optional pam_exec.so quiet seteuid {}\n\
          {tail}\n\
          account required pam_permit.so\n\
          session required pam_permit.so\n",
