@@ -22,6 +22,7 @@ use crate::fsutil::ensure_private_dir;
 use crate::keystore::{Keystore, KeystoreError};
 use crate::log::event;
 use crate::paths::{Paths, PathsError};
+use crate::ssh::SshAgentService;
 
 /// What `nod agent` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -144,6 +145,7 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         None => Paths::from_env()?,
     };
     let socket_path = paths.approval_socket()?;
+    let ssh_socket_path = paths.ssh_agent_socket()?;
     let config = AgentConfig::load(&paths.agent_config())?;
     let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
     let agent_key = Keystore::new(&paths.keystore_dir()).agent_key()?;
@@ -168,6 +170,10 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         approver,
         ApprovalSettings::from(&config.approval),
     ));
+    let ssh_agent = Arc::new(SshAgentService::new(
+        Arc::clone(service.approver()),
+        service.audit_log(),
+    ));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -178,12 +184,20 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
         let (listener, socket) = bind_socket(&socket_path)?;
         event!("approval socket {} ready", socket_path.display());
+        let (ssh_listener, ssh_socket) = bind_socket(&ssh_socket_path)?;
+        event!("ssh agent socket {} ready", ssh_socket_path.display());
+        eprintln!(
+            "SSH_AUTH_SOCK={}; export SSH_AUTH_SOCK;",
+            ssh_socket_path.display()
+        );
         tokio::select! {
             () = service.serve(listener) => {}
+            () = ssh_agent.serve(ssh_listener) => {}
             _ = sigint.recv() => event!("SIGINT: shutting down"),
             _ = sigterm.recv() => event!("SIGTERM: shutting down"),
         }
         drop(socket);
+        drop(ssh_socket);
         Ok(())
     })
 }

@@ -6,6 +6,8 @@
 //! - [`approval`]: the remote-approval service. `nod-helper` on a Linux host sends a signed
 //!   request (protocol v1, macos-auth compatible, see `nod-proto`) over an SSH-forwarded Unix
 //!   socket; the agent checks it, asks the person, and answers with a signed decision.
+//! - [`ssh`]: the SSH agent service (preview): keys in memory, `ssh-add -c` keys confirmed
+//!   through the approver.
 //! - [`approve`]: how a person says yes — the [`approve::Approver`] trait and its `tty`,
 //!   `askpass` and `command` backends.
 //! - [`audit`]: a hash-chained JSON-lines log of every decision, and its verifier.
@@ -43,6 +45,7 @@ mod fsutil;
 pub mod keystore;
 mod log;
 pub mod paths;
+pub mod ssh;
 
 pub use agent::{AgentError, AgentOptions, run_agent};
 

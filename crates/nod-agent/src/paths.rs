@@ -117,6 +117,10 @@ impl Paths {
     pub fn approval_socket(&self) -> Result<PathBuf, PathsError> {
         Ok(self.sockets_dir()?.join("approval.sock"))
     }
+
+    pub fn ssh_agent_socket(&self) -> Result<PathBuf, PathsError> {
+        Ok(self.sockets_dir()?.join("ssh-agent.sock"))
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +137,10 @@ mod tests {
         assert_eq!(
             p.approval_socket().unwrap(),
             Path::new("/x/runtime/nod/approval.sock")
+        );
+        assert_eq!(
+            p.ssh_agent_socket().unwrap(),
+            Path::new("/x/runtime/nod/ssh-agent.sock")
         );
     }
 }

@@ -145,7 +145,7 @@ pub struct ApprovalService {
     hosts: Mutex<HostAllowlist>,
     replay: Mutex<ReplayCache>,
     rate: Mutex<RateLimiter>,
-    audit: Mutex<AuditLog>,
+    audit: Arc<Mutex<AuditLog>>,
     /// One prompt at a time: a person answers one question, and a flood of requests must not
     /// stack dialogs until one is approved by mistake.
     prompt_turn: tokio::sync::Mutex<()>,
@@ -166,6 +166,7 @@ fn audit_base(body: &RequestBody) -> AuditEvent {
         request_id: Some(clip(&body.request_id)),
         decision: String::new(),
         reason: None,
+        ..Default::default()
     }
 }
 
@@ -268,9 +269,18 @@ impl ApprovalService {
             settings,
             approver,
             hosts: Mutex::new(hosts),
-            audit: Mutex::new(audit),
+            audit: Arc::new(Mutex::new(audit)),
             prompt_turn: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub fn approver(&self) -> &Arc<dyn Approver> {
+        &self.approver
+    }
+
+    /// The audit log, shared with the other services so they continue one chain.
+    pub fn audit_log(&self) -> Arc<Mutex<AuditLog>> {
+        Arc::clone(&self.audit)
     }
 
     pub fn agent_key(&self) -> &AgentKey {

@@ -64,6 +64,8 @@ pub struct PamPrompt {
 pub enum Prompt {
     /// Remote approval of a PAM login or sudo on a Linux host.
     Pam(PamPrompt),
+    /// One signature with an SSH key added with `ssh-add -c`.
+    SshSign(crate::ssh::SshSignPrompt),
 }
 
 /// Longest rendering of one field in a human-readable prompt.
@@ -93,6 +95,7 @@ impl Prompt {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Pam(_) => "pam",
+            Self::SshSign(_) => "ssh-sign",
         }
     }
 
@@ -129,6 +132,19 @@ impl Prompt {
                     text.push_str(&format!("\n  {}", from.join(", ")));
                 }
                 format!("nod: allow {text}?")
+            }
+            Self::SshSign(p) => {
+                let by = match (&p.caller_exe, p.caller_pid) {
+                    (Some(exe), Some(pid)) => format!("{} (pid {pid})", display_safe(exe)),
+                    (None, Some(pid)) => format!("pid {pid}"),
+                    (Some(exe), None) => display_safe(exe),
+                    (None, None) => "an unknown program".to_owned(),
+                };
+                format!(
+                    "nod: allow a signature with SSH key {} ({})?\n  requested by {by}",
+                    display_safe(&p.key_comment),
+                    p.fingerprint,
+                )
             }
         }
     }
@@ -279,7 +295,9 @@ mod tests {
 
     #[test]
     fn absent_command_is_json_null() {
-        let Prompt::Pam(mut p) = prompt();
+        let Prompt::Pam(mut p) = prompt() else {
+            unreachable!()
+        };
         p.command = None;
         let v: serde_json::Value = serde_json::from_slice(&Prompt::Pam(p).to_json()).unwrap();
         assert!(v["command"].is_null());
@@ -287,7 +305,9 @@ mod tests {
 
     #[test]
     fn text_escapes_terminal_control_sequences() {
-        let Prompt::Pam(mut p) = prompt();
+        let Prompt::Pam(mut p) = prompt() else {
+            unreachable!()
+        };
         p.command = Some("ls\x1b[2J\rApproved!\u{202e}".into());
         let text = Prompt::Pam(p).text();
         assert!(!text.contains('\x1b'));
@@ -295,6 +315,25 @@ mod tests {
         assert!(!text.contains('\u{202e}'));
         assert!(text.contains("\\u{1b}[2J"));
         assert!(text.contains("web-1.example.com") && text.contains("Approved!"));
+    }
+
+    #[test]
+    fn ssh_sign_prompt_json_has_kind_key_and_caller() {
+        let prompt = Prompt::SshSign(crate::ssh::SshSignPrompt {
+            key_comment: "me@laptop\x1b[2J".into(),
+            fingerprint: "SHA256:abc".into(),
+            caller_pid: Some(42),
+            caller_exe: Some("/usr/bin/ssh".into()),
+        });
+        let v: serde_json::Value = serde_json::from_slice(&prompt.to_json()).unwrap();
+        assert_eq!(v["kind"], "ssh-sign");
+        assert_eq!(prompt.kind(), "ssh-sign");
+        assert_eq!(v["fingerprint"], "SHA256:abc");
+        assert_eq!(v["caller_pid"], 42);
+        assert_eq!(v["caller_exe"], "/usr/bin/ssh");
+        let text = prompt.text();
+        assert!(!text.contains('\x1b'));
+        assert!(text.contains("SHA256:abc") && text.contains("/usr/bin/ssh (pid 42)"));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub enum AuditError {
 /// One decision. Fields a service does not have are left out of the line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AuditEvent {
-    /// Which service decided: `approval` (later `ssh`, `secrets`).
+    /// Which service decided: `approval`, `ssh` (later `secrets`).
     pub service: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_id: Option<String>,
@@ -55,6 +55,16 @@ pub struct AuditEvent {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// SSH agent: the key's comment and `SHA256:` fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_comment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// SSH agent: the connecting process, from `SO_PEERCRED` and `/proc/<pid>/exe`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_exe: Option<String>,
     /// `approved`, `denied`, `cancelled`, `unavailable`, `failed`, or `refused` (no prompt).
     pub decision: String,
     /// Why, in a short machine-readable word: `unknown_host`, `bad_signature`, `replay`, …
@@ -282,6 +292,7 @@ mod tests {
             request_id: Some(format!("r{i}")),
             decision: "approved".into(),
             reason: None,
+            ..Default::default()
         }
     }
 

@@ -1,0 +1,138 @@
+//! Framing for the SSH agent socket: ssh-agent-lib's message types, behind a length cap.
+//!
+//! ssh-agent-lib 0.6's own `Codec` trusts the 4-byte length prefix: it waits (and lets the
+//! read buffer grow) for as many bytes as the peer announces, up to 4 GiB, and decodes the
+//! message from everything buffered, not from exactly one frame. This wrapper caps frames at
+//! [`MAX_FRAME_LEN`] (OpenSSH's `AGENT_MAX_LEN`, 256 KiB) before buffering more, hands the
+//! library's decoder exactly one frame, and rejects bytes the message did not use.
+
+use ssh_agent_lib::codec::Codec;
+use ssh_agent_lib::error::AgentError;
+use ssh_agent_lib::proto::{Request, Response};
+use ssh_agent_lib::ssh_encoding::Decode;
+use tokio_util::bytes::{Buf, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Longest message body accepted, as in OpenSSH's `ssh-agent.c`.
+pub const MAX_FRAME_LEN: usize = 256 * 1024;
+
+const LEN_PREFIX: usize = 4;
+
+/// One frame read from a client.
+#[derive(Debug)]
+pub enum Frame {
+    /// A message the library decoded, with no bytes left over.
+    Request(Box<Request>),
+    /// A complete frame that is not a valid message (unknown type, bad field, trailing bytes).
+    /// The client gets FAILURE and the connection stays open, as with OpenSSH.
+    Invalid(String),
+}
+
+/// The frame's length is over the cap; the connection is closed without reading it.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {0} bytes is over the {MAX_FRAME_LEN}-byte limit")]
+    TooLong(usize),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("cannot encode the reply: {0}")]
+    Encode(AgentError),
+}
+
+/// ssh-agent-lib's codec with a frame cap; see the module docs.
+#[derive(Debug, Default)]
+pub struct CappedCodec {
+    inner: Codec<Request, Response>,
+}
+
+impl Decoder for CappedCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let Some(prefix) = src.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(CodecError::TooLong(len));
+        }
+        if src.len() < LEN_PREFIX + len {
+            src.reserve(LEN_PREFIX + len - src.len());
+            return Ok(None);
+        }
+        src.advance(LEN_PREFIX);
+        let frame = src.split_to(len);
+        let mut body: &[u8] = &frame;
+        Ok(Some(match Request::decode(&mut body) {
+            Ok(_) if !body.is_empty() => {
+                Frame::Invalid(format!("{} trailing bytes after the message", body.len()))
+            }
+            Ok(request) => Frame::Request(Box::new(request)),
+            Err(e) => Frame::Invalid(e.to_string()),
+        }))
+    }
+}
+
+impl Encoder<Response> for CappedCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: Response, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.inner.encode(item, dst).map_err(CodecError::Encode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(bytes: &[u8]) -> Result<Option<Frame>, CodecError> {
+        CappedCodec::default().decode(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn decodes_request_identities() {
+        let frame = decode(&[0, 0, 0, 1, 11]).unwrap().unwrap();
+        assert!(matches!(frame, Frame::Request(r) if *r == Request::RequestIdentities));
+    }
+
+    #[test]
+    fn rejects_frame_over_the_cap_before_buffering_it() {
+        let len = u32::try_from(MAX_FRAME_LEN + 1).unwrap().to_be_bytes();
+        assert!(matches!(decode(&len), Err(CodecError::TooLong(_))));
+    }
+
+    #[test]
+    fn waits_for_the_rest_of_a_frame() {
+        assert!(decode(&[0, 0, 0, 5, 11]).unwrap().is_none());
+        assert!(decode(&[0, 0]).unwrap().is_none());
+    }
+
+    #[test]
+    fn trailing_bytes_are_invalid() {
+        let frame = decode(&[0, 0, 0, 2, 11, 0]).unwrap().unwrap();
+        assert!(matches!(frame, Frame::Invalid(_)));
+    }
+
+    #[test]
+    fn unknown_message_type_is_invalid_and_consumed() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 1, 200, 0, 0, 0, 1, 11][..]);
+        let mut codec = CappedCodec::default();
+        assert!(matches!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::Invalid(_))
+        ));
+        assert!(matches!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::Request(_))
+        ));
+    }
+
+    #[test]
+    fn empty_frame_is_invalid() {
+        assert!(matches!(
+            decode(&[0, 0, 0, 0]).unwrap(),
+            Some(Frame::Invalid(_))
+        ));
+    }
+}

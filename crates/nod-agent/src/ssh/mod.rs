@@ -1,0 +1,644 @@
+//! The SSH agent service (DESIGN.md §2), first part: an in-memory agent on
+//! `$XDG_RUNTIME_DIR/nod/ssh-agent.sock`, speaking the agent protocol (OpenSSH
+//! `PROTOCOL.agent`) through ssh-agent-lib 0.6's message types.
+//!
+//! Supported: list, sign (Ed25519, ECDSA P-256/P-384, RSA ≥ 2048 with `rsa-sha2-256/512`),
+//! add (with the lifetime and confirm constraints), remove, remove all, lock/unlock. Keys added
+//! with confirm (`ssh-add -c`) ask the agent's approver before every signature; other keys sign
+//! without asking, as with OpenSSH's agent. Everything else (destination constraints,
+//! `session-bind@openssh.com` and other extensions, certificates, smartcards) gets FAILURE and
+//! a "not supported yet" log line.
+//!
+//! # Threat model
+//!
+//! The socket is 0600 in a 0700 directory, so only the user (and root) can connect. Every
+//! client is still treated as hostile input: frames are capped at 256 KiB before anything is
+//! buffered ([`codec`]), a bad message gets FAILURE and never ends service to other clients,
+//! and a peer learns only FAILURE, never why (the log gets the detail). Keys live only in
+//! memory, as `ssh_key::PrivateKey` (zeroized on drop); they are gone when the agent stops.
+//! The caller shown in a confirm prompt comes from the kernel (`SO_PEERCRED`), not from the
+//! message; its exe is read from `/proc` when the connection is accepted, so a caller that
+//! exits and whose pid is reused before that could be misnamed.
+
+pub mod codec;
+pub mod sign;
+
+use std::fs;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use ssh_agent_lib::agent::Session;
+use ssh_agent_lib::error::AgentError;
+use ssh_agent_lib::proto::{
+    AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, Extension, Identity,
+    KeyConstraint, PrivateCredential, PublicCredential, RemoveIdentity, Response, SignRequest,
+    SmartcardKey,
+};
+use ssh_key::public::KeyData;
+use ssh_key::{HashAlg, PrivateKey, Signature};
+use subtle::ConstantTimeEq;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+use zeroize::Zeroizing;
+
+use crate::approve::{Approver, Outcome, Prompt};
+use crate::audit::{AuditEvent, AuditLog, clip};
+use crate::log::event;
+use crate::now_ms;
+use codec::{CappedCodec, CodecError, Frame};
+
+/// How long a confirm prompt may stay open before it counts as failed.
+pub const PROMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a wrong unlock passphrase holds the connection, to slow down guessing.
+const UNLOCK_FAILURE_DELAY: Duration = Duration::from_millis(500);
+
+/// Why a request got FAILURE. Peers only ever see FAILURE; this is for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("the agent is locked")]
+    Locked,
+    #[error("the agent is not locked")]
+    NotLocked,
+    #[error("wrong unlock passphrase")]
+    WrongPassphrase,
+    #[error("no such key in the agent")]
+    UnknownKey,
+    #[error("{0} not supported yet")]
+    Unsupported(String),
+    #[error("RSA key of {0} bits refused: at least 2048 bits are required")]
+    RsaTooSmall(usize),
+    #[error("ssh-rsa (SHA-1) signature refused: the client must ask for rsa-sha2-256 or -512")]
+    RsaSha1,
+    #[error("invalid key: bad {0}")]
+    BadKey(&'static str),
+    #[error("signing failed")]
+    Sign,
+    #[error("signature not approved ({0:?})")]
+    NotApproved(Outcome),
+    #[error("the audit log cannot be written, so the signature is refused")]
+    Audit,
+}
+
+impl SshError {
+    /// What the peer gets: always a bare FAILURE (ssh prints "agent refused operation").
+    pub fn response(&self) -> Response {
+        match self {
+            Self::Locked
+            | Self::NotLocked
+            | Self::WrongPassphrase
+            | Self::UnknownKey
+            | Self::Unsupported(_)
+            | Self::RsaTooSmall(_)
+            | Self::RsaSha1
+            | Self::BadKey(_)
+            | Self::Sign
+            | Self::NotApproved(_)
+            | Self::Audit => Response::Failure,
+        }
+    }
+}
+
+/// The process at the other end of a connection, from `SO_PEERCRED` and `/proc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Caller {
+    pub pid: Option<i32>,
+    pub uid: Option<u32>,
+    /// `/proc/<pid>/exe`, when readable.
+    pub exe: Option<String>,
+}
+
+impl Caller {
+    fn of(stream: &UnixStream) -> Self {
+        match getsockopt(stream, PeerCredentials) {
+            Ok(cred) => {
+                let pid = cred.pid();
+                let exe = fs::read_link(format!("/proc/{pid}/exe"))
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned());
+                Self {
+                    pid: Some(pid),
+                    uid: Some(cred.uid()),
+                    exe,
+                }
+            }
+            Err(e) => {
+                event!("ssh agent: cannot read the peer's credentials: {e}");
+                Self::default()
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        let exe = self.exe.as_deref().unwrap_or("unknown program");
+        match self.pid {
+            Some(pid) => format!("{exe:?} (pid {pid})"),
+            None => format!("{exe:?}"),
+        }
+    }
+}
+
+/// A confirm prompt for one signature (`ssh-add -c` keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshSignPrompt {
+    pub key_comment: String,
+    /// `SHA256:…`, as `ssh-add -l` prints it.
+    pub fingerprint: String,
+    pub caller_pid: Option<i32>,
+    pub caller_exe: Option<String>,
+}
+
+/// One key the agent holds.
+#[derive(Debug)]
+struct HeldKey {
+    key: Arc<PrivateKey>,
+    comment: String,
+    expires: Option<Instant>,
+    confirm: bool,
+}
+
+impl HeldKey {
+    fn public(&self) -> &KeyData {
+        self.key.public_key().key_data()
+    }
+}
+
+/// The salted SHA-256 of the lock passphrase; compared in constant time.
+#[derive(Debug)]
+struct LockHash {
+    salt: [u8; 16],
+    hash: Zeroizing<[u8; 32]>,
+}
+
+impl LockHash {
+    fn new(passphrase: &str) -> Self {
+        let mut salt = [0u8; 16];
+        // Without randomness the salt is zero: the hash only ever lives in our memory, so
+        // this costs little.
+        let _ = getrandom::getrandom(&mut salt);
+        let hash = Self::digest(&salt, passphrase);
+        Self { salt, hash }
+    }
+
+    fn digest(salt: &[u8; 16], passphrase: &str) -> Zeroizing<[u8; 32]> {
+        let mut h = Sha256::new();
+        h.update(salt);
+        h.update(passphrase.as_bytes());
+        Zeroizing::new(h.finalize().into())
+    }
+
+    fn matches(&self, passphrase: &str) -> bool {
+        let other = Self::digest(&self.salt, passphrase);
+        bool::from(self.hash.ct_eq(&*other))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Keyring {
+    keys: Vec<HeldKey>,
+    lock: Option<LockHash>,
+}
+
+impl Keyring {
+    fn purge_expired(&mut self, now: Instant) {
+        self.keys.retain(|k| {
+            let live = k.expires.is_none_or(|t| t > now);
+            if !live {
+                event!("ssh agent: key {:?} expired and was removed", k.comment);
+            }
+            live
+        });
+    }
+
+    fn unlocked(&mut self) -> Result<&mut Self, SshError> {
+        match self.lock {
+            Some(_) => Err(SshError::Locked),
+            None => Ok(self),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The keyring is plain data; a panic elsewhere cannot leave it half-changed.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The SSH agent: keys in memory, the approver for confirm keys, the shared audit log.
+#[derive(Debug)]
+pub struct SshAgentService {
+    keyring: Mutex<Keyring>,
+    approver: Arc<dyn Approver>,
+    audit: Arc<Mutex<AuditLog>>,
+    /// One confirm prompt at a time.
+    prompt_turn: tokio::sync::Mutex<()>,
+}
+
+impl SshAgentService {
+    pub fn new(approver: Arc<dyn Approver>, audit: Arc<Mutex<AuditLog>>) -> Self {
+        Self {
+            keyring: Mutex::new(Keyring::default()),
+            approver,
+            audit,
+            prompt_turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Accepts connections forever, one task each.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let session = SshSession {
+                        caller: Caller::of(&stream),
+                        service: Arc::clone(&self),
+                    };
+                    tokio::spawn(session.run(stream));
+                }
+                Err(e) => {
+                    event!("ssh agent socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn keyring(&self) -> MutexGuard<'_, Keyring> {
+        let mut ring = lock(&self.keyring);
+        ring.purge_expired(Instant::now());
+        ring
+    }
+
+    fn identities(&self) -> Vec<Identity> {
+        let ring = self.keyring();
+        if ring.lock.is_some() {
+            return Vec::new();
+        }
+        ring.keys
+            .iter()
+            .map(|k| Identity {
+                credential: PublicCredential::Key(k.public().clone()),
+                comment: k.comment.clone(),
+            })
+            .collect()
+    }
+
+    fn add(
+        &self,
+        credential: PrivateCredential,
+        constraints: &[KeyConstraint],
+    ) -> Result<(), SshError> {
+        let (keypair, comment) = match credential {
+            PrivateCredential::Key { privkey, comment } => (privkey, comment),
+            PrivateCredential::Cert { .. } => {
+                return Err(SshError::Unsupported("certificates".into()));
+            }
+        };
+        let mut expires = None;
+        let mut confirm = false;
+        for constraint in constraints {
+            match constraint {
+                KeyConstraint::Lifetime(secs) => {
+                    expires = Some(Instant::now() + Duration::from_secs(u64::from(*secs)));
+                }
+                KeyConstraint::Confirm => confirm = true,
+                KeyConstraint::Extension(ext) => {
+                    return Err(SshError::Unsupported(format!(
+                        "key constraint {:?} (e.g. ssh-add -h)",
+                        ext.name
+                    )));
+                }
+            }
+        }
+        sign::check_key(&keypair)?;
+        let key = PrivateKey::new(keypair, comment.clone()).map_err(|_| SshError::BadKey("key"))?;
+        let held = HeldKey {
+            key: Arc::new(key),
+            comment,
+            expires,
+            confirm,
+        };
+        let mut ring = self.keyring();
+        let ring = ring.unlocked()?;
+        // Adding a key again replaces it, with the new constraints, as in OpenSSH.
+        ring.keys.retain(|k| k.public() != held.public());
+        event!(
+            "ssh agent: added key {:?} {}{}{}",
+            held.comment,
+            held.key.fingerprint(HashAlg::Sha256),
+            if confirm { ", confirm" } else { "" },
+            match constraints.iter().find_map(|c| match c {
+                KeyConstraint::Lifetime(s) => Some(*s),
+                _ => None,
+            }) {
+                Some(s) => format!(", lifetime {s}s"),
+                None => String::new(),
+            }
+        );
+        ring.keys.push(held);
+        Ok(())
+    }
+
+    fn remove(&self, credential: &PublicCredential) -> Result<(), SshError> {
+        let PublicCredential::Key(public) = credential else {
+            return Err(SshError::Unsupported("certificates".into()));
+        };
+        let mut ring = self.keyring();
+        let ring = ring.unlocked()?;
+        let before = ring.keys.len();
+        ring.keys.retain(|k| k.public() != public);
+        if ring.keys.len() == before {
+            return Err(SshError::UnknownKey);
+        }
+        Ok(())
+    }
+
+    fn remove_all(&self) -> Result<(), SshError> {
+        let mut ring = self.keyring();
+        ring.unlocked()?.keys.clear();
+        Ok(())
+    }
+
+    fn lock_agent(&self, passphrase: &str) -> Result<(), SshError> {
+        let mut ring = self.keyring();
+        ring.unlocked()?.lock = Some(LockHash::new(passphrase));
+        event!("ssh agent: locked");
+        Ok(())
+    }
+
+    async fn unlock_agent(&self, passphrase: &str) -> Result<(), SshError> {
+        let matches = {
+            let mut ring = self.keyring();
+            match &ring.lock {
+                None => return Err(SshError::NotLocked),
+                Some(hash) if hash.matches(passphrase) => {
+                    ring.lock = None;
+                    true
+                }
+                Some(_) => false,
+            }
+        };
+        if !matches {
+            tokio::time::sleep(UNLOCK_FAILURE_DELAY).await;
+            return Err(SshError::WrongPassphrase);
+        }
+        event!("ssh agent: unlocked");
+        Ok(())
+    }
+
+    /// The key for `public`, if the agent is unlocked and holds it.
+    fn find(&self, public: &KeyData) -> Result<(Arc<PrivateKey>, String, bool), SshError> {
+        let mut ring = self.keyring();
+        let ring = ring.unlocked()?;
+        ring.keys
+            .iter()
+            .find(|k| k.public() == public)
+            .map(|k| (Arc::clone(&k.key), k.comment.clone(), k.confirm))
+            .ok_or(SshError::UnknownKey)
+    }
+
+    async fn sign(&self, request: &SignRequest, caller: &Caller) -> Result<Signature, SshError> {
+        let PublicCredential::Key(public) = &request.credential else {
+            return Err(SshError::Unsupported("certificates".into()));
+        };
+        let (key, comment, confirm) = self.find(public)?;
+        if confirm {
+            let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+            let prompt = Prompt::SshSign(SshSignPrompt {
+                key_comment: comment.clone(),
+                fingerprint: fingerprint.clone(),
+                caller_pid: caller.pid,
+                caller_exe: caller.exe.clone(),
+            });
+            let outcome = {
+                let _turn = self.prompt_turn.lock().await;
+                let deadline = Instant::now() + PROMPT_TIMEOUT;
+                tokio::time::timeout_at(deadline, self.approver.approve(&prompt, deadline))
+                    .await
+                    .unwrap_or(Outcome::Failed)
+            };
+            let decision = decision_word(outcome);
+            event!(
+                "ssh agent: signature with {comment:?} {fingerprint} for {}: {decision}",
+                caller.describe()
+            );
+            let logged = lock(&self.audit)
+                .append(
+                    &AuditEvent {
+                        service: "ssh",
+                        key_comment: Some(clip(&comment)),
+                        key_fingerprint: Some(fingerprint),
+                        caller_pid: caller.pid,
+                        caller_exe: caller.exe.as_deref().map(clip),
+                        decision: decision.to_owned(),
+                        ..Default::default()
+                    },
+                    now_ms(),
+                )
+                .inspect_err(|e| event!("{e}"))
+                .is_ok();
+            if outcome != Outcome::Approved {
+                return Err(SshError::NotApproved(outcome));
+            }
+            if !logged {
+                return Err(SshError::Audit);
+            }
+            // The key may have been removed, or the agent locked, while the prompt was open.
+            self.find(public)?;
+        }
+        sign::sign(&key, &request.data, request.flags)
+    }
+}
+
+/// The audit log's `decision` word for an approver outcome.
+pub fn decision_word(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Approved => "approved",
+        Outcome::Denied => "denied",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Unavailable => "unavailable",
+        Outcome::Failed => "failed",
+    }
+}
+
+/// One client connection.
+#[derive(Debug)]
+struct SshSession {
+    service: Arc<SshAgentService>,
+    caller: Caller,
+}
+
+impl SshSession {
+    /// Serves one client until it hangs up or breaks the framing. A message that cannot be
+    /// handled gets FAILURE and the connection stays open.
+    async fn run(mut self, stream: UnixStream) {
+        let mut framed = Framed::new(stream, CappedCodec::default());
+        while let Some(frame) = framed.next().await {
+            let response = match frame {
+                Ok(Frame::Request(request)) => match self.handle(*request).await {
+                    Ok(response) => response,
+                    // Already logged, with the reason, by `refuse`.
+                    Err(AgentError::Failure) => Response::Failure,
+                    Err(e) => {
+                        event!(
+                            "ssh agent: request from {} failed: {e}",
+                            self.caller.describe()
+                        );
+                        Response::Failure
+                    }
+                },
+                Ok(Frame::Invalid(why)) => {
+                    event!(
+                        "ssh agent: invalid message from {}: {why:?}",
+                        self.caller.describe()
+                    );
+                    Response::Failure
+                }
+                Err(CodecError::TooLong(len)) => {
+                    event!(
+                        "ssh agent: closing connection from {}: frame of {len} bytes is over \
+                         the 256 KiB limit",
+                        self.caller.describe()
+                    );
+                    return;
+                }
+                Err(e) => {
+                    event!("ssh agent: connection from {}: {e}", self.caller.describe());
+                    return;
+                }
+            };
+            if let Err(e) = framed.send(response).await {
+                event!("ssh agent: reply to {} failed: {e}", self.caller.describe());
+                return;
+            }
+        }
+    }
+}
+
+/// Logs why and turns it into the library's bare failure.
+fn refuse(e: SshError) -> AgentError {
+    event!("ssh agent: {e}");
+    AgentError::Failure
+}
+
+#[ssh_agent_lib::async_trait]
+impl Session for SshSession {
+    async fn request_identities(&mut self) -> Result<Vec<Identity>, AgentError> {
+        Ok(self.service.identities())
+    }
+
+    async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
+        self.service
+            .sign(&request, &self.caller)
+            .await
+            .map_err(refuse)
+    }
+
+    async fn add_identity(&mut self, identity: AddIdentity) -> Result<(), AgentError> {
+        self.service.add(identity.credential, &[]).map_err(refuse)
+    }
+
+    async fn add_identity_constrained(
+        &mut self,
+        identity: AddIdentityConstrained,
+    ) -> Result<(), AgentError> {
+        self.service
+            .add(identity.identity.credential, &identity.constraints)
+            .map_err(refuse)
+    }
+
+    async fn remove_identity(&mut self, identity: RemoveIdentity) -> Result<(), AgentError> {
+        self.service.remove(&identity.credential).map_err(refuse)
+    }
+
+    async fn remove_all_identities(&mut self) -> Result<(), AgentError> {
+        self.service.remove_all().map_err(refuse)
+    }
+
+    async fn add_smartcard_key(&mut self, _key: SmartcardKey) -> Result<(), AgentError> {
+        Err(refuse(SshError::Unsupported("smartcard keys".into())))
+    }
+
+    async fn add_smartcard_key_constrained(
+        &mut self,
+        _key: AddSmartcardKeyConstrained,
+    ) -> Result<(), AgentError> {
+        Err(refuse(SshError::Unsupported("smartcard keys".into())))
+    }
+
+    async fn remove_smartcard_key(&mut self, _key: SmartcardKey) -> Result<(), AgentError> {
+        Err(refuse(SshError::Unsupported("smartcard keys".into())))
+    }
+
+    async fn lock(&mut self, key: String) -> Result<(), AgentError> {
+        let key = Zeroizing::new(key);
+        self.service.lock_agent(&key).map_err(refuse)
+    }
+
+    async fn unlock(&mut self, key: String) -> Result<(), AgentError> {
+        let key = Zeroizing::new(key);
+        self.service.unlock_agent(&key).await.map_err(refuse)
+    }
+
+    async fn extension(&mut self, extension: Extension) -> Result<Option<Extension>, AgentError> {
+        Err(refuse(SshError::Unsupported(format!(
+            "extension {:?}",
+            extension.name
+        ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_a_bare_failure() {
+        for e in [
+            SshError::Locked,
+            SshError::NotLocked,
+            SshError::WrongPassphrase,
+            SshError::UnknownKey,
+            SshError::Unsupported("x".into()),
+            SshError::RsaTooSmall(1024),
+            SshError::RsaSha1,
+            SshError::BadKey("x"),
+            SshError::Sign,
+            SshError::NotApproved(Outcome::Denied),
+            SshError::Audit,
+        ] {
+            assert_eq!(e.response(), Response::Failure, "{e}");
+        }
+    }
+
+    #[test]
+    fn lock_passphrase_matches_only_itself() {
+        let hash = LockHash::new("correct horse");
+        assert!(hash.matches("correct horse"));
+        assert!(!hash.matches("correct hors"));
+        assert!(!hash.matches(""));
+    }
+
+    #[test]
+    fn expired_keys_are_purged() {
+        let key = PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap();
+        let now = Instant::now();
+        let mut ring = Keyring::default();
+        for (expires, comment) in [(Some(now), "old"), (None, "kept")] {
+            ring.keys.push(HeldKey {
+                key: Arc::new(key.clone()),
+                comment: comment.into(),
+                expires,
+                confirm: false,
+            });
+        }
+        ring.purge_expired(now);
+        assert_eq!(ring.keys.len(), 1);
+        assert_eq!(ring.keys[0].comment, "kept");
+    }
+}
