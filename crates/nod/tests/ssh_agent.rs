@@ -1,0 +1,454 @@
+//! The SSH agent service of the real `nod agent`, driven by the real OpenSSH tools (`ssh-add`,
+//! `ssh-keygen`), with XDG directories in a temp dir and confirmations through the command
+//! approver (a shell script).
+//!
+//! Without `ssh-add`/`ssh-keygen` the tests are skipped with a notice, except under `CI=true`,
+//! where they fail.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let mut r = [0u8; 6];
+        getrandom::getrandom(&mut r).unwrap();
+        let dir = std::env::temp_dir().join(format!("nod-ssh-{}", hex::encode(r)));
+        fs::create_dir_all(dir.join("home")).unwrap();
+        Self(dir)
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    fn socket(&self) -> PathBuf {
+        self.path("run/nod/ssh-agent.sock")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// True when the OpenSSH tools are there; otherwise skips (or fails under CI).
+fn have_openssh() -> bool {
+    let found = ["/usr/bin/ssh-add", "/usr/bin/ssh-keygen"]
+        .iter()
+        .all(|p| Path::new(p).exists());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "ssh-add and ssh-keygen are required under CI=true (apt-get install openssh-client)"
+        );
+        eprintln!("skipped: ssh-add/ssh-keygen not installed (apt-get install openssh-client)");
+    }
+    found
+}
+
+fn write_script(path: &Path, body: &str) {
+    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// A running `nod agent`, killed if the test fails.
+struct Agent(Child);
+
+impl Agent {
+    fn start(dir: &TempDir, approver: Option<&Path>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nod"));
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", dir.path("home"))
+            .env("XDG_CONFIG_HOME", dir.path("config"))
+            .env("XDG_DATA_HOME", dir.path("data"))
+            .env("XDG_STATE_HOME", dir.path("state"))
+            .env("XDG_RUNTIME_DIR", dir.path("run"))
+            .stdin(Stdio::null())
+            .stderr(fs::File::create(dir.path("agent.log")).unwrap())
+            .arg("agent");
+        if let Some(approver) = approver {
+            cmd.arg("--approver-command").arg(approver);
+        }
+        let agent = Self(cmd.spawn().unwrap());
+        let socket = dir.socket();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket())
+            && UnixStream::connect(&socket).is_ok())
+        {
+            assert!(Instant::now() < deadline, "agent never created its socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn stop(mut self) {
+        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An OpenSSH tool talking to the agent under test only.
+fn tool(dir: &TempDir, program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", dir.path("home"))
+        .env("SSH_AUTH_SOCK", dir.socket())
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ssh_add(dir: &TempDir, args: &[&str]) -> Output {
+    tool(dir, "ssh-add").args(args).output().unwrap()
+}
+
+/// Generates `name` (private) and `name.pub` in the temp dir; returns the private key's path.
+fn keygen(dir: &TempDir, name: &str, kind: &str, bits: &str) -> PathBuf {
+    let path = dir.path(name);
+    let o = tool(dir, "ssh-keygen")
+        .args(["-q", "-t", kind, "-b", bits, "-N", "", "-C"])
+        .arg(format!("{name}@nod-test"))
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    path
+}
+
+/// `SHA256:…` of a key file, as `ssh-keygen -l` prints it.
+fn fingerprint(dir: &TempDir, key: &Path) -> String {
+    let o = tool(dir, "ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+/// Adds `key` and deletes the private file, so signing can only go through the agent.
+fn add_and_forget(dir: &TempDir, key: &Path, flags: &[&str]) {
+    let o = tool(dir, "ssh-add").args(flags).arg(key).output().unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    fs::remove_file(key).unwrap();
+}
+
+/// `ssh-keygen -Y sign -n file` of a fixed message with `key`'s public half (via the agent).
+fn sign(dir: &TempDir, key: &Path) -> Output {
+    let data = dir.path("message.txt");
+    fs::write(&data, b"signed by nod's ssh agent\n").unwrap();
+    let _ = fs::remove_file(dir.path("message.txt.sig"));
+    tool(dir, "ssh-keygen")
+        .args(["-Y", "sign", "-n", "file", "-f"])
+        .arg(key.with_extension("pub"))
+        .arg(&data)
+        .output()
+        .unwrap()
+}
+
+/// `ssh-keygen -Y verify` of the signature `sign` made, against an allowed_signers file.
+fn verify(dir: &TempDir, key: &Path) -> Output {
+    let public = fs::read_to_string(key.with_extension("pub")).unwrap();
+    let allowed = dir.path("allowed_signers");
+    fs::write(&allowed, format!("me@nod-test {public}")).unwrap();
+    tool(dir, "ssh-keygen")
+        .args(["-Y", "verify", "-I", "me@nod-test", "-n", "file", "-f"])
+        .arg(&allowed)
+        .arg("-s")
+        .arg(dir.path("message.txt.sig"))
+        .stdin(fs::File::open(dir.path("message.txt")).unwrap())
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn ssh_add_lists_removes_and_signs_with_each_key_type() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let agent = Agent::start(&dir, None);
+    let socket = dir.socket();
+    assert_eq!(
+        fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let log = fs::read_to_string(dir.path("agent.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "SSH_AUTH_SOCK={}; export SSH_AUTH_SOCK;",
+            socket.display()
+        )),
+        "{log}"
+    );
+
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(stdout(&o).contains("no identities"), "{}", out(&o));
+
+    let keys = [
+        keygen(&dir, "id_ed25519", "ed25519", "256"),
+        keygen(&dir, "id_p256", "ecdsa", "256"),
+        keygen(&dir, "id_p384", "ecdsa", "384"),
+        keygen(&dir, "id_rsa", "rsa", "3072"),
+    ];
+    let fingerprints: Vec<String> = keys.iter().map(|k| fingerprint(&dir, k)).collect();
+    for key in &keys {
+        add_and_forget(&dir, key, &[]);
+    }
+
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(o.status.success(), "{}", out(&o));
+    for (fp, key) in fingerprints.iter().zip(&keys) {
+        assert!(
+            stdout(&o).contains(fp.as_str()),
+            "{key:?} missing: {}",
+            out(&o)
+        );
+    }
+    let o = ssh_add(&dir, &["-L"]);
+    assert!(o.status.success(), "{}", out(&o));
+    for key in &keys {
+        let public = fs::read_to_string(key.with_extension("pub")).unwrap();
+        let blob = public.split_whitespace().nth(1).unwrap();
+        assert!(stdout(&o).contains(blob), "{key:?} missing: {}", out(&o));
+    }
+
+    for key in &keys {
+        let o = sign(&dir, key);
+        assert!(o.status.success(), "sign with {key:?}: {}", out(&o));
+        let o = verify(&dir, key);
+        assert!(o.status.success(), "verify {key:?}: {}", out(&o));
+    }
+
+    let o = ssh_add(
+        &dir,
+        &["-d", keys[0].with_extension("pub").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(
+        !stdout(&o).contains(fingerprints[0].as_str()),
+        "{}",
+        out(&o)
+    );
+    assert!(stdout(&o).contains(fingerprints[1].as_str()), "{}", out(&o));
+    assert!(!sign(&dir, &keys[0]).status.success());
+
+    let o = ssh_add(&dir, &["-D"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(stdout(&o).contains("no identities"), "{}", out(&o));
+
+    agent.stop();
+    assert!(!socket.exists(), "ssh agent socket removed on SIGTERM");
+}
+
+#[test]
+fn key_added_with_a_lifetime_expires() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let agent = Agent::start(&dir, None);
+    let key = keygen(&dir, "id_ed25519", "ed25519", "256");
+    let fp = fingerprint(&dir, &key);
+    add_and_forget(&dir, &key, &["-t", "1"]);
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(stdout(&o).contains(fp.as_str()), "{}", out(&o));
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(stdout(&o).contains("no identities"), "{}", out(&o));
+    assert!(!sign(&dir, &key).status.success());
+    agent.stop();
+}
+
+#[test]
+fn locked_agent_lists_nothing_and_refuses_to_sign_until_unlocked() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let agent = Agent::start(&dir, None);
+    let key = keygen(&dir, "id_ed25519", "ed25519", "256");
+    let fp = fingerprint(&dir, &key);
+    add_and_forget(&dir, &key, &[]);
+    let askpass = dir.path("askpass.sh");
+    let with_passphrase = |flag: &str, passphrase: &str| {
+        write_script(&askpass, &format!("echo '{passphrase}'"));
+        tool(&dir, "ssh-add")
+            .arg(flag)
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .output()
+            .unwrap()
+    };
+
+    let o = with_passphrase("-x", "hunter2");
+    assert!(o.status.success(), "{}", out(&o));
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(stdout(&o).contains("no identities"), "{}", out(&o));
+    assert!(!sign(&dir, &key).status.success());
+
+    let o = with_passphrase("-X", "wrong");
+    assert!(!o.status.success(), "{}", out(&o));
+    let o = with_passphrase("-X", "hunter2");
+    assert!(o.status.success(), "{}", out(&o));
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(stdout(&o).contains(fp.as_str()), "{}", out(&o));
+    assert!(sign(&dir, &key).status.success());
+    agent.stop();
+}
+
+#[test]
+fn confirm_key_signs_only_when_the_approver_says_yes() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let approver = dir.path("approve.sh");
+    let prompt = dir.path("prompt.json");
+    let answer = dir.path("answer");
+    write_script(
+        &approver,
+        &format!(
+            "cat > '{}'\nexit \"$(cat '{}')\"",
+            prompt.display(),
+            answer.display()
+        ),
+    );
+    let agent = Agent::start(&dir, Some(&approver));
+    let key = keygen(&dir, "id_ed25519", "ed25519", "256");
+    let fp = fingerprint(&dir, &key);
+    add_and_forget(&dir, &key, &["-c"]);
+
+    fs::write(&answer, "0").unwrap();
+    let o = sign(&dir, &key);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(verify(&dir, &key).status.success());
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(&prompt).unwrap()).unwrap();
+    assert_eq!(json["kind"], "ssh-sign");
+    assert_eq!(json["fingerprint"], fp.as_str());
+    assert_eq!(json["key_comment"], "id_ed25519@nod-test");
+    assert!(json["caller_pid"].as_i64().is_some_and(|p| p > 0), "{json}");
+    assert!(
+        json["caller_exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/ssh-keygen")),
+        "{json}"
+    );
+
+    fs::write(&answer, "1").unwrap();
+    fs::remove_file(&prompt).unwrap();
+    let o = sign(&dir, &key);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(prompt.exists(), "the approver was asked");
+
+    agent.stop();
+    let audit = fs::read_to_string(dir.path("state/nod/audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{audit}");
+    assert_eq!(lines[0]["service"], "ssh");
+    assert_eq!(lines[0]["decision"], "approved");
+    assert_eq!(lines[1]["decision"], "denied");
+    assert_eq!(lines[1]["key_fingerprint"], fp.as_str());
+    let o = Command::new(env!("CARGO_BIN_EXE_nod"))
+        .env("XDG_STATE_HOME", dir.path("state"))
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+}
+
+/// Sends `bytes` on a fresh connection and returns whatever comes back until the agent closes
+/// or goes quiet.
+fn exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    reply
+}
+
+const FAILURE: [u8; 5] = [0, 0, 0, 1, 5];
+
+#[test]
+fn malformed_messages_do_not_stop_the_next_client() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let agent = Agent::start(&dir, None);
+    let socket = dir.socket();
+
+    // Over the 256 KiB cap: the connection is closed without an answer.
+    let mut oversized = (256 * 1024 + 1u32).to_be_bytes().to_vec();
+    oversized.extend_from_slice(&[0u8; 1024]);
+    assert_eq!(exchange(&socket, &oversized), b"");
+    assert_eq!(exchange(&socket, &[0xff; 4]), b"");
+    // Unknown message type, trailing bytes, empty frame: FAILURE, and the connection goes on.
+    let mut garbage = vec![0, 0, 0, 3, 200, 1, 2];
+    garbage.extend_from_slice(&[0, 0, 0, 2, 11, 0]);
+    garbage.extend_from_slice(&[0, 0, 0, 0]);
+    garbage.extend_from_slice(&[0, 0, 0, 1, 11]);
+    let reply = exchange(&socket, &garbage);
+    assert_eq!(&reply[..15], [FAILURE, FAILURE, FAILURE].concat());
+    // IDENTITIES_ANSWER with no keys.
+    assert_eq!(&reply[15..], [0, 0, 0, 5, 12, 0, 0, 0, 0]);
+    // Truncated frame, then hang up.
+    assert_eq!(exchange(&socket, &[0, 0, 0, 10, 11]), b"");
+
+    let key = keygen(&dir, "id_ed25519", "ed25519", "256");
+    let fp = fingerprint(&dir, &key);
+    add_and_forget(&dir, &key, &[]);
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(stdout(&o).contains(fp.as_str()), "{}", out(&o));
+    agent.stop();
+}
