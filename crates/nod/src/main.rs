@@ -32,6 +32,9 @@ struct Cli {
 enum Command {
     /// Run the agent in the foreground (logs to stderr; stop with Ctrl-C or SIGTERM).
     ///
+    /// Serves $XDG_RUNTIME_DIR/nod/approval.sock and, as a preview, an in-memory SSH agent on
+    /// $XDG_RUNTIME_DIR/nod/ssh-agent.sock (use it with SSH_AUTH_SOCK).
+    ///
     /// Reads $XDG_CONFIG_HOME/nod/agent.toml if present:
     /// [approver] kind = "tty"|"askpass"|"command", command = ["prog", "arg"];
     /// [approval] allowed_future_skew_ms, rate_limit_burst, rate_limit_per_minute.
