@@ -452,3 +452,75 @@ fn malformed_messages_do_not_stop_the_next_client() {
     assert!(stdout(&o).contains(fp.as_str()), "{}", out(&o));
     agent.stop();
 }
+
+/// An agent-protocol string: u32 length, then the bytes.
+fn ssh_string(bytes: &[u8]) -> Vec<u8> {
+    let mut out = u32::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+#[test]
+fn rsa_signs_only_with_sha2_flags() {
+    use base64::Engine as _;
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let agent = Agent::start(&dir, None);
+    let key = keygen(&dir, "id_rsa", "rsa", "2048");
+    add_and_forget(&dir, &key, &[]);
+    let public = fs::read_to_string(key.with_extension("pub")).unwrap();
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(public.split_whitespace().nth(1).unwrap())
+        .unwrap();
+    let request = |flags: u32| {
+        let mut body = vec![13u8];
+        body.extend(ssh_string(&blob));
+        body.extend(ssh_string(b"data to sign"));
+        body.extend(flags.to_be_bytes());
+        exchange(&dir.socket(), &ssh_string(&body))
+    };
+    // No flag means ssh-rsa (SHA-1): refused.
+    assert_eq!(request(0), FAILURE);
+    for (flag, name) in [(2, &b"rsa-sha2-256"[..]), (4, &b"rsa-sha2-512"[..])] {
+        let reply = request(flag);
+        assert_eq!(reply[4], 14, "SSH_AGENT_SIGN_RESPONSE for flag {flag}");
+        assert!(
+            reply.windows(name.len()).any(|w| w == name),
+            "signature algorithm for flag {flag}"
+        );
+    }
+    agent.stop();
+}
+
+#[test]
+fn destination_constraint_is_refused_as_not_supported_yet() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let agent = Agent::start(&dir, None);
+    let host = keygen(&dir, "host_key", "ed25519", "256");
+    let host_pub = fs::read_to_string(host.with_extension("pub")).unwrap();
+    // ssh-add reads the home directory from passwd, not $HOME: name the file.
+    let known_hosts = dir.path("known_hosts");
+    fs::write(&known_hosts, format!("example.com {host_pub}")).unwrap();
+    let key = keygen(&dir, "id_ed25519", "ed25519", "256");
+    let o = ssh_add(
+        &dir,
+        &[
+            "-H",
+            known_hosts.to_str().unwrap(),
+            "-h",
+            "example.com",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success(), "{}", out(&o));
+    let o = ssh_add(&dir, &["-l"]);
+    assert!(stdout(&o).contains("no identities"), "{}", out(&o));
+    agent.stop();
+    let log = fs::read_to_string(dir.path("agent.log")).unwrap();
+    assert!(log.contains("not supported yet"), "{log}");
+}
