@@ -139,7 +139,16 @@ impl Config {
         };
 
         check_socket_template(path, &raw.socket_path, problems);
-        check_name(path, "host_id", Some(&raw.host_id), problems);
+        if !nod_proto::valid_host_id(&raw.host_id) {
+            problems.push(bad_config(
+                path,
+                format!(
+                    "host_id = {:?} must be 1-{} characters of A-Z a-z 0-9 . _ : @ - (the agent's `nod hosts add` accepts no others)",
+                    raw.host_id,
+                    nod_proto::keys::MAX_HOST_ID_LEN
+                ),
+            ));
+        }
         check_name(path, "hostname", raw.hostname.as_deref(), problems);
         check_name(path, "service", raw.service.as_deref(), problems);
         let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);

@@ -139,7 +139,7 @@ impl fmt::Display for HelperError {
                 path.display()
             ),
             Self::AgentClosed => f.write_str(
-                "the agent socket closed without a reply — the ssh forward is up but `nod agent` is probably not running on your workstation",
+                "the agent closed the connection without a reply — either `nod agent` is not running on your workstation (the ssh forward is up), or it refused this request (unknown host, bad signature, wrong key id, stale or replayed): its log says which",
             ),
             Self::AgentTimedOut { timeout_ms } => write!(
                 f,

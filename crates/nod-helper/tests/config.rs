@@ -85,6 +85,23 @@ fn unknown_config_key_is_refused() {
 }
 
 #[test]
+fn host_id_the_agent_cannot_allowlist_is_refused() {
+    let Some(s) = Scratch::new() else { return };
+    let _rx = agent(&s.socket_path(), decide(Decision::Approved));
+    let d = s.dir.display();
+    s.write(
+        "config.toml",
+        &format!(
+            "socket_path = \"{d}/agent.sock\"\nhost_key_file = \"{d}/host.key\"\n\
+             agent_pubkey_file = \"{d}/agent.pub\"\nhost_id = \"web 1\"\n"
+        ),
+        0o644,
+    );
+    let err = assert_exit(&s.request(&[]), 31);
+    assert!(err.contains("host_id"), "{err}");
+}
+
+#[test]
 fn missing_config_is_refused() {
     let Some(s) = Scratch::new() else { return };
     fs::remove_file(s.config_path()).unwrap();

@@ -23,6 +23,19 @@ const SSH_ED25519: &str = "ssh-ed25519";
 /// Longest key id accepted from a file.
 const MAX_KEY_ID_LEN: usize = 256;
 
+/// Longest host id (`linux_host_id`) that nod accepts on either side.
+pub const MAX_HOST_ID_LEN: usize = 128;
+
+/// Checks a host id: 1-128 characters of `[A-Za-z0-9._:@-]`. The helper refuses to start with
+/// any other id and the agent refuses to allowlist one, so the two always agree.
+pub fn valid_host_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_HOST_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b))
+}
+
 /// The id a signer claims in `key_id` / `agent_key_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyId(String);

@@ -170,10 +170,8 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// A response to `request`, bound to it by id, nonce, hash, host, service and user, living
-    /// at most [`MAX_RESPONSE_LIFETIME_MS`] and never past the request's own expiry... unless
-    /// that would make it empty, in which case it gets the full short lifetime so the helper can
-    /// still read a refusal.
+    /// A response to `request`, bound to it by id, nonce, hash, host, service and user, valid
+    /// for [`MAX_RESPONSE_LIFETIME_MS`] from `now_ms` (macos-auth's agent uses the same 10 s).
     pub fn answering(
         request: &VerifiedRequest,
         decision: Decision,

@@ -25,7 +25,7 @@ use crate::fsutil::{check_not_writable_by_others, ensure_private_dir, write_atom
 use crate::log::event;
 
 /// Longest host id accepted.
-pub const MAX_HOST_ID_LEN: usize = 128;
+pub use nod_proto::keys::MAX_HOST_ID_LEN;
 
 /// The allowlist could not be read or changed.
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +47,7 @@ pub enum HostsError {
     UnknownHost(String),
 }
 
-/// Checks a host id: 1-128 characters of `[A-Za-z0-9._:@-]`.
-pub fn valid_host_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_HOST_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b))
-}
+pub use nod_proto::valid_host_id;
 
 /// One allowed host as stored in the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
