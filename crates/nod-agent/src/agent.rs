@@ -148,7 +148,7 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
     let ssh_socket_path = paths.ssh_agent_socket()?;
     let config = AgentConfig::load(&paths.agent_config())?;
     let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
-    let agent_key = Keystore::new(&paths.keystore_dir()).agent_key()?;
+    let agent_key = Keystore::open(&paths).agent_key()?;
     let hosts = HostAllowlist::open(&paths.hosts_file());
     let audit = AuditLog::open(&paths.audit_log())?;
     if approver.name() == "none" {

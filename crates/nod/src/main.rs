@@ -90,7 +90,7 @@ fn parse_kind(s: &str) -> Result<ApproverKind, String> {
 }
 
 fn agent_key(paths: &Paths) -> Result<()> {
-    let key = Keystore::new(&paths.keystore_dir()).agent_key()?;
+    let key = Keystore::open(&paths).agent_key()?;
     let comment = "nod agent key. Install this file on each Linux host as\n\
                    /etc/nod/agents.d/<name>.pub (owned by root, mode 0644).";
     print!(

@@ -21,6 +21,7 @@
 //! exits and whose pid is reused before that could be misnamed.
 
 pub mod codec;
+pub mod policy;
 pub mod sign;
 
 use std::fs;
