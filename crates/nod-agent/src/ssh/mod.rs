@@ -20,11 +20,16 @@
 //! message; its exe is read from `/proc` when the connection is accepted, so a caller that
 //! exits and whose pid is reused before that could be misnamed.
 
+pub mod bind;
+pub mod caller;
 pub mod codec;
+pub mod known_hosts;
 pub mod policy;
+pub mod purpose;
 pub mod sign;
 
 use std::fs;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,6 +39,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::error::AgentError;
+use ssh_agent_lib::proto::extension::{QueryResponse, SessionBind};
 use ssh_agent_lib::proto::{
     AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, Extension, Identity,
     KeyConstraint, PrivateCredential, PublicCredential, RemoveIdentity, Response, SignRequest,
@@ -51,6 +57,8 @@ use crate::approve::{Approver, Outcome, Prompt};
 use crate::audit::{AuditEvent, AuditLog, clip};
 use crate::log::event;
 use crate::now_ms;
+use bind::{BindError, Bindings};
+use caller::ProcessLink;
 use codec::{CappedCodec, CodecError, Frame};
 
 /// How long a confirm prompt may stay open before it counts as failed.
@@ -84,6 +92,12 @@ pub enum SshError {
     NotApproved(Outcome),
     #[error("the audit log cannot be written, so the signature is refused")]
     Audit,
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("a session-bind on this connection failed to verify, so it may not sign")]
+    BindFailed,
+    #[error("login request for another session than the one this connection is bound to")]
+    SessionMismatch,
 }
 
 impl SshError {
@@ -100,7 +114,10 @@ impl SshError {
             | Self::BadKey(_)
             | Self::Sign
             | Self::NotApproved(_)
-            | Self::Audit => Response::Failure,
+            | Self::Audit
+            | Self::Bind(_)
+            | Self::BindFailed
+            | Self::SessionMismatch => Response::Failure,
         }
     }
 }
@@ -112,6 +129,11 @@ pub struct Caller {
     pub uid: Option<u32>,
     /// `/proc/<pid>/exe`, when readable.
     pub exe: Option<String>,
+    /// The caller and its ancestors of the same user (`ssh ← git ← zsh`).
+    pub chain: Vec<ProcessLink>,
+    /// The caller's command line: only a source of candidate host names, never shown.
+    #[serde(skip)]
+    pub argv: Vec<String>,
 }
 
 impl Caller {
@@ -126,6 +148,8 @@ impl Caller {
                     pid: Some(pid),
                     uid: Some(cred.uid()),
                     exe,
+                    chain: caller::process_chain(pid, cred.uid()),
+                    argv: caller::cmdline(pid),
                 }
             }
             Err(e) => {
@@ -152,6 +176,35 @@ pub struct SshSignPrompt {
     pub fingerprint: String,
     pub caller_pid: Option<i32>,
     pub caller_exe: Option<String>,
+    /// The caller and its ancestors, nearest first (`ssh ← git ← zsh`).
+    pub process_chain: Vec<ProcessLink>,
+    /// The server from the connection's last verified `session-bind`; `None` when unbound.
+    pub destination: Option<SshDestination>,
+    /// Whether the connection came through agent forwarding.
+    pub forwarded: bool,
+    /// What the data to sign says it is: `ssh login as <user>`, `sshsig namespace <ns>`, or
+    /// `unknown`.
+    pub purpose: String,
+}
+
+/// The server a signature is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshDestination {
+    /// Names `known_hosts` gives the verified host key; empty when none.
+    pub names: Vec<String>,
+    /// `SHA256:…` of the host key.
+    pub host_key_fingerprint: String,
+}
+
+impl SshDestination {
+    /// The names, or the fingerprint when there are none.
+    pub fn describe(&self) -> String {
+        if self.names.is_empty() {
+            format!("unknown host with key {}", self.host_key_fingerprint)
+        } else {
+            format!("{} ({})", self.names.join(", "), self.host_key_fingerprint)
+        }
+    }
 }
 
 /// One key the agent holds.
@@ -237,6 +290,10 @@ pub struct SshAgentService {
     audit: Arc<Mutex<AuditLog>>,
     /// One confirm prompt at a time.
     prompt_turn: tokio::sync::Mutex<()>,
+    /// Lifetime of keys added without one (`nod ssh-agent -t`).
+    default_lifetime: Option<Duration>,
+    /// Where destination names come from.
+    known_hosts: Vec<PathBuf>,
 }
 
 impl SshAgentService {
@@ -246,7 +303,15 @@ impl SshAgentService {
             approver,
             audit,
             prompt_turn: tokio::sync::Mutex::new(()),
+            default_lifetime: None,
+            known_hosts: default_known_hosts(),
         }
+    }
+
+    /// Gives keys added without a lifetime this one, as `ssh-agent -t`.
+    pub fn with_default_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.default_lifetime = lifetime;
+        self
     }
 
     /// Accepts connections forever, one task each.
@@ -257,6 +322,7 @@ impl SshAgentService {
                     let session = SshSession {
                         caller: Caller::of(&stream),
                         service: Arc::clone(&self),
+                        bindings: Bindings::default(),
                     };
                     tokio::spawn(session.run(stream));
                 }
@@ -299,7 +365,7 @@ impl SshAgentService {
                 return Err(SshError::Unsupported("certificates".into()));
             }
         };
-        let mut expires = None;
+        let mut expires = self.default_lifetime.map(|d| Instant::now() + d);
         let mut confirm = false;
         for constraint in constraints {
             match constraint {
@@ -402,10 +468,20 @@ impl SshAgentService {
             .ok_or(SshError::UnknownKey)
     }
 
-    async fn sign(&self, request: &SignRequest, caller: &Caller) -> Result<Signature, SshError> {
+    async fn sign(
+        &self,
+        request: &SignRequest,
+        caller: &Caller,
+        bindings: &Bindings,
+    ) -> Result<Signature, SshError> {
         let PublicCredential::Key(public) = &request.credential else {
             return Err(SshError::Unsupported("certificates".into()));
         };
+        if bindings.poisoned() {
+            return Err(SshError::BindFailed);
+        }
+        let purpose = purpose::decode(&request.data);
+        check_login_binding(&purpose, bindings)?;
         let (key, comment, confirm) = self.find(public)?;
         if confirm {
             let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
@@ -414,6 +490,10 @@ impl SshAgentService {
                 fingerprint: fingerprint.clone(),
                 caller_pid: caller.pid,
                 caller_exe: caller.exe.clone(),
+                process_chain: caller.chain.clone(),
+                destination: self.destination(caller, bindings),
+                forwarded: bindings.forwarded(),
+                purpose: purpose.to_string(),
             });
             let outcome = {
                 let _turn = self.prompt_turn.lock().await;
@@ -455,6 +535,57 @@ impl SshAgentService {
     }
 }
 
+impl SshAgentService {
+    fn destination(&self, caller: &Caller, bindings: &Bindings) -> Option<SshDestination> {
+        let last = bindings.last()?;
+        let files: Vec<&std::path::Path> = self.known_hosts.iter().map(PathBuf::as_path).collect();
+        let candidates = caller::ssh_destination_candidates(&caller.argv);
+        Some(SshDestination {
+            names: known_hosts::names_for(&last.host_key, &files, &candidates),
+            host_key_fingerprint: last.host_fingerprint(),
+        })
+    }
+}
+
+/// `~/.ssh/known_hosts` of the agent's user, then the system file.
+fn default_known_hosts() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        files.push(PathBuf::from(home).join(".ssh/known_hosts"));
+    }
+    files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+    files
+}
+
+/// A login signature on a bound connection must be for the session it is bound to (and, for
+/// a host-bound request, the same server), as OpenSSH's agent checks: otherwise a signature
+/// obtained "for" one server could be replayed to another.
+fn check_login_binding(purpose: &purpose::Purpose, bindings: &Bindings) -> Result<(), SshError> {
+    let (
+        purpose::Purpose::SshLogin {
+            session_id,
+            hostbound_key,
+            ..
+        },
+        Some(last),
+    ) = (purpose, bindings.last())
+    else {
+        return Ok(());
+    };
+    if *session_id != last.session_id {
+        return Err(SshError::SessionMismatch);
+    }
+    if let Some(blob) = hostbound_key {
+        let bound = ssh_key::PublicKey::from(last.host_key.clone())
+            .to_bytes()
+            .map_err(|_| SshError::BadKey("host key"))?;
+        if *blob != bound {
+            return Err(SshError::SessionMismatch);
+        }
+    }
+    Ok(())
+}
+
 /// The audit log's `decision` word for an approver outcome.
 pub fn decision_word(outcome: Outcome) -> &'static str {
     match outcome {
@@ -466,11 +597,15 @@ pub fn decision_word(outcome: Outcome) -> &'static str {
     }
 }
 
+/// The extensions `query` reports.
+pub const SUPPORTED_EXTENSIONS: &[&str] = &["query", "session-bind@openssh.com"];
+
 /// One client connection.
 #[derive(Debug)]
 struct SshSession {
     service: Arc<SshAgentService>,
     caller: Caller,
+    bindings: Bindings,
 }
 
 impl SshSession {
@@ -534,7 +669,7 @@ impl Session for SshSession {
 
     async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
         self.service
-            .sign(&request, &self.caller)
+            .sign(&request, &self.caller, &self.bindings)
             .await
             .map_err(refuse)
     }
@@ -586,10 +721,35 @@ impl Session for SshSession {
     }
 
     async fn extension(&mut self, extension: Extension) -> Result<Option<Extension>, AgentError> {
-        Err(refuse(SshError::Unsupported(format!(
-            "extension {:?}",
-            extension.name
-        ))))
+        match extension.name.as_str() {
+            "query" => {
+                let supported = QueryResponse {
+                    extensions: SUPPORTED_EXTENSIONS.iter().map(|&n| n.to_owned()).collect(),
+                };
+                Extension::new_message(supported)
+                    .map(Some)
+                    .map_err(|e| refuse(SshError::Unsupported(format!("query reply: {e}"))))
+            }
+            "session-bind@openssh.com" => {
+                let message = extension
+                    .parse_message::<SessionBind>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| m.ok_or_else(|| "wrong name".to_owned()));
+                self.bindings
+                    .bind(message)
+                    .map_err(|e| refuse(SshError::Bind(e)))?;
+                if let Some(b) = self.bindings.last() {
+                    event!(
+                        "ssh agent: connection from {} bound to host key {}{}",
+                        self.caller.describe(),
+                        b.host_fingerprint(),
+                        if b.forwarding { " (forwarding)" } else { "" }
+                    );
+                }
+                Ok(None)
+            }
+            name => Err(refuse(SshError::Unsupported(format!("extension {name:?}")))),
+        }
     }
 }
 
@@ -611,6 +771,9 @@ mod tests {
             SshError::Sign,
             SshError::NotApproved(Outcome::Denied),
             SshError::Audit,
+            SshError::Bind(BindError::Poisoned),
+            SshError::BindFailed,
+            SshError::SessionMismatch,
         ] {
             assert_eq!(e.response(), Response::Failure, "{e}");
         }
