@@ -66,6 +66,8 @@ pub enum Prompt {
     Pam(PamPrompt),
     /// One signature with an SSH key added with `ssh-add -c`.
     SshSign(crate::ssh::SshSignPrompt),
+    /// Minting an SSH session certificate (`nod ssh session`).
+    SshSessionCert(crate::ssh::cert::SessionCertPrompt),
 }
 
 /// Longest rendering of one field in a human-readable prompt.
@@ -96,6 +98,7 @@ impl Prompt {
         match self {
             Self::Pam(_) => "pam",
             Self::SshSign(_) => "ssh-sign",
+            Self::SshSessionCert(_) => "ssh-session-cert",
         }
     }
 
@@ -133,6 +136,7 @@ impl Prompt {
                 }
                 format!("nod: allow {text}?")
             }
+            Self::SshSessionCert(p) => p.text(),
             Self::SshSign(p) => {
                 let by = match (&p.caller_exe, p.caller_pid) {
                     (Some(exe), Some(pid)) => format!("{} (pid {pid})", display_safe(exe)),

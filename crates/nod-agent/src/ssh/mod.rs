@@ -22,11 +22,14 @@
 
 pub mod bind;
 pub mod caller;
+pub mod cert;
 pub mod codec;
+pub mod dropin;
 pub mod known_hosts;
 pub mod policy;
 pub mod purpose;
 pub mod sign;
+pub mod stored;
 
 use std::fs;
 use std::path::PathBuf;
@@ -294,6 +297,8 @@ pub struct SshAgentService {
     default_lifetime: Option<Duration>,
     /// Where destination names come from.
     known_hosts: Vec<PathBuf>,
+    /// Persistent keys, session certificates, remembered approvals.
+    stored: stored::Stored,
 }
 
 impl SshAgentService {
@@ -305,6 +310,7 @@ impl SshAgentService {
             prompt_turn: tokio::sync::Mutex::new(()),
             default_lifetime: None,
             known_hosts: default_known_hosts(),
+            stored: stored::Stored::default(),
         }
     }
 
@@ -345,13 +351,12 @@ impl SshAgentService {
         if ring.lock.is_some() {
             return Vec::new();
         }
-        ring.keys
-            .iter()
-            .map(|k| Identity {
-                credential: PublicCredential::Key(k.public().clone()),
-                comment: k.comment.clone(),
-            })
-            .collect()
+        let mut identities = self.stored.identities();
+        identities.extend(ring.keys.iter().map(|k| Identity {
+            credential: PublicCredential::Key(k.public().clone()),
+            comment: k.comment.clone(),
+        }));
+        identities
     }
 
     fn add(
@@ -427,6 +432,7 @@ impl SshAgentService {
     fn remove_all(&self) -> Result<(), SshError> {
         let mut ring = self.keyring();
         ring.unlocked()?.keys.clear();
+        self.stored.sessions.clear();
         Ok(())
     }
 
@@ -474,16 +480,26 @@ impl SshAgentService {
         caller: &Caller,
         bindings: &Bindings,
     ) -> Result<Signature, SshError> {
-        let PublicCredential::Key(public) = &request.credential else {
-            return Err(SshError::Unsupported("certificates".into()));
+        let public = match &request.credential {
+            PublicCredential::Key(public) => public,
+            PublicCredential::Cert(cert) => cert.public_key(),
         };
         if bindings.poisoned() {
             return Err(SshError::BindFailed);
         }
         let purpose = purpose::decode(&request.data);
         check_login_binding(&purpose, bindings)?;
-        let (key, comment, confirm) = self.find(public)?;
-        if confirm {
+        // A live session certificate signs without asking: it was approved when minted.
+        if let Some(key) = self.session_key(&request.credential)? {
+            return sign::sign(&key, &request.data, request.flags);
+        }
+        let (key, comment, policy) = self.find_with_policy(public)?;
+        let destination = bindings
+            .last()
+            .and_then(|b| ssh_key::PublicKey::from(b.host_key.clone()).to_bytes().ok());
+        if let Some(auth) =
+            self.authorization(public, policy, caller.pid, caller.exe.clone(), destination)
+        {
             let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
             let prompt = Prompt::SshSign(SshSignPrompt {
                 key_comment: comment.clone(),
@@ -495,13 +511,15 @@ impl SshAgentService {
                 forwarded: bindings.forwarded(),
                 purpose: purpose.to_string(),
             });
-            let outcome = {
-                let _turn = self.prompt_turn.lock().await;
-                let deadline = Instant::now() + PROMPT_TIMEOUT;
-                tokio::time::timeout_at(deadline, self.approver.approve(&prompt, deadline))
-                    .await
-                    .unwrap_or(Outcome::Failed)
-            };
+            let outcome = self
+                .prompt_shared(&auth, &request.data, async {
+                    let _turn = self.prompt_turn.lock().await;
+                    let deadline = Instant::now() + PROMPT_TIMEOUT;
+                    tokio::time::timeout_at(deadline, self.approver.approve(&prompt, deadline))
+                        .await
+                        .unwrap_or(Outcome::Failed)
+                })
+                .await;
             let decision = decision_word(outcome);
             event!(
                 "ssh agent: signature with {comment:?} {fingerprint} for {}: {decision}",
@@ -529,7 +547,7 @@ impl SshAgentService {
                 return Err(SshError::Audit);
             }
             // The key may have been removed, or the agent locked, while the prompt was open.
-            self.find(public)?;
+            self.find_with_policy(public)?;
         }
         sign::sign(&key, &request.data, request.flags)
     }
@@ -598,7 +616,7 @@ pub fn decision_word(outcome: Outcome) -> &'static str {
 }
 
 /// The extensions `query` reports.
-pub const SUPPORTED_EXTENSIONS: &[&str] = &["query", "session-bind@openssh.com"];
+pub const SUPPORTED_EXTENSIONS: &[&str] = &["query", "session-bind@openssh.com", cert::EXTENSION];
 
 /// One client connection.
 #[derive(Debug)]
@@ -721,6 +739,15 @@ impl Session for SshSession {
     }
 
     async fn extension(&mut self, extension: Extension) -> Result<Option<Extension>, AgentError> {
+        if extension.name == cert::EXTENSION {
+            let (pid, exe) = (self.caller.pid, self.caller.exe.clone());
+            return self
+                .service
+                .session_cert(extension.details.as_ref(), pid, exe)
+                .await
+                .map(|()| None)
+                .map_err(refuse);
+        }
         match extension.name.as_str() {
             "query" => {
                 let supported = QueryResponse {

@@ -247,6 +247,11 @@ impl Approvals {
         lock(&self.grants).retain(|scope, _| scope.key != key);
     }
 
+    /// Forgets every grant (the keystore changed).
+    pub fn revoke_all(&self) {
+        lock(&self.grants).clear();
+    }
+
     /// Joins the prompt for an identical request already open, or becomes its leader.
     pub fn join(&self, id: [u8; 32]) -> Turn {
         let mut in_flight = lock(&self.in_flight);
