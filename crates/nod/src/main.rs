@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+mod ssh_agent;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -60,6 +62,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// A drop-in for OpenSSH's ssh-agent: same flags, same output, e.g.
+    /// `eval "$(nod ssh-agent -s)"`; `eval "$(nod ssh-agent -k)"` stops it.
+    SshAgent(ssh_agent::SshAgentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,8 +160,12 @@ fn audit_verify(paths: &Paths) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::SshAgent(args) = cli.command {
+        return ssh_agent::run(args);
+    }
     let paths = Paths::from_env()?;
     match cli.command {
+        Command::SshAgent(_) => unreachable!("handled above"),
         Command::Agent {
             approver,
             approver_command,
