@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod keys;
 mod ssh_agent;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,16 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Persistent SSH keys (sealed in the keystore), their approval policies, the user CA.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// SSH helpers that talk to the running agent.
+    Ssh {
+        #[command(subcommand)]
+        command: keys::SshCommand,
+    },
     /// A drop-in for OpenSSH's ssh-agent: same flags, same output, e.g.
     /// `eval "$(nod ssh-agent -s)"`; `eval "$(nod ssh-agent -k)"` stops it.
     SshAgent(ssh_agent::SshAgentArgs),
@@ -95,7 +106,7 @@ fn parse_kind(s: &str) -> Result<ApproverKind, String> {
 }
 
 fn agent_key(paths: &Paths) -> Result<()> {
-    let key = Keystore::open(&paths).agent_key()?;
+    let key = Keystore::open(paths).agent_key()?;
     let comment = "nod agent key. Install this file on each Linux host as\n\
                    /etc/nod/agents.d/<name>.pub (owned by root, mode 0644).";
     print!(
@@ -180,6 +191,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(run_agent(options)?)
         }
         Command::AgentKey => agent_key(&paths),
+        Command::Keys { command } => keys::run_keys(&paths, command),
+        Command::Ssh { command } => keys::run_ssh(&paths, command),
         Command::Hosts { command } => match command {
             HostsCommand::Add {
                 host_id,

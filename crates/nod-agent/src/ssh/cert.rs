@@ -376,6 +376,67 @@ impl SshAgentService {
     }
 }
 
+/// Why `nod ssh session` got no certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the nod agent at {}: {source}; is `nod agent` running (or pass --socket)?",
+        path.display()
+    )]
+    Connect {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the agent: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "the agent refused: not approved, no user CA yet (run `nod keys ca init`), or the socket \
+         is not nod's agent; its log says which"
+    )]
+    Refused,
+    #[error("the agent answered message type {0}, not SUCCESS")]
+    Unexpected(u8),
+}
+
+/// Sends `session-cert@nod` to the agent at `socket` and waits (up to `timeout`, the person
+/// may be deciding) for the answer.
+pub fn request(
+    socket: &std::path::Path,
+    request: &SessionCertRequest,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+            path: socket.to_owned(),
+            source,
+        })?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut body = vec![27u8];
+    body.extend_from_slice(&u32::try_from(EXTENSION.len()).unwrap_or(0).to_be_bytes());
+    body.extend_from_slice(EXTENSION.as_bytes());
+    body.extend_from_slice(&request.encode());
+    let mut frame = u32::try_from(body.len())
+        .unwrap_or(0)
+        .to_be_bytes()
+        .to_vec();
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame)?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len);
+    if len == 0 || len > 1024 {
+        return Err(ClientError::Unexpected(0));
+    }
+    let mut reply = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    stream.read_exact(&mut reply)?;
+    match reply[0] {
+        6 => Ok(()),
+        5 | 28 => Err(ClientError::Refused),
+        other => Err(ClientError::Unexpected(other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
