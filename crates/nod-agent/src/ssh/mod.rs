@@ -42,7 +42,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::error::AgentError;
-use ssh_agent_lib::proto::extension::{QueryResponse, SessionBind};
+use ssh_agent_lib::proto::extension::SessionBind;
 use ssh_agent_lib::proto::{
     AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, Extension, Identity,
     KeyConstraint, PrivateCredential, PublicCredential, RemoveIdentity, Response, SignRequest,
@@ -618,6 +618,21 @@ pub fn decision_word(outcome: Outcome) -> &'static str {
 /// The extensions `query` reports.
 pub const SUPPORTED_EXTENSIONS: &[&str] = &["query", "session-bind@openssh.com", cert::EXTENSION];
 
+/// The reply to `query` (draft-miller-ssh-agent §3.8.1): SSH_AGENT_EXTENSION_RESPONSE,
+/// "query", then each supported name as a string. (ssh-agent-lib 0.6's `QueryResponse` adds a
+/// byte-count prefix before the names, which other implementations do not expect.)
+fn query_response() -> Extension {
+    let mut names = Vec::new();
+    for name in SUPPORTED_EXTENSIONS {
+        names.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_be_bytes());
+        names.extend_from_slice(name.as_bytes());
+    }
+    Extension {
+        name: "query".to_owned(),
+        details: names.into(),
+    }
+}
+
 /// One client connection.
 #[derive(Debug)]
 struct SshSession {
@@ -749,14 +764,7 @@ impl Session for SshSession {
                 .map_err(refuse);
         }
         match extension.name.as_str() {
-            "query" => {
-                let supported = QueryResponse {
-                    extensions: SUPPORTED_EXTENSIONS.iter().map(|&n| n.to_owned()).collect(),
-                };
-                Extension::new_message(supported)
-                    .map(Some)
-                    .map_err(|e| refuse(SshError::Unsupported(format!("query reply: {e}"))))
-            }
+            "query" => Ok(Some(query_response())),
             "session-bind@openssh.com" => {
                 let message = extension
                     .parse_message::<SessionBind>()
