@@ -20,6 +20,8 @@ pub mod ssh;
 use std::fs::{self, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+
+use nix::fcntl::{Flock, FlockArg};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::{fmt, time::SystemTime};
@@ -41,6 +43,8 @@ pub const AGENT_KEY_SEALED: &str = "agent_ed25519.sealed";
 pub const SSH_KEYS_FILE: &str = "ssh_keys.sealed";
 /// The user CA key.
 pub const USER_CA_FILE: &str = "user_ca_ed25519.sealed";
+/// Lock file serializing changes to the keystore.
+pub const LOCK_FILE: &str = ".lock";
 /// The wrapping key's file name in the config directory.
 pub const WRAP_KEY_FILE: &str = "keystore.key";
 
@@ -175,6 +179,27 @@ impl Keystore {
             .ok()
     }
 
+    /// Holds the keystore's lock until dropped. Every read-modify-write of a sealed file, and
+    /// the creation of the wrapping key, happens under it, so two `nod` processes cannot lose
+    /// each other's change or create two wrapping keys.
+    pub(crate) fn exclusive(&self) -> Result<Flock<fs::File>, KeystoreError> {
+        let path = self.path(LOCK_FILE);
+        let io_err = |source| KeystoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        ensure_private_dir(&self.dir).map_err(io_err)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err)?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| io_err(errno.into()))
+    }
+
     /// Reads and opens a sealed file; `None` when it does not exist.
     pub fn read_sealed(
         &self,
@@ -253,6 +278,7 @@ impl Keystore {
     /// Loads the agent key: the sealed one; else a plaintext one of an earlier version, which
     /// is sealed and then removed; else a new one.
     pub fn agent_key(&self) -> Result<AgentKey, KeystoreError> {
+        let _lock = self.exclusive()?;
         let sealed_path = self.path(AGENT_KEY_SEALED);
         if let Some(seed) = self.read_sealed(AGENT_KEY_SEALED, "agent-key")? {
             let seed: &[u8; 32] = seed[..].try_into().map_err(|_| KeystoreError::Invalid {

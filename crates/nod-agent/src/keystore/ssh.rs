@@ -262,6 +262,7 @@ impl Keystore {
     ) -> Result<StoredKey, KeystoreError> {
         valid_name(name)?;
         check_key(key.key_data()).map_err(|e| KeystoreError::Refused(e.to_string()))?;
+        let _lock = self.exclusive()?;
         let mut keys = self.ssh_keys()?;
         if keys.iter().any(|k| k.name == name) {
             return Err(KeystoreError::Refused(format!(
@@ -290,6 +291,7 @@ impl Keystore {
 
     /// Removes a key by name.
     pub fn remove_ssh_key(&self, name: &str) -> Result<(), KeystoreError> {
+        let _lock = self.exclusive()?;
         let mut keys = self.ssh_keys()?;
         let before = keys.len();
         keys.retain(|k| k.name != name);
@@ -301,6 +303,7 @@ impl Keystore {
 
     /// Sets a key's policy.
     pub fn set_ssh_policy(&self, name: &str, policy: Policy) -> Result<(), KeystoreError> {
+        let _lock = self.exclusive()?;
         let mut keys = self.ssh_keys()?;
         let key = keys
             .iter_mut()
@@ -325,6 +328,7 @@ impl Keystore {
 
     /// The user CA key, created on first call. The flag is true when it was just created.
     pub fn user_ca_or_create(&self) -> Result<(PrivateKey, bool), KeystoreError> {
+        let _lock = self.exclusive()?;
         if let Some(ca) = self.user_ca()? {
             return Ok((ca, false));
         }
@@ -417,6 +421,24 @@ mod tests {
             Err(KeystoreError::NoSuchKey(_))
         ));
         assert_eq!(store.ssh_keys().unwrap().len(), 1);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn concurrent_adds_lose_nothing() {
+        let root = tempdir("race");
+        let store = store(&root);
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let store = &store;
+                s.spawn(move || {
+                    let name = format!("k{i}");
+                    let key = generate(KeyType::Ed25519, None, &name).unwrap();
+                    store.add_ssh_key(&name, key, Policy::Never).unwrap();
+                });
+            }
+        });
+        assert_eq!(store.ssh_keys().unwrap().len(), 8);
         fs::remove_dir_all(root).unwrap();
     }
 
