@@ -606,3 +606,32 @@ fn session_certificate_is_offered_after_one_approval_and_expires() {
     let log = fs::read_to_string(dir.path("agent.log")).unwrap();
     assert!(log.contains("expired; key and certificate wiped"), "{log}");
 }
+
+#[test]
+fn a_key_both_persistent_and_added_is_listed_once_under_the_keystore_policy() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let agent = Agent::start(&dir, &approver(&dir, "0"));
+    let key = dir.path("id_both");
+    let o = tool(&dir, "ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "both@test", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let o = nod(&dir)
+        .args(["keys", "import", "--policy", "always"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let o = ssh_add(&dir, &[key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = ssh_add(&dir, &["-l"]);
+    assert_eq!(stdout(&o).lines().count(), 1, "{}", out(&o));
+    assert!(sign(&dir, &key.with_extension("pub")).status.success());
+    assert_eq!(prompts(&dir).len(), 1, "the keystore's always applies");
+    agent.stop();
+}

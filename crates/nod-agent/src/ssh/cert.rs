@@ -480,6 +480,25 @@ mod tests {
         cert.validate_at(secs, [&fp]).unwrap();
     }
 
+    #[tokio::test]
+    async fn session_identities_never_print_the_key_and_expire() {
+        let ca = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).unwrap();
+        let request =
+            SessionCertRequest::new(vec!["alice".into()], Duration::from_secs(1)).unwrap();
+        let (key, cert) = mint(&ca, &request, SystemTime::now()).unwrap();
+        let seed = key.key_data().ed25519().unwrap().private.to_bytes();
+        let certs = SessionCerts::default();
+        certs.insert(key, cert.clone(), Duration::from_millis(200), "s".into());
+        let shown = format!("{certs:?}");
+        assert!(!shown.contains(&hex::encode(seed)[..12]));
+        assert!(!shown.contains(&format!("{:?}", &seed[..4])[1..12]));
+        assert!(certs.find(&cert).is_some());
+        assert_eq!(certs.identities().len(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(lock(&certs.live).is_empty(), "wiped by the timer");
+        assert!(certs.find(&cert).is_none());
+    }
+
     #[test]
     fn prompt_text_escapes_principals() {
         let p = SessionCertPrompt {

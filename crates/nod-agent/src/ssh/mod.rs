@@ -352,10 +352,22 @@ impl SshAgentService {
             return Vec::new();
         }
         let mut identities = self.stored.identities();
-        identities.extend(ring.keys.iter().map(|k| Identity {
-            credential: PublicCredential::Key(k.public().clone()),
-            comment: k.comment.clone(),
-        }));
+        // A key both in the keystore and added with ssh-add is listed once (the keystore's
+        // policy is the one that applies).
+        let added: Vec<Identity> = ring
+            .keys
+            .iter()
+            .filter(|k| {
+                !identities
+                    .iter()
+                    .any(|i| matches!(&i.credential, PublicCredential::Key(p) if p == k.public()))
+            })
+            .map(|k| Identity {
+                credential: PublicCredential::Key(k.public().clone()),
+                comment: k.comment.clone(),
+            })
+            .collect();
+        identities.extend(added);
         identities
     }
 
