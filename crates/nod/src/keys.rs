@@ -107,6 +107,7 @@ fn print_added(key: &StoredKey) {
 }
 
 pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
+    nod_agent::keystore::make_non_dumpable();
     let store = Keystore::open(paths);
     match command {
         KeysCommand::Generate {

@@ -345,6 +345,14 @@ impl Keystore {
     }
 }
 
+/// Keeps other processes of this user from reading keys out of our memory (ptrace, core
+/// dumps). The agent does this at start; `nod keys` does it before it opens the keystore.
+pub fn make_non_dumpable() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        event!("cannot make this process non-dumpable: {e}");
+    }
+}
+
 /// Overwrites a small secret file with zeros, then removes it. Best effort: on copy-on-write
 /// file systems and SSDs the old blocks may survive (docs/security.md says so).
 fn wipe_and_remove(path: &Path) {
