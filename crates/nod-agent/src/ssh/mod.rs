@@ -297,6 +297,8 @@ pub struct SshAgentService {
     default_lifetime: Option<Duration>,
     /// Where destination names come from.
     known_hosts: Vec<PathBuf>,
+    /// Held keys turned into signers once.
+    signers: sign::Signers,
     /// Persistent keys, session certificates, remembered approvals.
     stored: stored::Stored,
 }
@@ -310,6 +312,7 @@ impl SshAgentService {
             prompt_turn: tokio::sync::Mutex::new(()),
             default_lifetime: None,
             known_hosts: default_known_hosts(),
+            signers: sign::Signers::default(),
             stored: stored::Stored::default(),
         }
     }
@@ -343,6 +346,7 @@ impl SshAgentService {
     fn keyring(&self) -> MutexGuard<'_, Keyring> {
         let mut ring = lock(&self.keyring);
         ring.purge_expired(Instant::now());
+        self.signers.purge();
         ring
     }
 
@@ -438,6 +442,7 @@ impl SshAgentService {
         if ring.keys.len() == before {
             return Err(SshError::UnknownKey);
         }
+        self.signers.purge();
         Ok(())
     }
 
@@ -445,6 +450,7 @@ impl SshAgentService {
         let mut ring = self.keyring();
         ring.unlocked()?.keys.clear();
         self.stored.sessions.clear();
+        self.signers.purge();
         Ok(())
     }
 
@@ -503,7 +509,7 @@ impl SshAgentService {
         check_login_binding(&purpose, bindings)?;
         // A live session certificate signs without asking: it was approved when minted.
         if let Some(key) = self.session_key(&request.credential)? {
-            return sign::sign(&key, &request.data, request.flags);
+            return self.signers.sign(&key, &request.data, request.flags).await;
         }
         let (key, comment, policy) = self.find_with_policy(public)?;
         let destination = bindings
@@ -561,7 +567,7 @@ impl SshAgentService {
             // The key may have been removed, or the agent locked, while the prompt was open.
             self.find_with_policy(public)?;
         }
-        sign::sign(&key, &request.data, request.flags)
+        self.signers.sign(&key, &request.data, request.flags).await
     }
 }
 
