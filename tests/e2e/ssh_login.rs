@@ -130,3 +130,64 @@ fn ssh_login_asks_with_destination_purpose_and_chain_and_denial_refuses() {
     assert!(stderr.contains("agent refused operation"), "{stderr}");
     assert!(agent.prompts().len() > before, "the approver was asked");
 }
+
+#[test]
+fn drop_in_agent_after_eval_serves_an_ssh_login_and_stops_with_k() {
+    if !require(&[
+        "sshd",
+        "ssh",
+        "ssh-add",
+        "ssh-keygen",
+        "useradd",
+        "chpasswd",
+    ]) {
+        return;
+    }
+    let user = TestUser::ensure("nodtest", PASSWORD);
+    let scratch = Scratch::new("sshdropin");
+    let sshd = Sshd::start(&scratch, &user);
+    let home = scratch.dir("home", 0o700);
+    let tmp = scratch.dir("tmp", 0o700);
+    // A copy of the authorized key that only the agent will hold once added.
+    let key = home.join("id_login");
+    fs::copy(&sshd.client_key, &key).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let script = format!(
+        "set -e\n\
+         eval \"$({nod} ssh-agent -s)\"\n\
+         ssh-add {key} 2>/dev/null\n\
+         rm {key}\n\
+         ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p {port} {user}@127.0.0.1 \
+         echo nod-drop-in-ok\n\
+         eval \"$({nod} ssh-agent -k)\" >/dev/null\n\
+         echo \"agent=${{SSH_AGENT_PID:-gone}}\"\n",
+        nod = nod_e2e::artifact("nod").display(),
+        key = key.display(),
+        port = sshd.port,
+        user = user.name,
+    );
+    let out = run(Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .env("HOME", &home)
+        .env("TMPDIR", &tmp)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_AGENT_PID"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("nod-drop-in-ok"), "{stdout}");
+    assert!(stdout.contains("agent=gone"), "{stdout}");
+    wait_for(
+        "the agent's socket directory to go",
+        Duration::from_secs(5),
+        || fs::read_dir(&tmp).unwrap().next().is_none(),
+    );
+}
