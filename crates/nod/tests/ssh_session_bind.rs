@@ -315,10 +315,14 @@ fn prompt_shows_bound_destination_forwarding_purpose_and_chain() {
     )
     .unwrap();
 
-    let sid = [9u8; 32];
+    // A forwarding hop, then the login's own session, as ssh -A then ssh on the far side.
     let mut conn = Conn::open(&dir);
+    let hop = [10u8; 32];
+    let sig = conn.sign(&host_blob, &hop).expect("host key signs");
+    assert_eq!(conn.ask(&bind_message(&host_blob, &hop, &sig, true)), [6]);
+    let sid = [9u8; 32];
     let sig = conn.sign(&host_blob, &sid).expect("host key signs");
-    assert_eq!(conn.ask(&bind_message(&host_blob, &sid, &sig, true)), [6]);
+    assert_eq!(conn.ask(&bind_message(&host_blob, &sid, &sig, false)), [6]);
 
     fs::write(&agent.answer, "0").unwrap();
     let data = userauth_request(&sid, "alice", &user_blob);

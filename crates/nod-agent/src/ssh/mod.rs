@@ -595,7 +595,9 @@ fn default_known_hosts() -> Vec<PathBuf> {
 
 /// A login signature on a bound connection must be for the session it is bound to (and, for
 /// a host-bound request, the same server), as OpenSSH's agent checks: otherwise a signature
-/// obtained "for" one server could be replayed to another.
+/// obtained "for" one server could be replayed to another. When the last bind is a forwarding
+/// one, the login is for a hop further on (whose client may not bind), so there is nothing to
+/// compare with.
 fn check_login_binding(purpose: &purpose::Purpose, bindings: &Bindings) -> Result<(), SshError> {
     let (
         purpose::Purpose::SshLogin {
@@ -608,6 +610,9 @@ fn check_login_binding(purpose: &purpose::Purpose, bindings: &Bindings) -> Resul
     else {
         return Ok(());
     };
+    if last.forwarding {
+        return Ok(());
+    }
     if *session_id != last.session_id {
         return Err(SshError::SessionMismatch);
     }
@@ -830,6 +835,38 @@ mod tests {
         ] {
             assert_eq!(e.response(), Response::Failure, "{e}");
         }
+    }
+
+    #[test]
+    fn login_must_be_for_the_bound_session_unless_forwarded() {
+        use bind::tests::signed_bind;
+        let host = PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap();
+        let login =
+            |sid: &[u8]| purpose::decode(&purpose::tests::userauth_request(sid, "me", "publickey"));
+        let mut bindings = Bindings::default();
+        assert!(check_login_binding(&login(&[1; 32]), &bindings).is_ok());
+        bindings
+            .bind(Ok(signed_bind(&host, &[2; 32], true)))
+            .unwrap();
+        assert!(check_login_binding(&login(&[1; 32]), &bindings).is_ok());
+        bindings
+            .bind(Ok(signed_bind(&host, &[3; 32], false)))
+            .unwrap();
+        assert!(check_login_binding(&login(&[3; 32]), &bindings).is_ok());
+        assert!(matches!(
+            check_login_binding(&login(&[1; 32]), &bindings),
+            Err(SshError::SessionMismatch)
+        ));
+        let hostbound = purpose::decode(&purpose::tests::userauth_request(
+            &[3; 32],
+            "me",
+            "publickey-hostbound-v00@openssh.com",
+        ));
+        assert!(matches!(
+            check_login_binding(&hostbound, &bindings),
+            Err(SshError::SessionMismatch)
+        ));
     }
 
     #[test]
