@@ -512,12 +512,17 @@ impl SshAgentService {
             return self.signers.sign(&key, &request.data, request.flags).await;
         }
         let (key, comment, policy) = self.find_with_policy(public)?;
-        let destination = bindings
-            .last()
-            .and_then(|b| ssh_key::PublicKey::from(b.host_key.clone()).to_bytes().ok());
-        if let Some(auth) =
+        // `never` asks nobody, so skip building a grant scope (it reads `/proc`): this is the
+        // hot path of an agent used like ssh-agent.
+        let auth = if matches!(policy, policy::Policy::Never) {
+            None
+        } else {
+            let destination = bindings
+                .last()
+                .and_then(|b| ssh_key::PublicKey::from(b.host_key.clone()).to_bytes().ok());
             self.authorization(public, policy, caller.pid, caller.exe.clone(), destination)
-        {
+        };
+        if let Some(auth) = auth {
             let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
             let prompt = Prompt::SshSign(SshSignPrompt {
                 key_comment: comment.clone(),
