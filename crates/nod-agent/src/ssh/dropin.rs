@@ -229,7 +229,14 @@ pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInErro
         return write_out(out, &kill_lines(options.shell, pid));
     }
     let (socket, made_dir) = match (&options.bind_address, &options.remove_dir) {
-        (Some(path), dir) => (path.clone(), dir.clone()),
+        // Absolute, so the background agent can leave the working directory.
+        (Some(path), dir) => (
+            std::path::absolute(path).map_err(|source| DropInError::Socket {
+                path: path.clone(),
+                source,
+            })?,
+            dir.clone(),
+        ),
         (None, _) => {
             let dir = make_socket_dir()?;
             (dir.join(format!("agent.{}", std::process::id())), Some(dir))
@@ -239,6 +246,8 @@ pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInErro
         // A session of its own: the terminal's hangup or the shell's job control must not
         // reach it, as with ssh-agent's fork + setsid.
         let _ = nix::unistd::setsid();
+        // Keep no directory busy (an unmount must not wait for the agent), as ssh-agent does.
+        let _ = std::env::set_current_dir("/");
         return serve(&options, &socket, made_dir.as_deref(), None);
     }
     if options.foreground || options.debug {
