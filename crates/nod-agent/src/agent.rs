@@ -17,11 +17,12 @@ use crate::approval::hosts::HostAllowlist;
 use crate::approval::{ApprovalService, ApprovalSettings};
 use crate::approve::{self, ApproverChoice, Environment, SelectError};
 use crate::audit::{AuditError, AuditLog};
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, SecretsBackend};
 use crate::fsutil::ensure_private_dir;
 use crate::keystore::{Keystore, KeystoreError};
 use crate::log::event;
 use crate::paths::{Paths, PathsError};
+use crate::secrets::{SecretsError, SecretsFiles, SecretsService, SecretsSettings};
 
 /// What `nod agent` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +57,13 @@ pub enum AgentError {
         path.display()
     )]
     AlreadyRunning { path: PathBuf },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(
+        "the Secret Service backend is not supported yet; set [secrets] backend = \"file\" \
+         (or \"auto\") in agent.toml"
+    )]
+    SecretServiceNotSupported,
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
 }
@@ -144,6 +152,7 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         None => Paths::from_env()?,
     };
     let socket_path = paths.approval_socket()?;
+    let secrets_socket_path = paths.secrets_socket()?;
     let config = AgentConfig::load(&paths.agent_config())?;
     let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
     let agent_key = Keystore::new(&paths.keystore_dir()).agent_key()?;
@@ -161,13 +170,31 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         approver.name(),
         audit.path().display()
     );
+    match config.secrets.backend {
+        SecretsBackend::SecretService => return Err(AgentError::SecretServiceNotSupported),
+        SecretsBackend::Auto => {
+            if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
+                event!(
+                    "secrets: the Secret Service backend is not supported yet; using the \
+                     encrypted file"
+                );
+            }
+        }
+        SecretsBackend::File => {}
+    }
     let service = Arc::new(ApprovalService::new(
         agent_key,
         hosts,
         audit,
-        approver,
+        Arc::clone(&approver),
         ApprovalSettings::from(&config.approval),
     ));
+    let secrets = Arc::new(SecretsService::open(
+        &SecretsFiles::from_paths(&paths),
+        service.audit_log(),
+        approver,
+        SecretsSettings::default(),
+    )?);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -177,13 +204,17 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
         let (listener, socket) = bind_socket(&socket_path)?;
+        let (secrets_listener, secrets_socket) = bind_socket(&secrets_socket_path)?;
         event!("approval socket {} ready", socket_path.display());
+        event!("secrets socket {} ready", secrets_socket_path.display());
         tokio::select! {
             () = service.serve(listener) => {}
+            () = secrets.serve(secrets_listener) => {}
             _ = sigint.recv() => event!("SIGINT: shutting down"),
             _ = sigterm.recv() => event!("SIGTERM: shutting down"),
         }
         drop(socket);
+        drop(secrets_socket);
         Ok(())
     })
 }

@@ -10,6 +10,9 @@
 //!   `askpass` and `command` backends.
 //! - [`audit`]: a hash-chained JSON-lines log of every decision, and its verifier.
 //! - [`keystore`]: the agent's own Ed25519 key.
+//! - [`secrets`]: the secrets broker (keychain-auth's JSON protocol) for local programs, which
+//!   get secrets only if the kernel-verified binary is registered; [`peer`] is how the caller
+//!   is verified.
 //! - [`config`], [`paths`]: `agent.toml` and the XDG locations of every file.
 //! - [`agent`]: the foreground process: sockets, signals, the accept loop.
 //!
@@ -24,12 +27,20 @@
 //! request's expiry, and every approver error is a non-approval (fail closed). What the prompt
 //! shows comes from the host, so it is escaped before it reaches a terminal.
 //!
+//! # Threat model (secrets broker)
+//!
+//! Any program of the same user can connect to the secrets socket. What it gets depends only on
+//! what the kernel says about the process that sent each line (`SCM_CREDENTIALS`, pidfd, the
+//! hash of `/proc/<pid>/exe`) and on a policy that only the person can extend (through the
+//! approver). See [`secrets`] and [`peer`] for the checks and what they do not cover.
+//!
 //! Not covered: a process running as the same user can read the agent key (it is stored 0600,
 //! not yet encrypted at rest) and can edit `hosts.toml` or `agent.toml`.
 //!
 //! # Spec
 //!
-//! Wire format: `shared/reference/approval-protocol-v1.md`, implemented by `nod-proto`.
+//! Wire format: `shared/reference/approval-protocol-v1.md`, implemented by `nod-proto`;
+//! `shared/reference/secrets-protocol.md`, types in `nod-client`.
 //! Behaviour: `shared/DESIGN.md` §1, "Approvers", "Audit" and "Files".
 
 #![forbid(unsafe_code)]
@@ -43,6 +54,8 @@ mod fsutil;
 pub mod keystore;
 mod log;
 pub mod paths;
+pub mod peer;
+pub mod secrets;
 
 pub use agent::{AgentError, AgentOptions, run_agent};
 

@@ -117,6 +117,10 @@ impl Paths {
     pub fn approval_socket(&self) -> Result<PathBuf, PathsError> {
         Ok(self.sockets_dir()?.join("approval.sock"))
     }
+
+    pub fn secrets_socket(&self) -> Result<PathBuf, PathsError> {
+        Ok(self.sockets_dir()?.join("secrets.sock"))
+    }
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ pub struct ApprovalService {
     hosts: Mutex<HostAllowlist>,
     replay: Mutex<ReplayCache>,
     rate: Mutex<RateLimiter>,
-    audit: Mutex<AuditLog>,
+    audit: Arc<Mutex<AuditLog>>,
     /// One prompt at a time: a person answers one question, and a flood of requests must not
     /// stack dialogs until one is approved by mistake.
     prompt_turn: tokio::sync::Mutex<()>,
@@ -268,13 +268,18 @@ impl ApprovalService {
             settings,
             approver,
             hosts: Mutex::new(hosts),
-            audit: Mutex::new(audit),
+            audit: Arc::new(Mutex::new(audit)),
             prompt_turn: tokio::sync::Mutex::new(()),
         }
     }
 
     pub fn agent_key(&self) -> &AgentKey {
         &self.agent_key
+    }
+
+    /// The audit log, for other services to append to the same chain.
+    pub fn audit_log(&self) -> Arc<Mutex<AuditLog>> {
+        Arc::clone(&self.audit)
     }
 
     /// Accepts connections forever, one task each, so a slow or hostile peer never holds up

@@ -57,6 +57,23 @@ pub struct PamPrompt {
     pub request_id: String,
 }
 
+/// A secrets-broker policy change: a binary is to get (or keep, after an upgrade) access to
+/// secrets. The path and hash come from the agent's own look at the file, the grants from the
+/// `nod` command that asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretsPrompt {
+    pub path: String,
+    /// `sha256:<hex>` of the binary.
+    pub hash: String,
+    /// For an upgrade: the hash being replaced.
+    pub previous_hash: Option<String>,
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+    pub search: bool,
+    /// The binary is an interpreter: the grant covers every script it runs.
+    pub interpreter: bool,
+}
+
 /// What an approver is asked. One variant per service; later services add their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -64,6 +81,12 @@ pub struct PamPrompt {
 pub enum Prompt {
     /// Remote approval of a PAM login or sudo on a Linux host.
     Pam(PamPrompt),
+    /// `nod register <path>`: a new binary gets access to secrets.
+    SecretsRegister(SecretsPrompt),
+    /// `nod approve <hash>`: a pending binary gets access to secrets.
+    SecretsApprove(SecretsPrompt),
+    /// `nod upgrade <path>`: a registered binary's grants move to its new hash.
+    SecretsUpgrade(SecretsPrompt),
 }
 
 /// Longest rendering of one field in a human-readable prompt.
@@ -93,6 +116,9 @@ impl Prompt {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Pam(_) => "pam",
+            Self::SecretsRegister(_) => "secrets-register",
+            Self::SecretsApprove(_) => "secrets-approve",
+            Self::SecretsUpgrade(_) => "secrets-upgrade",
         }
     }
 
@@ -130,7 +156,50 @@ impl Prompt {
                 }
                 format!("nod: allow {text}?")
             }
+            Self::SecretsRegister(p) | Self::SecretsApprove(p) => {
+                format!(
+                    "nod: let {} read secrets?\n{}",
+                    display_safe(&p.path),
+                    p.details()
+                )
+            }
+            Self::SecretsUpgrade(p) => format!(
+                "nod: {} changed; keep its access to secrets?\n{}",
+                display_safe(&p.path),
+                p.details()
+            ),
         }
+    }
+}
+
+impl SecretsPrompt {
+    fn details(&self) -> String {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.iter()
+                    .map(|s| display_safe(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let mut text = format!("  binary: {}", display_safe(&self.hash));
+        if let Some(prev) = &self.previous_hash {
+            text.push_str(&format!("\n  was: {}", display_safe(prev)));
+        }
+        text.push_str(&format!(
+            "\n  read: {}\n  write: {}\n  search: {}",
+            list(&self.read),
+            list(&self.write),
+            if self.search { "yes" } else { "no" }
+        ));
+        if self.interpreter {
+            text.push_str(
+                "\n  WARNING: this is an interpreter; approving it approves every script it runs",
+            );
+        }
+        text
     }
 }
 
@@ -279,7 +348,9 @@ mod tests {
 
     #[test]
     fn absent_command_is_json_null() {
-        let Prompt::Pam(mut p) = prompt();
+        let Prompt::Pam(mut p) = prompt() else {
+            unreachable!()
+        };
         p.command = None;
         let v: serde_json::Value = serde_json::from_slice(&Prompt::Pam(p).to_json()).unwrap();
         assert!(v["command"].is_null());
@@ -287,7 +358,9 @@ mod tests {
 
     #[test]
     fn text_escapes_terminal_control_sequences() {
-        let Prompt::Pam(mut p) = prompt();
+        let Prompt::Pam(mut p) = prompt() else {
+            unreachable!()
+        };
         p.command = Some("ls\x1b[2J\rApproved!\u{202e}".into());
         let text = Prompt::Pam(p).text();
         assert!(!text.contains('\x1b'));
@@ -356,6 +429,25 @@ mod tests {
         };
         let err = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap_err();
         assert!(matches!(err, SelectError::NoAskpass));
+    }
+
+    #[test]
+    fn secrets_prompt_has_its_kind_and_warns_about_interpreters() {
+        let p = Prompt::SecretsRegister(SecretsPrompt {
+            path: "/usr/bin/python3".into(),
+            hash: "sha256:00".into(),
+            previous_hash: None,
+            read: vec!["aws".into()],
+            write: vec![],
+            search: false,
+            interpreter: true,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
+        assert_eq!(v["kind"], "secrets-register");
+        assert_eq!(v["hash"], "sha256:00");
+        assert_eq!(v["interpreter"], true);
+        assert!(p.text().contains("interpreter"));
+        assert_eq!(p.kind(), "secrets-register");
     }
 
     #[tokio::test]

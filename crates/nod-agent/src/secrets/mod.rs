@@ -1,0 +1,946 @@
+//! The secrets broker on `$XDG_RUNTIME_DIR/nod/secrets.sock` (DESIGN.md §3, protocol in
+//! `shared/reference/secrets-protocol.md`, types in `nod_client::proto`).
+//!
+//! Each request line is judged by the process that sent *that line* (see [`crate::peer`]):
+//! another uid is refused, an unregistered binary gets `unregistered_binary` and is queued for
+//! `nod approve`, and a registered one gets exactly what its policy entry allows. The order is:
+//!
+//! 1. line length (≤ 64 KiB, else `malformed_request` and the connection closes) and JSON shape
+//!    (unknown fields rejected), then the request's own consistency;
+//! 2. the sender: uid, pidfd, start time, hash of the running binary;
+//! 3. the policy, for the whole batch before anything runs;
+//! 4. the backend, all or nothing.
+//!
+//! `CONTROL` lines (nod's extension) change the policy. Those that grant access are shown to the
+//! person through the approver; nothing a same-user program sends can approve itself.
+//! Every read, write, delete and search, granted or not, and every policy change goes into the
+//! audit log, never with a value.
+
+mod conn;
+mod keyfile;
+pub mod policy;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use nix::unistd::getuid;
+use nod_client::proto::{
+    Action, Control, DecodeError, Item, Match, Message, PendingEntry, PolicyEntry, Reason, Request,
+    Response, Status,
+};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout};
+
+use self::conn::{Line, LineReader, ReadError};
+use self::policy::{PendingQueue, PolicyError, PolicyStore};
+use self::store::{Change, FileStore, StoreError};
+use crate::approve::{Approver, Outcome, Prompt, SecretsPrompt};
+use crate::audit::{AuditLog, clip};
+use crate::log::event;
+use crate::now_ms;
+use crate::paths::Paths;
+use crate::peer::{self, Caller, HashCache, PeerError};
+
+/// Longest service, target or attribute name, in bytes.
+pub const MAX_NAME: usize = 256;
+/// Most targets in one request.
+pub const MAX_TARGETS: usize = 256;
+/// Most attributes on one request.
+pub const MAX_ATTRIBUTES: usize = 32;
+/// Targets written to one audit line.
+const MAX_AUDIT_TARGETS: usize = 16;
+
+/// Tunables of the broker.
+#[derive(Debug, Clone)]
+pub struct SecretsSettings {
+    /// A connection with no complete line for this long is closed (§Transport: 30 s).
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Connections served at once; more are closed on accept. Far above what idle peers
+    /// could use up before `idle_timeout` frees them, and below the fd limit.
+    pub max_connections: usize,
+    /// Longest a policy prompt stays open.
+    pub prompt_timeout: Duration,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(5),
+            max_connections: 8192,
+            prompt_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Where the broker keeps its files.
+#[derive(Debug, Clone)]
+pub struct SecretsFiles {
+    pub policy: PathBuf,
+    pub policy_key: PathBuf,
+    pub pending: PathBuf,
+    pub store: PathBuf,
+    pub store_key: PathBuf,
+}
+
+impl SecretsFiles {
+    pub fn from_paths(paths: &Paths) -> Self {
+        Self {
+            policy: paths.state_dir.join("secrets-policy.json"),
+            pending: paths.state_dir.join("secrets-pending.json"),
+            policy_key: paths.keystore_dir().join("secrets-policy.key"),
+            store: paths.keystore_dir().join("secrets.enc"),
+            store_key: paths.keystore_dir().join("secrets.key"),
+        }
+    }
+}
+
+/// The broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One audit line of the broker (secrets-protocol.md §Audit log, in nod's chained log).
+#[derive(Debug, Clone, Serialize)]
+struct SecretsAudit {
+    /// Always `secrets`: which nod service decided.
+    service: &'static str,
+    action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary_hash: Option<String>,
+    /// The keychain service (`aws`), named so as not to clash with `service`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secrets_service: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    targets: Vec<String>,
+    /// `granted`, `denied`, `error`, or for policy changes `approved` / `not_approved`.
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+/// A request that passed step 1: its shape is consistent.
+#[derive(Debug)]
+struct CheckedRequest {
+    request: Request,
+    prefix: bool,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME && !s.chars().any(char::is_control)
+}
+
+/// Step 1 past JSON: §Request's rules, and nod's limits on names.
+fn check_request(request: Request) -> Result<CheckedRequest, String> {
+    let prefix = request.match_.unwrap_or_default() == Match::Prefix;
+    if !valid_name(&request.service) {
+        return Err(format!(
+            "service must be 1-{MAX_NAME} bytes without control characters"
+        ));
+    }
+    if request.targets.len() > MAX_TARGETS {
+        return Err(format!("at most {MAX_TARGETS} targets per request"));
+    }
+    if let Some(t) = request.targets.iter().find(|t| !valid_name(t)) {
+        return Err(format!(
+            "target {:?} must be 1-{MAX_NAME} bytes without control characters",
+            clip(t)
+        ));
+    }
+    if request.attributes.len() > MAX_ATTRIBUTES
+        || request
+            .attributes
+            .iter()
+            .any(|(k, v)| !valid_name(k) || v.len() > MAX_NAME)
+    {
+        return Err(format!(
+            "at most {MAX_ATTRIBUTES} attributes, names 1-{MAX_NAME} bytes, values up to {MAX_NAME}"
+        ));
+    }
+    let is_write = request.action == Action::Write;
+    if !is_write && !request.values.is_empty() {
+        return Err("values are only allowed with write".into());
+    }
+    if is_write {
+        if prefix {
+            return Err("match prefix is not allowed with write".into());
+        }
+        if request.targets.len() != request.values.len() {
+            return Err(format!(
+                "write needs as many values as targets ({} targets, {} values)",
+                request.targets.len(),
+                request.values.len()
+            ));
+        }
+    }
+    if request.action != Action::Search && request.targets.is_empty() {
+        return Err(if prefix {
+            "prefix match needs at least one prefix in targets".into()
+        } else {
+            "exact read, write and delete need at least one target".into()
+        });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = request.targets.iter().find(|t| !seen.insert(t.as_str())) {
+        return Err(format!("target {:?} appears twice", clip(dup)));
+    }
+    Ok(CheckedRequest { request, prefix })
+}
+
+/// Step 3: what the policy entry allows, for the whole batch.
+fn check_policy(entry: &PolicyEntry, req: &CheckedRequest) -> Result<(), Reason> {
+    let service = &req.request.service;
+    let (services, needs_search) = match req.request.action {
+        Action::Read => (&entry.allowed_read_services, req.prefix),
+        Action::Search => (&entry.allowed_read_services, true),
+        Action::Write => (&entry.allowed_write_services, false),
+        Action::Delete => (&entry.allowed_write_services, req.prefix),
+    };
+    if !services.iter().any(|s| s == service) {
+        return Err(Reason::ServiceNotAllowed);
+    }
+    if needs_search && !entry.can_search {
+        return Err(Reason::ActionNotInPolicy);
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn denied(reason: Reason) -> Response {
+    Response::refused(Status::Denied, reason, None)
+}
+
+fn error(reason: Reason, message: impl Into<String>) -> Response {
+    Response::refused(Status::Error, reason, Some(message.into()))
+}
+
+/// The broker: shared by every connection task.
+#[derive(Debug)]
+pub struct SecretsService {
+    settings: SecretsSettings,
+    approver: Arc<dyn Approver>,
+    audit: Arc<Mutex<AuditLog>>,
+    policy: Mutex<PolicyStore>,
+    pending: Mutex<PendingQueue>,
+    store: Mutex<FileStore>,
+    hashes: Arc<HashCache>,
+    connections: Arc<Semaphore>,
+    /// One policy prompt at a time.
+    prompt_turn: tokio::sync::Mutex<()>,
+    uid: u32,
+}
+
+impl SecretsService {
+    /// Opens the policy, the pending queue and the file backend.
+    pub fn open(
+        files: &SecretsFiles,
+        audit: Arc<Mutex<AuditLog>>,
+        approver: Arc<dyn Approver>,
+        settings: SecretsSettings,
+    ) -> Result<Self, SecretsError> {
+        let store = FileStore::open(&files.store, &files.store_key)?;
+        let mut policy = PolicyStore::open(&files.policy, &files.policy_key);
+        if let Err(e) = policy.current() {
+            // Not fatal: the rest of the agent runs, and every secrets request says why it is
+            // refused until the person repairs the file.
+            event!("{e}");
+        }
+        Ok(Self {
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            settings,
+            approver,
+            audit,
+            policy: Mutex::new(policy),
+            pending: Mutex::new(PendingQueue::open(&files.pending)),
+            store: Mutex::new(store),
+            hashes: Arc::new(HashCache::default()),
+            prompt_turn: tokio::sync::Mutex::new(()),
+            uid: getuid().as_raw(),
+        })
+    }
+
+    /// Turns on `SO_PASSCRED` (inherited by accepted sockets) and serves for ever, one task per
+    /// connection, so idle or slow peers never hold up others.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        if let Err(e) = setsockopt(&listener, sockopt::PassCred, &true) {
+            // Without credentials every line is refused; say why once.
+            event!("secrets socket: cannot enable SO_PASSCRED: {e}");
+        }
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+                        event!("secrets socket: too many connections; closing a new one");
+                        continue;
+                    };
+                    let service = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        service.handle(stream).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    event!("secrets socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn audit(&self, line: &SecretsAudit) {
+        if let Err(e) = lock(&self.audit).append(line, now_ms()) {
+            event!("{e}");
+        }
+    }
+
+    async fn send(&self, stream: &mut UnixStream, resp: &Response) -> bool {
+        matches!(
+            timeout(
+                self.settings.write_timeout,
+                stream.write_all(&resp.encode())
+            )
+            .await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn handle(&self, mut stream: UnixStream) {
+        // Refuse another uid at once (the per-line credentials are checked again below).
+        let _ = setsockopt(&stream, sockopt::PassCred, &true);
+        match getsockopt(&stream, sockopt::PeerCredentials) {
+            Ok(c) if c.uid() == self.uid => {}
+            Ok(c) => {
+                event!("secrets: refused a connection from uid {}", c.uid());
+                self.send(&mut stream, &denied(Reason::ServiceNotAllowed))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                event!("secrets: no peer credentials: {e}");
+                return;
+            }
+        }
+        let mut reader = LineReader::default();
+        loop {
+            let line = match timeout(self.settings.idle_timeout, reader.next_line(&stream)).await {
+                Err(_) | Ok(Ok(None)) => return,
+                Ok(Ok(Some(line))) => line,
+                Ok(Err(ReadError::TooLong)) => {
+                    let resp = error(Reason::MalformedRequest, DecodeError::TooLong.to_string());
+                    self.send(&mut stream, &resp).await;
+                    return;
+                }
+                Ok(Err(ReadError::Io(_))) => return,
+            };
+            let resp = self.answer(line).await;
+            if !self.send(&mut stream, &resp).await {
+                return;
+            }
+        }
+    }
+
+    async fn answer(&self, line: Line) -> Response {
+        let message = match Message::decode(&line.bytes) {
+            Ok(m) => m,
+            Err(e) => return error(Reason::MalformedRequest, e.to_string()),
+        };
+        let Some(sender) = line.sender else {
+            event!("secrets: a line came from more than one process; refused");
+            return error(
+                Reason::MalformedRequest,
+                "the line was written by more than one process",
+            );
+        };
+        if sender.uid != self.uid {
+            event!("secrets: refused a line from uid {}", sender.uid);
+            return denied(Reason::ServiceNotAllowed);
+        }
+        match message {
+            Message::Request(request) => self.request(request, sender).await,
+            Message::Control(control) => self.control(control, sender).await,
+        }
+    }
+
+    /// Step 2, off the runtime thread: a cold hash reads the whole binary.
+    async fn identify(&self, sender: peer::Sender) -> Result<Caller, PeerError> {
+        let cache = Arc::clone(&self.hashes);
+        tokio::task::spawn_blocking(move || peer::identify(sender, &cache))
+            .await
+            .unwrap_or(Err(PeerError::Gone { pid: sender.pid }))
+    }
+
+    async fn request(&self, request: Request, sender: peer::Sender) -> Response {
+        let mut audit = SecretsAudit {
+            service: "secrets",
+            action: request.action.as_str().into(),
+            pid: Some(sender.pid),
+            binary_path: None,
+            binary_hash: None,
+            secrets_service: Some(clip(&request.service)),
+            targets: request
+                .targets
+                .iter()
+                .take(MAX_AUDIT_TARGETS)
+                .map(|t| clip(t))
+                .collect(),
+            decision: "error",
+            reason: Some(Reason::MalformedRequest.as_str()),
+        };
+        let checked = match check_request(request) {
+            Ok(c) => c,
+            Err(why) => {
+                self.audit(&audit);
+                return error(Reason::MalformedRequest, why);
+            }
+        };
+        let caller = match self.identify(sender).await {
+            Ok(c) => c,
+            Err(e) => {
+                event!("secrets: caller not verified: {e}");
+                audit.reason = Some(Reason::InternalError.as_str());
+                self.audit(&audit);
+                return error(
+                    Reason::InternalError,
+                    "the calling process could not be verified",
+                );
+            }
+        };
+        audit.binary_path = Some(clip(&caller.exe_path));
+        audit.binary_hash = Some(caller.hash.clone());
+        let entry = match lock(&self.policy).find(&caller.hash) {
+            Ok(e) => e,
+            Err(e) => {
+                event!("{e}");
+                audit.reason = Some(Reason::InternalError.as_str());
+                self.audit(&audit);
+                return error(Reason::InternalError, e.to_string());
+            }
+        };
+        let Some(entry) = entry else {
+            self.queue_pending(&caller, &checked);
+            audit.decision = "denied";
+            audit.reason = Some(Reason::UnregisteredBinary.as_str());
+            self.audit(&audit);
+            return Response::refused(
+                Status::Denied,
+                Reason::UnregisteredBinary,
+                Some(format!(
+                    "{} ({}) is not registered; it is listed in `nod list-pending`",
+                    caller.exe_path, caller.hash
+                )),
+            );
+        };
+        if let Err(reason) = check_policy(&entry, &checked) {
+            audit.decision = "denied";
+            audit.reason = Some(reason.as_str());
+            self.audit(&audit);
+            return denied(reason);
+        }
+        let resp = self.execute(checked);
+        audit.decision = match resp.status {
+            Status::Success => "granted",
+            _ => "error",
+        };
+        audit.reason = resp.reason_code().map(Reason::as_str);
+        self.audit(&audit);
+        resp
+    }
+
+    fn queue_pending(&self, caller: &Caller, req: &CheckedRequest) {
+        let now = now_ms();
+        let entry = PendingEntry {
+            path: caller.exe_path.clone(),
+            hash: caller.hash.clone(),
+            argv0: clip(&caller.argv0),
+            first_seen_ms: now,
+            last_seen_ms: now,
+            interpreter: caller.interpreter,
+            requested: vec![format!(
+                "{}:{}",
+                req.request.action.as_str(),
+                clip(&req.request.service)
+            )],
+        };
+        if let Err(e) = lock(&self.pending).record(entry, now) {
+            event!("secrets: cannot save the pending queue: {e}");
+        }
+    }
+
+    /// Step 4.
+    fn execute(&self, req: CheckedRequest) -> Response {
+        let CheckedRequest { request, prefix } = req;
+        let service = request.service.as_str();
+        let mut store = lock(&self.store);
+        let item = |t: &String, s: &store::StoredItem, with_value: bool| Item {
+            target: t.clone(),
+            value: with_value.then(|| s.value.clone()),
+            attributes: s.attributes.clone(),
+        };
+        match (request.action, prefix) {
+            (Action::Read, false) => {
+                let mut results = Vec::new();
+                for t in &request.targets {
+                    match store.get(service, t) {
+                        Some(s) => results.push(item(t, s, true)),
+                        None => {
+                            return error(Reason::NotFound, format!("no item {:?}", clip(t)));
+                        }
+                    }
+                }
+                Response::success(results)
+            }
+            (Action::Read, true) => Response::success(
+                store
+                    .matching(service, &request.targets)
+                    .map(|(t, s)| item(t, s, true))
+                    .collect(),
+            ),
+            (Action::Search, _) => {
+                let results = if prefix || request.targets.is_empty() {
+                    store
+                        .matching(service, &request.targets)
+                        .map(|(t, s)| item(t, s, false))
+                        .collect()
+                } else {
+                    request
+                        .targets
+                        .iter()
+                        .filter_map(|t| store.get(service, t).map(|s| item(t, s, false)))
+                        .collect()
+                };
+                Response::success(results)
+            }
+            (Action::Write, _) => {
+                let items = request.targets.into_iter().zip(request.values).collect();
+                let change = Change::Write {
+                    items,
+                    attributes: request.attributes,
+                };
+                self.apply(&mut store, service, change)
+            }
+            (Action::Delete, false) => {
+                if let Some(t) = request
+                    .targets
+                    .iter()
+                    .find(|t| store.get(service, t).is_none())
+                {
+                    return error(Reason::NotFound, format!("no item {:?}", clip(t)));
+                }
+                let targets = request.targets;
+                self.apply(&mut store, service, Change::Delete { targets })
+            }
+            (Action::Delete, true) => {
+                let targets = store
+                    .matching(service, &request.targets)
+                    .map(|(t, _)| t.clone())
+                    .collect();
+                self.apply(&mut store, service, Change::Delete { targets })
+            }
+        }
+    }
+
+    fn apply(&self, store: &mut FileStore, service: &str, change: Change) -> Response {
+        match store.apply(service, change) {
+            Ok(()) => Response::success(Vec::new()),
+            Err(e) => {
+                event!("{e}");
+                error(
+                    Reason::InternalError,
+                    "the secrets store could not be written",
+                )
+            }
+        }
+    }
+
+    // ---- CONTROL: policy changes and queries ----
+
+    async fn control(&self, control: Control, sender: peer::Sender) -> Response {
+        let mut audit = SecretsAudit {
+            service: "secrets",
+            action: String::new(),
+            pid: Some(sender.pid),
+            binary_path: None,
+            binary_hash: None,
+            secrets_service: None,
+            targets: Vec::new(),
+            decision: "error",
+            reason: None,
+        };
+        match control {
+            Control::ListPending => {
+                let mut resp = Response::success(Vec::new());
+                resp.pending = Some(lock(&self.pending).list(now_ms()));
+                resp
+            }
+            Control::PolicyList => match lock(&self.policy).current() {
+                Ok(entries) => {
+                    let mut resp = Response::success(Vec::new());
+                    resp.policy = Some(entries.to_vec());
+                    resp
+                }
+                Err(e) => error(Reason::InternalError, e.to_string()),
+            },
+            Control::Revoke { hash } => {
+                audit.action = "revoke".into();
+                audit.binary_hash = Some(clip(&hash));
+                // Revoking only takes access away, so it needs no prompt.
+                let resp = match lock(&self.policy).revoke(&hash) {
+                    Ok(true) => Response::success(Vec::new()),
+                    Ok(false) => error(Reason::NotFound, format!("{hash} is not registered")),
+                    Err(e) => error(Reason::InternalError, e.to_string()),
+                };
+                audit.decision = if resp.status == Status::Success {
+                    "approved"
+                } else {
+                    "error"
+                };
+                self.audit(&audit);
+                resp
+            }
+            Control::Register {
+                path,
+                read,
+                write,
+                search,
+            } => {
+                audit.action = "register".into();
+                self.grant(GrantKind::Register, &path, None, read, write, search, audit)
+                    .await
+            }
+            Control::Approve {
+                hash,
+                read,
+                write,
+                search,
+            } => {
+                audit.action = "approve".into();
+                let Some(p) = lock(&self.pending).get(&hash, now_ms()) else {
+                    return error(
+                        Reason::NotFound,
+                        format!(
+                            "{hash} is not in the pending queue (see `nod list-pending`; entries \
+                             expire after 24 h); use `nod register <path>` instead"
+                        ),
+                    );
+                };
+                let (mut read, mut write) = (read, write);
+                if read.is_empty() && write.is_empty() && !search {
+                    // Grant what it asked for, no more.
+                    for r in &p.requested {
+                        match r.split_once(':') {
+                            Some(("read" | "search", s)) if !read.iter().any(|x| x == s) => {
+                                read.push(s.to_owned())
+                            }
+                            Some(("write" | "delete", s)) if !write.iter().any(|x| x == s) => {
+                                write.push(s.to_owned())
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                self.grant(
+                    GrantKind::Approve,
+                    &p.path,
+                    Some(hash),
+                    read,
+                    write,
+                    search,
+                    audit,
+                )
+                .await
+            }
+            Control::Upgrade { path } => {
+                audit.action = "upgrade".into();
+                self.upgrade(&path, audit).await
+            }
+        }
+    }
+
+    /// Hashes the file at `path` (the agent's own look), asks the person, and registers it.
+    #[allow(clippy::too_many_arguments)]
+    async fn grant(
+        &self,
+        kind: GrantKind,
+        path: &str,
+        expected_hash: Option<String>,
+        read: Vec<String>,
+        write: Vec<String>,
+        search: bool,
+        mut audit: SecretsAudit,
+    ) -> Response {
+        if let Some(bad) = read.iter().chain(&write).find(|s| !valid_name(s)) {
+            return error(
+                Reason::MalformedRequest,
+                format!("service {:?} is not a valid name", clip(bad)),
+            );
+        }
+        let file = Path::new(path);
+        if !file.is_absolute() {
+            return error(Reason::MalformedRequest, "the path must be absolute");
+        }
+        let owned = file.to_owned();
+        let hashed = tokio::task::spawn_blocking(move || peer::hash_path(&owned)).await;
+        let hash = match hashed {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return error(Reason::NotFound, format!("cannot read {path}: {e}")),
+            Err(_) => return error(Reason::InternalError, "hashing failed"),
+        };
+        if let Some(want) = &expected_hash {
+            if *want != hash {
+                return error(
+                    Reason::NotFound,
+                    format!(
+                        "{path} no longer has hash {want} (it is now {hash}); if the new file is \
+                         the one you want, run `nod register {path}`"
+                    ),
+                );
+            }
+        }
+        audit.binary_path = Some(clip(path));
+        audit.binary_hash = Some(hash.clone());
+        let interpreter = peer::is_interpreter(file);
+        let prompt = SecretsPrompt {
+            path: path.to_owned(),
+            hash: hash.clone(),
+            previous_hash: None,
+            read: read.clone(),
+            write: write.clone(),
+            search,
+            interpreter,
+        };
+        let prompt = match kind {
+            GrantKind::Register => Prompt::SecretsRegister(prompt),
+            GrantKind::Approve => Prompt::SecretsApprove(prompt),
+        };
+        if let Err(resp) = self.ask(&prompt, &mut audit).await {
+            return resp;
+        }
+        let entry = PolicyEntry {
+            path: path.to_owned(),
+            hash: hash.clone(),
+            allowed_read_services: read,
+            allowed_write_services: write,
+            can_search: search,
+            interpreter,
+        };
+        self.save_entry(entry, None, audit, interpreter)
+    }
+
+    async fn upgrade(&self, path: &str, mut audit: SecretsAudit) -> Response {
+        let old = match lock(&self.policy).current() {
+            Ok(entries) => entries.iter().find(|e| e.path == path).cloned(),
+            Err(e) => return error(Reason::InternalError, e.to_string()),
+        };
+        let Some(old) = old else {
+            return error(
+                Reason::NotFound,
+                format!("no registered binary at {path}; use `nod register {path}`"),
+            );
+        };
+        let owned = PathBuf::from(path);
+        let hash = match tokio::task::spawn_blocking(move || peer::hash_path(&owned)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return error(Reason::NotFound, format!("cannot read {path}: {e}")),
+            Err(_) => return error(Reason::InternalError, "hashing failed"),
+        };
+        if hash == old.hash {
+            let mut resp = Response::success(Vec::new());
+            resp.message = Some(format!("{path} has not changed; nothing to do"));
+            return resp;
+        }
+        audit.binary_path = Some(clip(path));
+        audit.binary_hash = Some(hash.clone());
+        let prompt = Prompt::SecretsUpgrade(SecretsPrompt {
+            path: path.to_owned(),
+            hash: hash.clone(),
+            previous_hash: Some(old.hash.clone()),
+            read: old.allowed_read_services.clone(),
+            write: old.allowed_write_services.clone(),
+            search: old.can_search,
+            interpreter: old.interpreter,
+        });
+        if let Err(resp) = self.ask(&prompt, &mut audit).await {
+            return resp;
+        }
+        let interpreter = old.interpreter;
+        let entry = PolicyEntry {
+            hash,
+            ..old.clone()
+        };
+        self.save_entry(entry, Some(&old.hash), audit, interpreter)
+    }
+
+    /// Asks the person; `Err` holds the refusal to send.
+    async fn ask(&self, prompt: &Prompt, audit: &mut SecretsAudit) -> Result<(), Response> {
+        let _turn = self.prompt_turn.lock().await;
+        let deadline = Instant::now() + self.settings.prompt_timeout;
+        let outcome = tokio::time::timeout_at(deadline, self.approver.approve(prompt, deadline))
+            .await
+            .unwrap_or(Outcome::Failed);
+        event!(
+            "secrets: {} of {:?}: {outcome:?} (approver {})",
+            prompt.kind(),
+            audit.binary_path.as_deref().unwrap_or(""),
+            self.approver.name()
+        );
+        if outcome == Outcome::Approved {
+            return Ok(());
+        }
+        audit.decision = "not_approved";
+        audit.reason = Some(Reason::NotApproved.as_str());
+        self.audit(audit);
+        let why = match outcome {
+            Outcome::Denied => "the person said no",
+            Outcome::Cancelled => "the prompt was cancelled",
+            Outcome::Unavailable => {
+                "nobody could be asked (no approver: run `nod agent` in a terminal or with \
+                 --approver-command)"
+            }
+            _ => "the approver failed or timed out",
+        };
+        Err(Response::refused(
+            Status::Denied,
+            Reason::NotApproved,
+            Some(why.into()),
+        ))
+    }
+
+    fn save_entry(
+        &self,
+        entry: PolicyEntry,
+        replaces: Option<&str>,
+        mut audit: SecretsAudit,
+        interpreter: bool,
+    ) -> Response {
+        let hash = entry.hash.clone();
+        let saved = {
+            let mut policy = lock(&self.policy);
+            match replaces {
+                Some(old) => policy.replace(old, entry),
+                None => policy.upsert(entry),
+            }
+        };
+        if let Err(e) = saved {
+            event!("{e}");
+            audit.reason = Some(Reason::InternalError.as_str());
+            self.audit(&audit);
+            return error(Reason::InternalError, policy_message(&e));
+        }
+        if let Err(e) = lock(&self.pending).remove(&hash) {
+            event!("secrets: cannot save the pending queue: {e}");
+        }
+        audit.decision = "approved";
+        self.audit(&audit);
+        let mut resp = Response::success(Vec::new());
+        resp.message = Some(if interpreter {
+            format!(
+                "registered {hash}. WARNING: this is an interpreter, so every script it runs has \
+                 these grants"
+            )
+        } else {
+            format!("registered {hash}")
+        });
+        resp
+    }
+}
+
+fn policy_message(e: &PolicyError) -> String {
+    e.to_string()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GrantKind {
+    Register,
+    Approve,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nod_client::proto::SecretValue;
+
+    fn req(action: Action, targets: &[&str]) -> Request {
+        let mut r = Request::new(action, "aws");
+        r.targets = targets.iter().map(|s| s.to_string()).collect();
+        r
+    }
+
+    fn entry(read: &[&str], write: &[&str], search: bool) -> PolicyEntry {
+        PolicyEntry {
+            path: "/x".into(),
+            hash: "sha256:00".into(),
+            allowed_read_services: read.iter().map(|s| s.to_string()).collect(),
+            allowed_write_services: write.iter().map(|s| s.to_string()).collect(),
+            can_search: search,
+            interpreter: false,
+        }
+    }
+
+    #[test]
+    fn checks_write_alignment_and_prefix_rules() {
+        let mut w = req(Action::Write, &["a", "b"]);
+        w.values = vec![SecretValue::new("1")];
+        assert!(
+            check_request(w.clone())
+                .unwrap_err()
+                .contains("as many values")
+        );
+        w.values.push(SecretValue::new("2"));
+        assert!(check_request(w.clone()).is_ok());
+        w.match_ = Some(Match::Prefix);
+        assert!(check_request(w).is_err());
+        assert!(check_request(req(Action::Read, &[])).is_err());
+        assert!(check_request(req(Action::Delete, &[])).is_err());
+        assert!(check_request(req(Action::Search, &[])).is_ok());
+        let mut r = req(Action::Read, &["a"]);
+        r.values = vec![SecretValue::new("x")];
+        assert!(check_request(r).is_err());
+        assert!(check_request(req(Action::Read, &["a", "a"])).is_err());
+        assert!(check_request(req(Action::Read, &["a\nb"])).is_err());
+        let mut r = req(Action::Read, &["a"]);
+        r.service = String::new();
+        assert!(check_request(r).is_err());
+    }
+
+    #[test]
+    fn policy_needs_the_service_and_can_search_for_prefix_and_search() {
+        let e = entry(&["aws"], &[], false);
+        let read = check_request(req(Action::Read, &["k"])).unwrap();
+        assert_eq!(check_policy(&e, &read), Ok(()));
+        let mut p = req(Action::Read, &["k"]);
+        p.match_ = Some(Match::Prefix);
+        let prefix = check_request(p).unwrap();
+        assert_eq!(check_policy(&e, &prefix), Err(Reason::ActionNotInPolicy));
+        let search = check_request(req(Action::Search, &[])).unwrap();
+        assert_eq!(check_policy(&e, &search), Err(Reason::ActionNotInPolicy));
+        let mut w = req(Action::Write, &["k"]);
+        w.values = vec![SecretValue::new("v")];
+        let write = check_request(w).unwrap();
+        assert_eq!(check_policy(&e, &write), Err(Reason::ServiceNotAllowed));
+        let e = entry(&["aws"], &["aws"], true);
+        assert_eq!(check_policy(&e, &prefix), Ok(()));
+        assert_eq!(check_policy(&e, &search), Ok(()));
+        assert_eq!(check_policy(&e, &write), Ok(()));
+        // Exact service match: `aws` grants nothing on `aws:prod`.
+        let mut other = req(Action::Read, &["k"]);
+        other.service = "aws:prod".into();
+        let other = check_request(other).unwrap();
+        assert_eq!(check_policy(&e, &other), Err(Reason::ServiceNotAllowed));
+    }
+}
