@@ -369,6 +369,19 @@ impl SecretsService {
         };
         if sender.uid != self.uid {
             event!("secrets: refused a line from uid {}", sender.uid);
+            if let Message::Request(r) = &message {
+                self.audit(&SecretsAudit {
+                    service: "secrets",
+                    action: r.action.as_str().into(),
+                    pid: Some(sender.pid),
+                    binary_path: None,
+                    binary_hash: None,
+                    secrets_service: Some(clip(&r.service)),
+                    targets: Vec::new(),
+                    decision: "denied",
+                    reason: Some("other_uid"),
+                });
+            }
             return denied(Reason::ServiceNotAllowed);
         }
         match message {
