@@ -17,12 +17,12 @@ use crate::approval::hosts::HostAllowlist;
 use crate::approval::{ApprovalService, ApprovalSettings};
 use crate::approve::{self, ApproverChoice, Environment, SelectError};
 use crate::audit::{AuditError, AuditLog};
-use crate::config::{AgentConfig, ConfigError, SecretsBackend};
+use crate::config::{AgentConfig, ConfigError};
 use crate::fsutil::ensure_private_dir;
 use crate::keystore::{Keystore, KeystoreError};
 use crate::log::event;
 use crate::paths::{Paths, PathsError};
-use crate::secrets::{SecretsError, SecretsFiles, SecretsService, SecretsSettings};
+use crate::secrets::{Backend, SecretsError, SecretsFiles, SecretsService, SecretsSettings};
 
 /// What `nod agent` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -59,11 +59,6 @@ pub enum AgentError {
     AlreadyRunning { path: PathBuf },
     #[error(transparent)]
     Secrets(#[from] SecretsError),
-    #[error(
-        "the Secret Service backend is not supported yet; set [secrets] backend = \"file\" \
-         (or \"auto\") in agent.toml"
-    )]
-    SecretServiceNotSupported,
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
 }
@@ -170,18 +165,6 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         approver.name(),
         audit.path().display()
     );
-    match config.secrets.backend {
-        SecretsBackend::SecretService => return Err(AgentError::SecretServiceNotSupported),
-        SecretsBackend::Auto => {
-            if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
-                event!(
-                    "secrets: the Secret Service backend is not supported yet; using the \
-                     encrypted file"
-                );
-            }
-        }
-        SecretsBackend::File => {}
-    }
     let service = Arc::new(ApprovalService::new(
         agent_key,
         hosts,
@@ -189,18 +172,22 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         Arc::clone(&approver),
         ApprovalSettings::from(&config.approval),
     ));
-    let secrets = Arc::new(SecretsService::open(
-        &SecretsFiles::from_paths(&paths),
-        service.audit_log(),
-        approver,
-        SecretsSettings::default(),
-    )?);
+    let secrets_files = SecretsFiles::from_paths(&paths);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
     runtime.block_on(async move {
+        let backend = Backend::choose(config.secrets.backend, &secrets_files).await?;
+        event!("secrets backend: {}", backend.name());
+        let secrets = Arc::new(SecretsService::new(
+            &secrets_files,
+            backend,
+            service.audit_log(),
+            approver,
+            SecretsSettings::default(),
+        ));
         let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
         let (listener, socket) = bind_socket(&socket_path)?;

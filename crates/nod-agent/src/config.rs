@@ -10,7 +10,7 @@
 //! rate_limit_burst = 5
 //! rate_limit_per_minute = 20
 //! [secrets]
-//! backend = "auto"          # auto | file | secret-service (not supported yet)
+//! backend = "auto"          # auto | file | secret-service
 //! ```
 
 use std::fs;
@@ -79,8 +79,7 @@ impl Default for ApprovalConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SecretsBackend {
-    /// The Secret Service when one is on the session bus, else the encrypted file. (The Secret
-    /// Service backend is not supported yet, so this is the file for now.)
+    /// The Secret Service when one answers on the session bus, else the encrypted file.
     #[default]
     Auto,
     File,

@@ -660,3 +660,97 @@ fn no_secret_value_reaches_the_audit_log_or_the_agent_log() {
     let store = fs::read(dir.path("data/nod/secrets.enc")).unwrap();
     assert!(!store.windows(marker.len()).any(|w| w == marker.as_bytes()));
 }
+
+fn tool(name: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+/// The Secret Service backend against a real gnome-keyring in its own D-Bus session
+/// (`dbus-run-session`), unlocked by piping a password to `gnome-keyring-daemon --unlock`.
+#[test]
+fn secret_service_backend_with_a_real_gnome_keyring() {
+    let tools = ["dbus-run-session", "gnome-keyring-daemon", "secret-tool"];
+    if tools.iter().any(|t| tool(t).is_none()) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "{tools:?} missing (CI=true: not skipping); install dbus, gnome-keyring, libsecret-tools"
+            );
+        }
+        eprintln!("SKIPPED: needs {tools:?} (packages dbus, gnome-keyring, libsecret-tools)");
+        return;
+    }
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.path("config/nod")).unwrap();
+    fs::write(
+        dir.path("config/nod/agent.toml"),
+        "[secrets]\nbackend = \"secret-service\"\n",
+    )
+    .unwrap();
+    for d in ["home", "run"] {
+        fs::create_dir_all(dir.path(d)).unwrap();
+        fs::set_permissions(dir.path(d), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    fs::write(
+        dir.path("approve.sh"),
+        "#!/bin/sh\ncat >/dev/null\nexit 0\n",
+    )
+    .unwrap();
+    fs::set_permissions(dir.path("approve.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+    let script = r#"
+set -u
+echo pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+"$NOD" agent --approver-command "$D/approve.sh" 2>"$D/agent.log" &
+AGENT=$!
+i=0; while [ ! -S "$D/run/nod/secrets.sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+"$NOD" register "$NOD" --read a --write a --write a:b --search >/dev/null 2>&1 || echo REGISTER-FAILED
+printf 'kv-1' | "$NOD" secrets put a key-1 --attr env=prod && echo PUT-OK
+printf 'kv-2' | "$NOD" secrets put a:b key-2 && echo PUT2-OK
+echo "GET=$("$NOD" secrets get a key-1)"
+echo "PREFIX=$("$NOD" secrets get --prefix a key)"
+echo "SEARCH=$("$NOD" secrets search a | tr '\n' ' ')"
+echo "LOOKUP=$(secret-tool lookup nod_service a nod_target key-1)"
+"$NOD" secrets get a:b key-2 >/dev/null 2>&1 && echo "CROSS-READ" || echo "NO-CROSS-READ"
+"$NOD" secrets rm a key-1 && echo RM-OK
+"$NOD" secrets get a key-1 2>&1 | sed 's/^/AFTER-RM=/'
+kill $AGENT; wait $AGENT
+echo "AGENT-EXIT=$?"
+"#;
+    let o = Command::new(tool("dbus-run-session").unwrap())
+        .args(["--", "sh", "-c", script])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("D", &dir.0)
+        .env("NOD", nod_bin())
+        .env("HOME", dir.path("home"))
+        .env("XDG_CONFIG_HOME", dir.path("config"))
+        .env("XDG_DATA_HOME", dir.path("data"))
+        .env("XDG_STATE_HOME", dir.path("state"))
+        .env("XDG_RUNTIME_DIR", dir.path("run"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = out(&o);
+    let log = fs::read_to_string(dir.path("agent.log")).unwrap_or_default();
+    let ctx = format!("{text}\n--- agent log:\n{log}\n--- stderr:\n{}", err(&o));
+    assert!(log.contains("secrets backend: secret-service"), "{ctx}");
+    for want in [
+        "PUT-OK",
+        "PUT2-OK",
+        "GET=kv-1",
+        "PREFIX=key-1=kv-1",
+        "SEARCH=key-1 ",
+        "LOOKUP=kv-1",
+        "NO-CROSS-READ",
+        "RM-OK",
+        "AFTER-RM=nod: error: not_found",
+        "AGENT-EXIT=0",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{ctx}");
+    }
+    assert!(!text.contains("REGISTER-FAILED"), "{ctx}");
+    let audit = fs::read_to_string(dir.path("state/nod/audit.jsonl")).unwrap();
+    assert!(!audit.contains("kv-1") && !log.contains("kv-1"), "{audit}");
+}

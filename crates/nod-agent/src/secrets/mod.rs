@@ -18,6 +18,7 @@
 
 mod conn;
 mod keyfile;
+pub mod keyring;
 pub mod policy;
 pub mod store;
 
@@ -38,10 +39,12 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 
 use self::conn::{Line, LineReader, ReadError};
+use self::keyring::{Keyring, KeyringError};
 use self::policy::{PendingQueue, PolicyError, PolicyStore};
 use self::store::{Change, FileStore, StoreError};
 use crate::approve::{Approver, Outcome, Prompt, SecretsPrompt};
 use crate::audit::{AuditLog, clip};
+use crate::config::SecretsBackend;
 use crate::log::event;
 use crate::now_ms;
 use crate::paths::Paths;
@@ -107,6 +110,59 @@ impl SecretsFiles {
 pub enum SecretsError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "[secrets] backend = \"secret-service\" in agent.toml, but no Secret Service is usable \
+         ({0}); start gnome-keyring (or another Secret Service) in this session, or set \
+         backend = \"file\""
+    )]
+    NoSecretService(KeyringError),
+}
+
+/// Where secrets are kept.
+#[derive(Debug)]
+pub enum Backend {
+    /// The encrypted file ([`store`]).
+    File(Mutex<FileStore>),
+    /// The Secret Service on the session bus ([`keyring`]).
+    SecretService(Keyring),
+}
+
+impl Backend {
+    /// Picks the backend: `auto` uses the Secret Service when one answers on the session bus,
+    /// else the encrypted file.
+    pub async fn choose(
+        choice: SecretsBackend,
+        files: &SecretsFiles,
+    ) -> Result<Self, SecretsError> {
+        let file = || -> Result<Self, SecretsError> {
+            Ok(Self::File(Mutex::new(FileStore::open(
+                &files.store,
+                &files.store_key,
+            )?)))
+        };
+        match choice {
+            SecretsBackend::File => file(),
+            SecretsBackend::SecretService => Keyring::connect(Duration::from_secs(5))
+                .await
+                .map(Self::SecretService)
+                .map_err(SecretsError::NoSecretService),
+            SecretsBackend::Auto => match Keyring::connect(Duration::from_secs(2)).await {
+                Ok(k) => Ok(Self::SecretService(k)),
+                Err(e) => {
+                    event!("secrets: no Secret Service ({e}); using the encrypted file");
+                    file()
+                }
+            },
+        }
+    }
+
+    /// For logs: `file` or `secret-service`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::SecretService(_) => "secret-service",
+        }
+    }
 }
 
 /// One audit line of the broker (secrets-protocol.md §Audit log, in nod's chained log).
@@ -238,7 +294,7 @@ pub struct SecretsService {
     audit: Arc<Mutex<AuditLog>>,
     policy: Mutex<PolicyStore>,
     pending: Mutex<PendingQueue>,
-    store: Mutex<FileStore>,
+    backend: Backend,
     hashes: Arc<HashCache>,
     connections: Arc<Semaphore>,
     /// One policy prompt at a time.
@@ -247,32 +303,37 @@ pub struct SecretsService {
 }
 
 impl SecretsService {
-    /// Opens the policy, the pending queue and the file backend.
-    pub fn open(
+    /// Opens the policy and the pending queue, and serves from `backend`.
+    pub fn new(
         files: &SecretsFiles,
+        backend: Backend,
         audit: Arc<Mutex<AuditLog>>,
         approver: Arc<dyn Approver>,
         settings: SecretsSettings,
-    ) -> Result<Self, SecretsError> {
-        let store = FileStore::open(&files.store, &files.store_key)?;
+    ) -> Self {
         let mut policy = PolicyStore::open(&files.policy, &files.policy_key);
         if let Err(e) = policy.current() {
             // Not fatal: the rest of the agent runs, and every secrets request says why it is
             // refused until the person repairs the file.
             event!("{e}");
         }
-        Ok(Self {
+        Self {
             connections: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
             approver,
             audit,
             policy: Mutex::new(policy),
             pending: Mutex::new(PendingQueue::open(&files.pending)),
-            store: Mutex::new(store),
+            backend,
             hashes: Arc::new(HashCache::default()),
             prompt_turn: tokio::sync::Mutex::new(()),
             uid: getuid().as_raw(),
-        })
+        }
+    }
+
+    /// Which backend serves.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
     }
 
     /// Turns on `SO_PASSCRED` (inherited by accepted sockets) and serves for ever, one task per
@@ -465,7 +526,10 @@ impl SecretsService {
             self.audit(&audit);
             return denied(reason);
         }
-        let resp = self.execute(checked);
+        let resp = match &self.backend {
+            Backend::File(store) => Self::execute_file(&mut lock(store), checked),
+            Backend::SecretService(keyring) => Self::execute_keyring(keyring, checked).await,
+        };
         audit.decision = match resp.status {
             Status::Success => "granted",
             _ => "error",
@@ -495,11 +559,10 @@ impl SecretsService {
         }
     }
 
-    /// Step 4.
-    fn execute(&self, req: CheckedRequest) -> Response {
+    /// Step 4, file backend.
+    fn execute_file(store: &mut FileStore, req: CheckedRequest) -> Response {
         let CheckedRequest { request, prefix } = req;
         let service = request.service.as_str();
-        let mut store = lock(&self.store);
         let item = |t: &String, s: &store::StoredItem, with_value: bool| Item {
             target: t.clone(),
             value: with_value.then(|| s.value.clone()),
@@ -545,7 +608,7 @@ impl SecretsService {
                     items,
                     attributes: request.attributes,
                 };
-                self.apply(&mut store, service, change)
+                Self::apply(store, service, change)
             }
             (Action::Delete, false) => {
                 if let Some(t) = request
@@ -556,19 +619,63 @@ impl SecretsService {
                     return error(Reason::NotFound, format!("no item {:?}", clip(t)));
                 }
                 let targets = request.targets;
-                self.apply(&mut store, service, Change::Delete { targets })
+                Self::apply(store, service, Change::Delete { targets })
             }
             (Action::Delete, true) => {
                 let targets = store
                     .matching(service, &request.targets)
                     .map(|(t, _)| t.clone())
                     .collect();
-                self.apply(&mut store, service, Change::Delete { targets })
+                Self::apply(store, service, Change::Delete { targets })
             }
         }
     }
 
-    fn apply(&self, store: &mut FileStore, service: &str, change: Change) -> Response {
+    /// Step 4, Secret Service backend.
+    async fn execute_keyring(keyring: &Keyring, req: CheckedRequest) -> Response {
+        let CheckedRequest { request, prefix } = req;
+        let service = request.service.as_str();
+        let result = match (request.action, prefix) {
+            (Action::Read, false) => keyring.read(service, &request.targets).await,
+            (Action::Read, true) => keyring.list(service, &request.targets, true).await,
+            (Action::Search, true) => keyring.list(service, &request.targets, false).await,
+            (Action::Search, false) if request.targets.is_empty() => {
+                keyring.list(service, &[], false).await
+            }
+            (Action::Search, false) => keyring.list(service, &[], false).await.map(|all| {
+                all.into_iter()
+                    .filter(|i| request.targets.contains(&i.target))
+                    .collect()
+            }),
+            (Action::Write, _) => {
+                let items: Vec<_> = request.targets.into_iter().zip(request.values).collect();
+                keyring
+                    .write(service, &items, &request.attributes)
+                    .await
+                    .map(|()| Vec::new())
+            }
+            (Action::Delete, false) => keyring
+                .delete(service, &request.targets)
+                .await
+                .map(|()| Vec::new()),
+            (Action::Delete, true) => keyring
+                .delete_prefix(service, &request.targets)
+                .await
+                .map(|()| Vec::new()),
+        };
+        match result {
+            Ok(items) => Response::success(items),
+            Err(KeyringError::NotFound(t)) => {
+                error(Reason::NotFound, format!("no item {:?}", clip(&t)))
+            }
+            Err(e) => {
+                event!("secrets: {e}");
+                error(Reason::InternalError, e.to_string())
+            }
+        }
+    }
+
+    fn apply(store: &mut FileStore, service: &str, change: Change) -> Response {
         match store.apply(service, change) {
             Ok(()) => Response::success(Vec::new()),
             Err(e) => {
