@@ -250,13 +250,21 @@ impl PendingQueue {
     pub fn record(&mut self, mut entry: PendingEntry, now_ms: u64) -> io::Result<()> {
         self.expire(now_ms);
         if let Some(e) = self.entries.iter_mut().find(|e| e.hash == entry.hash) {
+            // A known caller asking again only touches memory, so a refused program in a loop
+            // does not turn into a disk write per request; the next real change saves it.
+            let stale = now_ms.saturating_sub(e.last_seen_ms) > PENDING_TTL_MS / 24;
             e.last_seen_ms = now_ms;
+            let mut changed = stale || e.path != entry.path || e.argv0 != entry.argv0;
             e.path = entry.path;
             e.argv0 = entry.argv0;
             for r in entry.requested {
                 if !e.requested.contains(&r) && e.requested.len() < MAX_REQUESTED {
                     e.requested.push(r);
+                    changed = true;
                 }
+            }
+            if !changed {
+                return Ok(());
             }
         } else {
             if self.entries.len() >= MAX_PENDING {
