@@ -754,3 +754,30 @@ echo "AGENT-EXIT=$?"
     let audit = fs::read_to_string(dir.path("state/nod/audit.jsonl")).unwrap();
     assert!(!audit.contains("kv-1") && !log.contains("kv-1"), "{audit}");
 }
+
+/// A line whose bytes were written by two processes (here: this test, then `printf` holding
+/// the same socket as its stdout) has no single sender and is refused.
+#[test]
+fn a_line_written_by_two_processes_is_refused() {
+    let dir = TempDir::new();
+    let _agent = start_agent(&dir, 0);
+    register_self(&dir, &["--read", "aws"]);
+    let mut s = UnixStream::connect(dir.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(br#"{"type":"REQUEST","action":"read","#).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let status = Command::new("printf")
+        .arg(r#""service":"aws","targets":["k"]}\n"#)
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(s.try_clone().unwrap())))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut reply).unwrap();
+    let resp: serde_json::Value = serde_json::from_str(reply.trim()).unwrap();
+    assert_eq!(resp["reason"], "malformed_request", "{resp}");
+    assert!(
+        resp["message"].as_str().unwrap().contains("more than one process"),
+        "{resp}"
+    );
+}
