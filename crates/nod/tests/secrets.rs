@@ -764,11 +764,14 @@ fn a_line_written_by_two_processes_is_refused() {
     register_self(&dir, &["--read", "aws"]);
     let mut s = UnixStream::connect(dir.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(br#"{"type":"REQUEST","action":"read","#).unwrap();
+    s.write_all(br#"{"type":"REQUEST","action":"read","#)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let status = Command::new("printf")
         .arg(r#""service":"aws","targets":["k"]}\n"#)
-        .stdout(Stdio::from(std::os::fd::OwnedFd::from(s.try_clone().unwrap())))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(
+            s.try_clone().unwrap(),
+        )))
         .status()
         .unwrap();
     assert!(status.success());
@@ -777,7 +780,10 @@ fn a_line_written_by_two_processes_is_refused() {
     let resp: serde_json::Value = serde_json::from_str(reply.trim()).unwrap();
     assert_eq!(resp["reason"], "malformed_request", "{resp}");
     assert!(
-        resp["message"].as_str().unwrap().contains("more than one process"),
+        resp["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than one process"),
         "{resp}"
     );
 }

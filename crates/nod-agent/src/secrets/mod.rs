@@ -257,7 +257,7 @@ fn check_request(request: Request) -> Result<CheckedRequest, String> {
 }
 
 /// Step 3: what the policy entry allows, for the whole batch.
-fn check_policy(entry: &PolicyEntry, req: &CheckedRequest) -> Result<(), Reason> {
+fn check_policy(entry: &PolicyEntry, req: &CheckedRequest) -> Result<(), Refusal> {
     let service = &req.request.service;
     let (services, needs_search) = match req.request.action {
         Action::Read => (&entry.allowed_read_services, req.prefix),
@@ -266,10 +266,10 @@ fn check_policy(entry: &PolicyEntry, req: &CheckedRequest) -> Result<(), Reason>
         Action::Delete => (&entry.allowed_write_services, req.prefix),
     };
     if !services.iter().any(|s| s == service) {
-        return Err(Reason::ServiceNotAllowed);
+        return Err(Refusal::ServiceNotAllowed);
     }
     if needs_search && !entry.can_search {
-        return Err(Reason::ActionNotInPolicy);
+        return Err(Refusal::ActionNotInPolicy);
     }
     Ok(())
 }
@@ -278,12 +278,72 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn denied(reason: Reason) -> Response {
-    Response::refused(Status::Denied, reason, None)
+/// Why the broker did not do what a line asked: the one mapping from cause to the wire's
+/// status and reason code (secrets-protocol.md §Response). The message is for the person; the
+/// agent's log has the detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Bad JSON, unknown fields, a line over the cap, inconsistent fields, bad names.
+    Malformed(String),
+    /// The sender's uid is not the agent's.
+    OtherUid,
+    /// The binary is not in the policy (it is queued for `nod approve`).
+    Unregistered(String),
+    /// The policy entry does not name this service for this action.
+    ServiceNotAllowed,
+    /// A prefix read or delete, or a search, without `can_search`.
+    ActionNotInPolicy,
+    /// **nod**: an exact target, a pending hash or a file is not there.
+    NotFound(String),
+    /// **nod**: the person said no to a policy change, or could not be asked.
+    NotApproved(String),
+    /// The caller could not be verified, the policy is unusable, or the backend failed.
+    Internal(String),
 }
 
-fn error(reason: Reason, message: impl Into<String>) -> Response {
-    Response::refused(Status::Error, reason, Some(message.into()))
+impl Refusal {
+    pub fn status(&self) -> Status {
+        match self {
+            Self::Unregistered(_)
+            | Self::OtherUid
+            | Self::ServiceNotAllowed
+            | Self::ActionNotInPolicy
+            | Self::NotApproved(_) => Status::Denied,
+            Self::Malformed(_) | Self::NotFound(_) | Self::Internal(_) => Status::Error,
+        }
+    }
+
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Malformed(_) => Reason::MalformedRequest,
+            Self::OtherUid | Self::ServiceNotAllowed => Reason::ServiceNotAllowed,
+            Self::Unregistered(_) => Reason::UnregisteredBinary,
+            Self::ActionNotInPolicy => Reason::ActionNotInPolicy,
+            Self::NotFound(_) => Reason::NotFound,
+            Self::NotApproved(_) => Reason::NotApproved,
+            Self::Internal(_) => Reason::InternalError,
+        }
+    }
+
+    /// The word in the audit log: finer than the wire's reason where that helps.
+    pub fn audit_reason(&self) -> &'static str {
+        match self {
+            Self::OtherUid => "other_uid",
+            other => other.reason().as_str(),
+        }
+    }
+
+    pub fn response(&self) -> Response {
+        let message = match self {
+            Self::Malformed(m)
+            | Self::Unregistered(m)
+            | Self::NotFound(m)
+            | Self::NotApproved(m)
+            | Self::Internal(m) => Some(m.clone()),
+            Self::OtherUid | Self::ServiceNotAllowed | Self::ActionNotInPolicy => None,
+        };
+        Response::refused(self.status(), self.reason(), message)
+    }
 }
 
 /// The broker: shared by every connection task.
@@ -388,8 +448,7 @@ impl SecretsService {
             Ok(c) if c.uid() == self.uid => {}
             Ok(c) => {
                 event!("secrets: refused a connection from uid {}", c.uid());
-                self.send(&mut stream, &denied(Reason::ServiceNotAllowed))
-                    .await;
+                self.send(&mut stream, &Refusal::OtherUid.response()).await;
                 return;
             }
             Err(e) => {
@@ -403,7 +462,7 @@ impl SecretsService {
                 Err(_) | Ok(Ok(None)) => return,
                 Ok(Ok(Some(line))) => line,
                 Ok(Err(ReadError::TooLong)) => {
-                    let resp = error(Reason::MalformedRequest, DecodeError::TooLong.to_string());
+                    let resp = Refusal::Malformed(DecodeError::TooLong.to_string()).response();
                     self.send(&mut stream, &resp).await;
                     return;
                 }
@@ -419,14 +478,14 @@ impl SecretsService {
     async fn answer(&self, line: Line) -> Response {
         let message = match Message::decode(&line.bytes) {
             Ok(m) => m,
-            Err(e) => return error(Reason::MalformedRequest, e.to_string()),
+            Err(e) => return Refusal::Malformed(e.to_string()).response(),
         };
         let Some(sender) = line.sender else {
             event!("secrets: a line came from more than one process; refused");
-            return error(
-                Reason::MalformedRequest,
+            return Refusal::Malformed(String::from(
                 "the line was written by more than one process",
-            );
+            ))
+            .response();
         };
         if sender.uid != self.uid {
             event!("secrets: refused a line from uid {}", sender.uid);
@@ -440,10 +499,10 @@ impl SecretsService {
                     secrets_service: Some(clip(&r.service)),
                     targets: Vec::new(),
                     decision: "denied",
-                    reason: Some("other_uid"),
+                    reason: Some(Refusal::OtherUid.audit_reason()),
                 });
             }
-            return denied(Reason::ServiceNotAllowed);
+            return Refusal::OtherUid.response();
         }
         match message {
             Message::Request(request) => self.request(request, sender).await,
@@ -480,7 +539,7 @@ impl SecretsService {
             Ok(c) => c,
             Err(why) => {
                 self.audit(&audit);
-                return error(Reason::MalformedRequest, why);
+                return Refusal::Malformed(why).response();
             }
         };
         let caller = match self.identify(sender).await {
@@ -489,10 +548,10 @@ impl SecretsService {
                 event!("secrets: caller not verified: {e}");
                 audit.reason = Some(Reason::InternalError.as_str());
                 self.audit(&audit);
-                return error(
-                    Reason::InternalError,
+                return Refusal::Internal(String::from(
                     "the calling process could not be verified",
-                );
+                ))
+                .response();
             }
         };
         audit.binary_path = Some(clip(&caller.exe_path));
@@ -503,7 +562,7 @@ impl SecretsService {
                 event!("{e}");
                 audit.reason = Some(Reason::InternalError.as_str());
                 self.audit(&audit);
-                return error(Reason::InternalError, e.to_string());
+                return Refusal::Internal(e.to_string()).response();
             }
         };
         let Some(entry) = entry else {
@@ -511,20 +570,17 @@ impl SecretsService {
             audit.decision = "denied";
             audit.reason = Some(Reason::UnregisteredBinary.as_str());
             self.audit(&audit);
-            return Response::refused(
-                Status::Denied,
-                Reason::UnregisteredBinary,
-                Some(format!(
-                    "{} ({}) is not registered; it is listed in `nod list-pending`",
-                    caller.exe_path, caller.hash
-                )),
-            );
+            return Refusal::Unregistered(format!(
+                "{} ({}) is not registered; it is listed in `nod list-pending`",
+                caller.exe_path, caller.hash
+            ))
+            .response();
         };
-        if let Err(reason) = check_policy(&entry, &checked) {
+        if let Err(refusal) = check_policy(&entry, &checked) {
             audit.decision = "denied";
-            audit.reason = Some(reason.as_str());
+            audit.reason = Some(refusal.audit_reason());
             self.audit(&audit);
-            return denied(reason);
+            return refusal.response();
         }
         let resp = match &self.backend {
             Backend::File(store) => Self::execute_file(&mut lock(store), checked),
@@ -575,7 +631,7 @@ impl SecretsService {
                     match store.get(service, t) {
                         Some(s) => results.push(item(t, s, true)),
                         None => {
-                            return error(Reason::NotFound, format!("no item {:?}", clip(t)));
+                            return Refusal::NotFound(format!("no item {:?}", clip(t))).response();
                         }
                     }
                 }
@@ -616,7 +672,7 @@ impl SecretsService {
                     .iter()
                     .find(|t| store.get(service, t).is_none())
                 {
-                    return error(Reason::NotFound, format!("no item {:?}", clip(t)));
+                    return Refusal::NotFound(format!("no item {:?}", clip(t))).response();
                 }
                 let targets = request.targets;
                 Self::apply(store, service, Change::Delete { targets })
@@ -666,11 +722,11 @@ impl SecretsService {
         match result {
             Ok(items) => Response::success(items),
             Err(KeyringError::NotFound(t)) => {
-                error(Reason::NotFound, format!("no item {:?}", clip(&t)))
+                Refusal::NotFound(format!("no item {:?}", clip(&t))).response()
             }
             Err(e) => {
                 event!("secrets: {e}");
-                error(Reason::InternalError, e.to_string())
+                Refusal::Internal(e.to_string()).response()
             }
         }
     }
@@ -680,10 +736,7 @@ impl SecretsService {
             Ok(()) => Response::success(Vec::new()),
             Err(e) => {
                 event!("{e}");
-                error(
-                    Reason::InternalError,
-                    "the secrets store could not be written",
-                )
+                Refusal::Internal(String::from("the secrets store could not be written")).response()
             }
         }
     }
@@ -714,7 +767,7 @@ impl SecretsService {
                     resp.policy = Some(entries.to_vec());
                     resp
                 }
-                Err(e) => error(Reason::InternalError, e.to_string()),
+                Err(e) => Refusal::Internal(e.to_string()).response(),
             },
             Control::Revoke { hash } => {
                 audit.action = "revoke".into();
@@ -722,8 +775,8 @@ impl SecretsService {
                 // Revoking only takes access away, so it needs no prompt.
                 let resp = match lock(&self.policy).revoke(&hash) {
                     Ok(true) => Response::success(Vec::new()),
-                    Ok(false) => error(Reason::NotFound, format!("{hash} is not registered")),
-                    Err(e) => error(Reason::InternalError, e.to_string()),
+                    Ok(false) => Refusal::NotFound(format!("{hash} is not registered")).response(),
+                    Err(e) => Refusal::Internal(e.to_string()).response(),
                 };
                 audit.decision = if resp.status == Status::Success {
                     "approved"
@@ -751,13 +804,11 @@ impl SecretsService {
             } => {
                 audit.action = "approve".into();
                 let Some(p) = lock(&self.pending).get(&hash, now_ms()) else {
-                    return error(
-                        Reason::NotFound,
-                        format!(
-                            "{hash} is not in the pending queue (see `nod list-pending`; entries \
+                    return Refusal::NotFound(format!(
+                        "{hash} is not in the pending queue (see `nod list-pending`; entries \
                              expire after 24 h); use `nod register <path>` instead"
-                        ),
-                    );
+                    ))
+                    .response();
                 };
                 let (mut read, mut write) = (read, write);
                 if read.is_empty() && write.is_empty() && !search {
@@ -805,31 +856,29 @@ impl SecretsService {
         mut audit: SecretsAudit,
     ) -> Response {
         if let Some(bad) = read.iter().chain(&write).find(|s| !valid_name(s)) {
-            return error(
-                Reason::MalformedRequest,
-                format!("service {:?} is not a valid name", clip(bad)),
-            );
+            return Refusal::Malformed(format!("service {:?} is not a valid name", clip(bad)))
+                .response();
         }
         let file = Path::new(path);
         if !file.is_absolute() {
-            return error(Reason::MalformedRequest, "the path must be absolute");
+            return Refusal::Malformed(String::from("the path must be absolute")).response();
         }
         let owned = file.to_owned();
         let hashed = tokio::task::spawn_blocking(move || peer::hash_path(&owned)).await;
         let hash = match hashed {
             Ok(Ok(h)) => h,
-            Ok(Err(e)) => return error(Reason::NotFound, format!("cannot read {path}: {e}")),
-            Err(_) => return error(Reason::InternalError, "hashing failed"),
+            Ok(Err(e)) => {
+                return Refusal::NotFound(format!("cannot read {path}: {e}")).response();
+            }
+            Err(_) => return Refusal::Internal(String::from("hashing failed")).response(),
         };
         if let Some(want) = &expected_hash {
             if *want != hash {
-                return error(
-                    Reason::NotFound,
-                    format!(
-                        "{path} no longer has hash {want} (it is now {hash}); if the new file is \
+                return Refusal::NotFound(format!(
+                    "{path} no longer has hash {want} (it is now {hash}); if the new file is \
                          the one you want, run `nod register {path}`"
-                    ),
-                );
+                ))
+                .response();
             }
         }
         audit.binary_path = Some(clip(path));
@@ -865,19 +914,21 @@ impl SecretsService {
     async fn upgrade(&self, path: &str, mut audit: SecretsAudit) -> Response {
         let old = match lock(&self.policy).current() {
             Ok(entries) => entries.iter().find(|e| e.path == path).cloned(),
-            Err(e) => return error(Reason::InternalError, e.to_string()),
+            Err(e) => return Refusal::Internal(e.to_string()).response(),
         };
         let Some(old) = old else {
-            return error(
-                Reason::NotFound,
-                format!("no registered binary at {path}; use `nod register {path}`"),
-            );
+            return Refusal::NotFound(format!(
+                "no registered binary at {path}; use `nod register {path}`"
+            ))
+            .response();
         };
         let owned = PathBuf::from(path);
         let hash = match tokio::task::spawn_blocking(move || peer::hash_path(&owned)).await {
             Ok(Ok(h)) => h,
-            Ok(Err(e)) => return error(Reason::NotFound, format!("cannot read {path}: {e}")),
-            Err(_) => return error(Reason::InternalError, "hashing failed"),
+            Ok(Err(e)) => {
+                return Refusal::NotFound(format!("cannot read {path}: {e}")).response();
+            }
+            Err(_) => return Refusal::Internal(String::from("hashing failed")).response(),
         };
         if hash == old.hash {
             let mut resp = Response::success(Vec::new());
@@ -934,11 +985,7 @@ impl SecretsService {
             }
             _ => "the approver failed or timed out",
         };
-        Err(Response::refused(
-            Status::Denied,
-            Reason::NotApproved,
-            Some(why.into()),
-        ))
+        Err(Refusal::NotApproved(why.into()).response())
     }
 
     fn save_entry(
@@ -960,7 +1007,7 @@ impl SecretsService {
             event!("{e}");
             audit.reason = Some(Reason::InternalError.as_str());
             self.audit(&audit);
-            return error(Reason::InternalError, policy_message(&e));
+            return Refusal::Internal(policy_message(&e)).response();
         }
         if let Err(e) = lock(&self.pending).remove(&hash) {
             event!("secrets: cannot save the pending queue: {e}");
@@ -1013,6 +1060,64 @@ mod tests {
     }
 
     #[test]
+    fn every_refusal_maps_to_one_status_and_reason() {
+        let m = || "m".to_string();
+        let cases = [
+            (
+                Refusal::Malformed(m()),
+                Status::Error,
+                Reason::MalformedRequest,
+            ),
+            (Refusal::OtherUid, Status::Denied, Reason::ServiceNotAllowed),
+            (
+                Refusal::Unregistered(m()),
+                Status::Denied,
+                Reason::UnregisteredBinary,
+            ),
+            (
+                Refusal::ServiceNotAllowed,
+                Status::Denied,
+                Reason::ServiceNotAllowed,
+            ),
+            (
+                Refusal::ActionNotInPolicy,
+                Status::Denied,
+                Reason::ActionNotInPolicy,
+            ),
+            (Refusal::NotFound(m()), Status::Error, Reason::NotFound),
+            (
+                Refusal::NotApproved(m()),
+                Status::Denied,
+                Reason::NotApproved,
+            ),
+            (Refusal::Internal(m()), Status::Error, Reason::InternalError),
+        ];
+        for (refusal, status, reason) in cases {
+            // Exhaustive: a new variant must be added here (and to the mapping).
+            match &refusal {
+                Refusal::Malformed(_)
+                | Refusal::OtherUid
+                | Refusal::Unregistered(_)
+                | Refusal::ServiceNotAllowed
+                | Refusal::ActionNotInPolicy
+                | Refusal::NotFound(_)
+                | Refusal::NotApproved(_)
+                | Refusal::Internal(_) => {}
+            }
+            let resp = refusal.response();
+            assert_eq!(
+                (resp.status, resp.reason_code()),
+                (status, Some(reason)),
+                "{refusal:?}"
+            );
+            assert_eq!(
+                refusal.audit_reason() == reason.as_str(),
+                refusal != Refusal::OtherUid
+            );
+        }
+    }
+
+    #[test]
     fn checks_write_alignment_and_prefix_rules() {
         let mut w = req(Action::Write, &["a", "b"]);
         w.values = vec![SecretValue::new("1")];
@@ -1046,13 +1151,13 @@ mod tests {
         let mut p = req(Action::Read, &["k"]);
         p.match_ = Some(Match::Prefix);
         let prefix = check_request(p).unwrap();
-        assert_eq!(check_policy(&e, &prefix), Err(Reason::ActionNotInPolicy));
+        assert_eq!(check_policy(&e, &prefix), Err(Refusal::ActionNotInPolicy));
         let search = check_request(req(Action::Search, &[])).unwrap();
-        assert_eq!(check_policy(&e, &search), Err(Reason::ActionNotInPolicy));
+        assert_eq!(check_policy(&e, &search), Err(Refusal::ActionNotInPolicy));
         let mut w = req(Action::Write, &["k"]);
         w.values = vec![SecretValue::new("v")];
         let write = check_request(w).unwrap();
-        assert_eq!(check_policy(&e, &write), Err(Reason::ServiceNotAllowed));
+        assert_eq!(check_policy(&e, &write), Err(Refusal::ServiceNotAllowed));
         let e = entry(&["aws"], &["aws"], true);
         assert_eq!(check_policy(&e, &prefix), Ok(()));
         assert_eq!(check_policy(&e, &search), Ok(()));
@@ -1061,6 +1166,6 @@ mod tests {
         let mut other = req(Action::Read, &["k"]);
         other.service = "aws:prod".into();
         let other = check_request(other).unwrap();
-        assert_eq!(check_policy(&e, &other), Err(Reason::ServiceNotAllowed));
+        assert_eq!(check_policy(&e, &other), Err(Refusal::ServiceNotAllowed));
     }
 }
