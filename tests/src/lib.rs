@@ -270,6 +270,10 @@ impl Agent {
             .env("XDG_DATA_HOME", self.home.join("data"))
             .env("XDG_STATE_HOME", self.home.join("state"))
             .env("XDG_RUNTIME_DIR", self.home.join("runtime"));
+        // A bench run inside `dbus-run-session` hands its bus (and keyring) to the agent.
+        if let Some(bus) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
+            cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+        }
         cmd
     }
 
