@@ -162,13 +162,28 @@ fn prompt(dir: &TempDir) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(dir.path("prompt.json")).unwrap()).unwrap()
 }
 
+/// Copies an executable with `cp` in a child process, optionally appending a newline (same
+/// behaviour, another hash). Writing it from this process could leave a writable fd in a child
+/// that another test thread forked but has not exec'd yet, and exec would fail with ETXTBSY.
+fn copy_exe(src: &Path, dst: &Path, append: bool) {
+    let status = Command::new("/bin/sh")
+        .args([
+            "-c",
+            r#"rm -f "$2" && cp "$1" "$2" && chmod 755 "$2" && if [ "$3" = 1 ]; then printf '\n' >> "$2"; fi"#,
+            "sh",
+        ])
+        .arg(src)
+        .arg(dst)
+        .arg(if append { "1" } else { "0" })
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying {} failed", src.display());
+}
+
 /// A copy of `nod` with one byte appended: it runs the same, but hashes differently.
 fn nod_copy(dir: &TempDir, name: &str) -> PathBuf {
     let path = dir.path(name);
-    let mut bytes = fs::read(nod_bin()).unwrap();
-    bytes.push(b'\n');
-    fs::write(&path, bytes).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    copy_exe(&nod_bin(), &path, true);
     path
 }
 
@@ -328,12 +343,11 @@ fn upgrade_moves_the_grants_to_the_new_hash_after_approval() {
     let dir = TempDir::new();
     let _agent = start_agent(&dir, 0);
     let tool = dir.path("tool");
-    fs::copy(nod_bin(), &tool).unwrap();
+    copy_exe(&nod_bin(), &tool, false);
     ok(register(&dir, &tool, &["--read", "aws", "--search"]));
     let old = hash_of(&tool);
     // "Update" the tool: new content at the same path.
-    fs::remove_file(&tool).unwrap();
-    fs::copy(nod_copy(&dir, "new"), &tool).unwrap();
+    copy_exe(&nod_copy(&dir, "new"), &tool, false);
     let new = hash_of(&tool);
     assert_ne!(old, new);
     ok(run(&dir, &["upgrade", tool.to_str().unwrap()]));
@@ -354,7 +368,7 @@ fn fork_attack_requests_from_the_other_process_are_denied() {
     let dir = TempDir::new();
     let _agent = start_agent(&dir, 0);
     let sleeper = dir.path("registered-sleep");
-    fs::copy("/bin/sleep", &sleeper).unwrap();
+    copy_exe(Path::new("/bin/sleep"), &sleeper, false);
     ok(register(&dir, &sleeper, &["--read", "aws"]));
     ok(register(&dir, &nod_bin(), &["--write", "aws"]));
     ok(run_with_stdin(
@@ -403,7 +417,7 @@ fn renaming_over_the_registered_path_after_start_changes_nothing() {
     let dir = TempDir::new();
     let _agent = start_agent(&dir, 0);
     let tool = dir.path("tool");
-    fs::copy(nod_bin(), &tool).unwrap();
+    copy_exe(&nod_bin(), &tool, false);
     ok(register(&dir, &tool, &["--read", "aws", "--write", "aws"]));
     // `nod secrets put` connects, then reads the value from stdin: rename while it waits.
     let mut child = cmd(&dir, &tool)
