@@ -13,9 +13,17 @@ use zeroize::Zeroize;
 /// Longest request line, newline excluded (§Transport: 64 KiB).
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// A secret value: zeroized on drop, redacted in `Debug`.
-#[derive(Clone, PartialEq, Eq, Default)]
+/// A secret value: zeroized on drop, redacted in `Debug`, compared in constant time (for a
+/// given length).
+#[derive(Clone, Eq, Default)]
 pub struct SecretValue(String);
+
+impl PartialEq for SecretValue {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
 
 impl SecretValue {
     pub fn new(value: impl Into<String>) -> Self {
@@ -404,8 +412,11 @@ mod tests {
     }
 
     #[test]
-    fn secret_values_are_redacted_in_debug() {
+    fn secret_values_are_redacted_in_debug_and_compare_by_content() {
         let v = SecretValue::new("hunter2");
         assert!(!format!("{v:?}").contains("hunter2"));
+        assert_eq!(v, SecretValue::new("hunter2"));
+        assert_ne!(v, SecretValue::new("hunter3"));
+        assert_ne!(v, SecretValue::new("hunter22"));
     }
 }

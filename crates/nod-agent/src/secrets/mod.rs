@@ -65,8 +65,10 @@ pub struct SecretsSettings {
     /// A connection with no complete line for this long is closed (§Transport: 30 s).
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
-    /// Connections served at once; more are closed on accept. Far above what idle peers
-    /// could use up before `idle_timeout` frees them, and below the fd limit.
+    /// Connections served at once; more are closed on accept, so a flood meets a clean
+    /// refusal instead of `EMFILE` for every socket of the agent. Default: 8192, or half the
+    /// open-files limit if that is lower (the other half is for the approval socket, files and
+    /// approvers).
     pub max_connections: usize,
     /// Longest a policy prompt stays open.
     pub prompt_timeout: Duration,
@@ -77,7 +79,12 @@ impl Default for SecretsSettings {
         Self {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
-            max_connections: 8192,
+            max_connections: nix::sys::resource::getrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+            )
+            .map(|(soft, _)| usize::try_from(soft / 2).unwrap_or(usize::MAX))
+            .unwrap_or(1024)
+            .clamp(64, 8192),
             prompt_timeout: Duration::from_secs(120),
         }
     }
