@@ -158,7 +158,7 @@ impl Prompt {
             }
             Self::SecretsRegister(p) | Self::SecretsApprove(p) => {
                 format!(
-                    "nod: let {} read secrets?\n{}",
+                    "nod: let {} use secrets?\n{}",
                     display_safe(&p.path),
                     p.details()
                 )
