@@ -47,6 +47,7 @@ fuzz-smoke:
 bench:
 	$(CARGO) build --release --workspace
 	NOD_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -p nod-e2e --bin nod-bench
+	NOD_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -p nod-e2e --bin nod-secrets-bench
 
 clean:
 	$(CARGO) clean

@@ -136,9 +136,22 @@ impl Drop for Scratch {
 }
 
 /// Runs a command, returns its output; panics if it cannot be spawned.
+///
+/// `ETXTBSY` is retried: tests run in parallel threads, and a binary just copied in by
+/// [`Scratch::install`] can still be open for writing in a child another thread forked but has
+/// not exec'd yet.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Ok(out) => return out,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot run {cmd:?}: {e}"),
+        }
+    }
 }
 
 /// Runs a command that must succeed and returns its stdout.
@@ -272,6 +285,10 @@ impl Agent {
             .env("XDG_DATA_HOME", self.home.join("data"))
             .env("XDG_STATE_HOME", self.home.join("state"))
             .env("XDG_RUNTIME_DIR", self.home.join("runtime"));
+        // A bench run inside `dbus-run-session` hands its bus (and keyring) to the agent.
+        if let Some(bus) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
+            cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+        }
         cmd
     }
 

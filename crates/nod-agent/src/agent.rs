@@ -22,6 +22,7 @@ use crate::fsutil::ensure_private_dir;
 use crate::keystore::{Keystore, KeystoreError};
 use crate::log::event;
 use crate::paths::{Paths, PathsError};
+use crate::secrets::{Backend, SecretsError, SecretsFiles, SecretsService, SecretsSettings};
 use crate::ssh::SshAgentService;
 
 /// What `nod agent` was asked to do.
@@ -57,6 +58,8 @@ pub enum AgentError {
         path.display()
     )]
     AlreadyRunning { path: PathBuf },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
 }
@@ -146,6 +149,7 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
     };
     let socket_path = paths.approval_socket()?;
     let ssh_socket_path = paths.ssh_agent_socket()?;
+    let secrets_socket_path = paths.secrets_socket()?;
     let config = AgentConfig::load(&paths.agent_config())?;
     let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
     let keystore = Keystore::open(&paths);
@@ -168,22 +172,33 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         agent_key,
         hosts,
         audit,
-        approver,
+        Arc::clone(&approver),
         ApprovalSettings::from(&config.approval),
     ));
     let ssh_agent = Arc::new(
         SshAgentService::new(Arc::clone(service.approver()), service.audit_log())
             .with_keystore(keystore),
     );
+    let secrets_files = SecretsFiles::from_paths(&paths);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
     runtime.block_on(async move {
+        let backend = Backend::choose(config.secrets.backend, &secrets_files).await?;
+        event!("secrets backend: {}", backend.name());
+        let secrets = Arc::new(SecretsService::new(
+            &secrets_files,
+            backend,
+            service.audit_log(),
+            approver,
+            SecretsSettings::default(),
+        ));
         let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
         let (listener, socket) = bind_socket(&socket_path)?;
+        let (secrets_listener, secrets_socket) = bind_socket(&secrets_socket_path)?;
         event!("approval socket {} ready", socket_path.display());
         let (ssh_listener, ssh_socket) = bind_socket(&ssh_socket_path)?;
         event!("ssh agent socket {} ready", ssh_socket_path.display());
@@ -191,14 +206,17 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
             "SSH_AUTH_SOCK={}; export SSH_AUTH_SOCK;",
             ssh_socket_path.display()
         );
+        event!("secrets socket {} ready", secrets_socket_path.display());
         tokio::select! {
             () = service.serve(listener) => {}
             () = ssh_agent.serve(ssh_listener) => {}
+            () = secrets.serve(secrets_listener) => {}
             _ = sigint.recv() => event!("SIGINT: shutting down"),
             _ = sigterm.recv() => event!("SIGTERM: shutting down"),
         }
         drop(socket);
         drop(ssh_socket);
+        drop(secrets_socket);
         Ok(())
     })
 }

@@ -9,6 +9,8 @@
 //! allowed_future_skew_ms = 30000
 //! rate_limit_burst = 5
 //! rate_limit_per_minute = 20
+//! [secrets]
+//! backend = "auto"          # auto | file | secret-service
 //! ```
 
 use std::fs;
@@ -73,6 +75,24 @@ impl Default for ApprovalConfig {
     }
 }
 
+/// Where the secrets broker keeps secrets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretsBackend {
+    /// The Secret Service when one answers on the session bus, else the encrypted file.
+    #[default]
+    Auto,
+    File,
+    SecretService,
+}
+
+/// `[secrets]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    pub backend: SecretsBackend,
+}
+
 /// The whole `agent.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +101,8 @@ pub struct AgentConfig {
     pub approver: ApproverConfig,
     #[serde(default)]
     pub approval: ApprovalConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
 }
 
 /// `agent.toml` could not be used.
@@ -185,6 +207,8 @@ mod tests {
             allowed_future_skew_ms = 1000
             rate_limit_burst = 2
             rate_limit_per_minute = 3
+            [secrets]
+            backend = "file"
             "#,
         )
         .unwrap();
@@ -193,6 +217,7 @@ mod tests {
         assert_eq!(c.approval.allowed_future_skew_ms, 1000);
         assert_eq!(c.approval.rate_limit_burst, 2);
         assert_eq!(c.approval.rate_limit_per_minute, 3);
+        assert_eq!(c.secrets.backend, SecretsBackend::File);
     }
 
     #[test]
@@ -202,6 +227,7 @@ mod tests {
             "[approver]\nkinds = \"tty\"",
             "[approval]\nrate_limit_burts = 5",
             "[ssh]\nx = 1",
+            "[secrets]\nbackend_kind = \"file\"",
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains("unknown field"), "{text}: {err}");

@@ -13,6 +13,9 @@
 //! - [`audit`]: a hash-chained JSON-lines log of every decision, and its verifier.
 //! - [`keystore`]: keys sealed at rest: the agent's own Ed25519 key, persistent SSH keys and
 //!   the user CA key.
+//! - [`secrets`]: the secrets broker (keychain-auth's JSON protocol) for local programs, which
+//!   get secrets only if the kernel-verified binary is registered; [`peer`] is how the caller
+//!   is verified.
 //! - [`config`], [`paths`]: `agent.toml` and the XDG locations of every file.
 //! - [`agent`]: the foreground process: sockets, signals, the accept loop.
 //!
@@ -27,13 +30,21 @@
 //! request's expiry, and every approver error is a non-approval (fail closed). What the prompt
 //! shows comes from the host, so it is escaped before it reaches a terminal.
 //!
-//! Not covered: a process running as the same user can read the keystore's wrapping key (the
-//! keystore is sealed at rest, but the key to open it is a file of the user's) and can edit
-//! `hosts.toml` or `agent.toml`; see docs/security.md "Keystore".
+//! # Threat model (secrets broker)
+//!
+//! Any program of the same user can connect to the secrets socket. What it gets depends only on
+//! what the kernel says about the process that sent each line (`SCM_CREDENTIALS`, pidfd, the
+//! hash of `/proc/<pid>/exe`) and on a policy that only the person can extend (through the
+//! approver). See [`secrets`] and [`peer`] for the checks and what they do not cover.
+//!
+//! Not covered, for any service: a process running as the same user can read the keystore's
+//! wrapping key (the keystore is sealed at rest, but the key to open it is a file of the
+//! user's) and can edit `hosts.toml` or `agent.toml`; see docs/security.md "Keystore".
 //!
 //! # Spec
 //!
-//! Wire format: `shared/reference/approval-protocol-v1.md`, implemented by `nod-proto`.
+//! Wire format: `shared/reference/approval-protocol-v1.md`, implemented by `nod-proto`;
+//! `shared/reference/secrets-protocol.md`, types in `nod-client`.
 //! Behaviour: `shared/DESIGN.md` §1, "Approvers", "Audit" and "Files".
 
 #![forbid(unsafe_code)]
@@ -47,6 +58,8 @@ mod fsutil;
 pub mod keystore;
 mod log;
 pub mod paths;
+pub mod peer;
+pub mod secrets;
 pub mod ssh;
 
 pub use agent::{AgentError, AgentOptions, run_agent};

@@ -121,6 +121,10 @@ impl Paths {
     pub fn ssh_agent_socket(&self) -> Result<PathBuf, PathsError> {
         Ok(self.sockets_dir()?.join("ssh-agent.sock"))
     }
+
+    pub fn secrets_socket(&self) -> Result<PathBuf, PathsError> {
+        Ok(self.sockets_dir()?.join("secrets.sock"))
+    }
 }
 
 #[cfg(test)]

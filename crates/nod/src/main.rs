@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod keys;
+mod secrets;
 mod ssh_agent;
 
 use std::path::{Path, PathBuf};
@@ -40,7 +41,8 @@ enum Command {
     ///
     /// Reads $XDG_CONFIG_HOME/nod/agent.toml if present:
     /// [approver] kind = "tty"|"askpass"|"command", command = ["prog", "arg"];
-    /// [approval] allowed_future_skew_ms, rate_limit_burst, rate_limit_per_minute.
+    /// [approval] allowed_future_skew_ms, rate_limit_burst, rate_limit_per_minute;
+    /// [secrets] backend = "auto"|"file" ("secret-service" is not supported yet).
     Agent {
         /// How the person is asked. Default: tty if stdin is a terminal, else askpass if a
         /// display and an askpass program exist, else nobody (requests answered unavailable).
@@ -76,6 +78,44 @@ enum Command {
     /// A drop-in for OpenSSH's ssh-agent: same flags, same output, e.g.
     /// `eval "$(nod ssh-agent -s)"`; `eval "$(nod ssh-agent -k)"` stops it.
     SshAgent(ssh_agent::SshAgentArgs),
+    /// Read and write secrets through the running agent's broker.
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
+    },
+    /// Let a binary use the secrets broker (the agent asks you to approve).
+    Register {
+        path: PathBuf,
+        /// A service it may read (and search, with --search); repeatable.
+        #[arg(long, value_name = "SERVICE")]
+        read: Vec<String>,
+        /// A service it may write and delete in; repeatable.
+        #[arg(long, value_name = "SERVICE")]
+        write: Vec<String>,
+        /// Allow prefix reads and deletes, and search.
+        #[arg(long)]
+        search: bool,
+    },
+    /// Register a binary from `nod list-pending` (the agent asks you to approve). Without
+    /// grants, it gets the services it asked for.
+    Approve {
+        hash: String,
+        #[arg(long, value_name = "SERVICE")]
+        read: Vec<String>,
+        #[arg(long, value_name = "SERVICE")]
+        write: Vec<String>,
+        #[arg(long)]
+        search: bool,
+    },
+    /// A registered binary was updated: move its grants to the new file's hash (asks you).
+    Upgrade { path: PathBuf },
+    /// Binaries refused because they are not registered (last 24 h).
+    ListPending,
+    /// The secrets broker's policy.
+    Policy {
+        #[command(subcommand)]
+        command: secrets::PolicyCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +245,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit {
             command: AuditCommand::Verify,
         } => audit_verify(&paths),
+        Command::Secrets { command } => secrets::secrets(&paths, command),
+        Command::Register {
+            path,
+            read,
+            write,
+            search,
+        } => secrets::register(&paths, &path, read, write, search),
+        Command::Approve {
+            hash,
+            read,
+            write,
+            search,
+        } => secrets::approve(&paths, hash, read, write, search),
+        Command::Upgrade { path } => secrets::upgrade(&paths, &path),
+        Command::ListPending => secrets::list_pending(&paths),
+        Command::Policy { command } => secrets::policy(&paths, command),
     }
 }
 

@@ -129,18 +129,22 @@ mod tests {
     }
 
     /// A fake askpass: a script that checks the OpenSSH convention and exits with `code`.
+    /// Written by a child `sh`, not by this process: a write fd of ours could be inherited by
+    /// a child that another test thread forked but has not exec'd yet, and running the script
+    /// would then fail with ETXTBSY.
     fn fake_askpass(dir: &Path, code: u8) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
         let p = dir.join(format!("askpass-{code}"));
-        std::fs::write(
-            &p,
-            format!(
-                "#!/bin/sh\n[ \"$SSH_ASKPASS_PROMPT\" = confirm ] || exit 9\n\
-                 case \"$1\" in *'allow sudo as u on h'*) exit {code};; esac\nexit 8\n"
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let script = format!(
+            "#!/bin/sh\n[ \"$SSH_ASKPASS_PROMPT\" = confirm ] || exit 9\n\
+             case \"$1\" in *'allow sudo as u on h'*) exit {code};; esac\nexit 8\n"
+        );
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", r#"printf '%s' "$1" > "$2" && chmod 700 "$2""#, "sh"])
+            .arg(script)
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(status.success());
         p
     }
 

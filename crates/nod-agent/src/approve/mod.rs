@@ -57,6 +57,23 @@ pub struct PamPrompt {
     pub request_id: String,
 }
 
+/// A secrets-broker policy change: a binary is to get (or keep, after an upgrade) access to
+/// secrets. The path and hash come from the agent's own look at the file, the grants from the
+/// `nod` command that asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretsPrompt {
+    pub path: String,
+    /// `sha256:<hex>` of the binary.
+    pub hash: String,
+    /// For an upgrade: the hash being replaced.
+    pub previous_hash: Option<String>,
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+    pub search: bool,
+    /// The binary is an interpreter: the grant covers every script it runs.
+    pub interpreter: bool,
+}
+
 /// What an approver is asked. One variant per service; later services add their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -68,6 +85,12 @@ pub enum Prompt {
     SshSign(crate::ssh::SshSignPrompt),
     /// Minting an SSH session certificate (`nod ssh session`).
     SshSessionCert(crate::ssh::cert::SessionCertPrompt),
+    /// `nod register <path>`: a new binary gets access to secrets.
+    SecretsRegister(SecretsPrompt),
+    /// `nod approve <hash>`: a pending binary gets access to secrets.
+    SecretsApprove(SecretsPrompt),
+    /// `nod upgrade <path>`: a registered binary's grants move to its new hash.
+    SecretsUpgrade(SecretsPrompt),
 }
 
 /// Longest rendering of one field in a human-readable prompt.
@@ -99,6 +122,9 @@ impl Prompt {
             Self::Pam(_) => "pam",
             Self::SshSign(_) => "ssh-sign",
             Self::SshSessionCert(_) => "ssh-session-cert",
+            Self::SecretsRegister(_) => "secrets-register",
+            Self::SecretsApprove(_) => "secrets-approve",
+            Self::SecretsUpgrade(_) => "secrets-upgrade",
         }
     }
 
@@ -165,7 +191,50 @@ impl Prompt {
                 }
                 text
             }
+            Self::SecretsRegister(p) | Self::SecretsApprove(p) => {
+                format!(
+                    "nod: let {} use secrets?\n{}",
+                    display_safe(&p.path),
+                    p.details()
+                )
+            }
+            Self::SecretsUpgrade(p) => format!(
+                "nod: {} changed; keep its access to secrets?\n{}",
+                display_safe(&p.path),
+                p.details()
+            ),
         }
+    }
+}
+
+impl SecretsPrompt {
+    fn details(&self) -> String {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.iter()
+                    .map(|s| display_safe(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let mut text = format!("  binary: {}", display_safe(&self.hash));
+        if let Some(prev) = &self.previous_hash {
+            text.push_str(&format!("\n  was: {}", display_safe(prev)));
+        }
+        text.push_str(&format!(
+            "\n  read: {}\n  write: {}\n  search: {}",
+            list(&self.read),
+            list(&self.write),
+            if self.search { "yes" } else { "no" }
+        ));
+        if self.interpreter {
+            text.push_str(
+                "\n  WARNING: this is an interpreter; approving it approves every script it runs",
+            );
+        }
+        text
     }
 }
 
@@ -442,6 +511,25 @@ mod tests {
         };
         let err = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap_err();
         assert!(matches!(err, SelectError::NoAskpass));
+    }
+
+    #[test]
+    fn secrets_prompt_has_its_kind_and_warns_about_interpreters() {
+        let p = Prompt::SecretsRegister(SecretsPrompt {
+            path: "/usr/bin/python3".into(),
+            hash: "sha256:00".into(),
+            previous_hash: None,
+            read: vec!["aws".into()],
+            write: vec![],
+            search: false,
+            interpreter: true,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
+        assert_eq!(v["kind"], "secrets-register");
+        assert_eq!(v["hash"], "sha256:00");
+        assert_eq!(v["interpreter"], true);
+        assert!(p.text().contains("interpreter"));
+        assert_eq!(p.kind(), "secrets-register");
     }
 
     #[tokio::test]

@@ -73,10 +73,10 @@ pub struct AuditEvent {
 }
 
 #[derive(Serialize)]
-struct Line<'a> {
+struct Line<'a, E> {
     time: String,
     #[serde(flatten)]
-    event: &'a AuditEvent,
+    event: &'a E,
     prev: &'a str,
 }
 
@@ -182,9 +182,10 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends one line for `event` at `time_ms`. One `write` of the whole line to an
-    /// `O_APPEND` file, so lines never interleave.
-    pub fn append(&mut self, event: &AuditEvent, time_ms: u64) -> Result<(), AuditError> {
+    /// Appends one line for `event` (an [`AuditEvent`], or another service's flat struct with
+    /// a `service` field) at `time_ms`. One `write` of the whole line to an `O_APPEND` file, so
+    /// lines never interleave.
+    pub fn append<E: Serialize>(&mut self, event: &E, time_ms: u64) -> Result<(), AuditError> {
         let line = Line {
             time: rfc3339(time_ms),
             event,

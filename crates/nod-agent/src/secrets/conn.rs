@@ -1,0 +1,125 @@
+//! Reading request lines together with the kernel's word on who sent them.
+//!
+//! The stream is read with `recvmsg`, and every chunk carries `SCM_CREDENTIALS` (the listener
+//! has `SO_PASSCRED`, which accepted sockets inherit). The kernel never returns bytes from two
+//! different writers in one `recvmsg`, so each chunk has one sender; a line whose bytes came
+//! from more than one sender is refused as a whole. Lines are capped at
+//! [`MAX_LINE`] before the buffer grows past it.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+use nod_client::proto::MAX_LINE;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+use crate::peer::{Sender, boot_ns};
+
+const CHUNK: usize = 16 * 1024;
+
+/// One complete line and its sender.
+#[derive(Debug)]
+pub struct Line {
+    pub bytes: Vec<u8>,
+    /// `None` when the line's bytes came from several processes (or without credentials).
+    pub sender: Option<Sender>,
+}
+
+/// Why no line could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("line longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Splits a stream into lines, remembering who sent each.
+#[derive(Debug, Default)]
+pub struct LineReader {
+    buf: Vec<u8>,
+    /// Sender of the bytes in `buf` (a partial line).
+    sender: Option<Sender>,
+    /// `buf` holds bytes from more than one sender, or bytes without credentials.
+    mixed: bool,
+}
+
+fn same_process(a: &Sender, b: &Sender) -> bool {
+    a.pid == b.pid && a.uid == b.uid
+}
+
+impl LineReader {
+    /// Takes one complete line out of the buffer, if there is one.
+    fn take_line(&mut self) -> Result<Option<Line>, ReadError> {
+        match self.buf.iter().position(|&b| b == b'\n') {
+            Some(i) if i > MAX_LINE => Err(ReadError::TooLong),
+            Some(i) => {
+                let rest = self.buf.split_off(i + 1);
+                let mut bytes = std::mem::replace(&mut self.buf, rest);
+                bytes.pop();
+                let sender = if self.mixed { None } else { self.sender };
+                // What is left arrived in the last chunk, from its one sender.
+                self.mixed = self.sender.is_none() && !self.buf.is_empty();
+                Ok(Some(Line { bytes, sender }))
+            }
+            None if self.buf.len() > MAX_LINE => Err(ReadError::TooLong),
+            None => Ok(None),
+        }
+    }
+
+    /// The next line, or `None` at end of stream (a trailing partial line is dropped).
+    pub async fn next_line(&mut self, stream: &UnixStream) -> Result<Option<Line>, ReadError> {
+        loop {
+            if let Some(line) = self.take_line()? {
+                return Ok(Some(line));
+            }
+            // Never read more than the cap allows, so the buffer stays bounded.
+            let room = (MAX_LINE + 1 - self.buf.len()).min(CHUNK);
+            let mut chunk = [0u8; CHUNK];
+            let fd = stream.as_raw_fd();
+            let (n, creds) = stream
+                .async_io(Interest::READABLE, || {
+                    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+                    let mut iov = [IoSliceMut::new(&mut chunk[..room])];
+                    // The control buffer only fits credentials: any fds a peer tries to pass
+                    // do not fit and are not installed.
+                    let msg = recvmsg::<()>(
+                        fd,
+                        &mut iov,
+                        Some(&mut cmsg),
+                        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+                    )
+                    .map_err(io::Error::from)?;
+                    let mut creds = None;
+                    for c in msg.cmsgs().map_err(io::Error::from)? {
+                        if let ControlMessageOwned::ScmCredentials(uc) = c {
+                            creds = Some((uc.pid(), uc.uid()));
+                        }
+                    }
+                    Ok((msg.bytes, creds))
+                })
+                .await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let sender = creds.map(|(pid, uid)| Sender {
+                pid,
+                uid,
+                received_boot_ns: boot_ns(),
+            });
+            let starts_line = self.buf.is_empty();
+            match (&self.sender, &sender) {
+                _ if starts_line => self.mixed = sender.is_none(),
+                (Some(a), Some(b)) if same_process(a, b) => {}
+                _ => self.mixed = true,
+            }
+            // Keep the newest receive time: the sender must have existed by then.
+            self.sender = sender;
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(line) = self.take_line()? {
+                return Ok(Some(line));
+            }
+        }
+    }
+}

@@ -1,0 +1,1178 @@
+//! The secrets broker on `$XDG_RUNTIME_DIR/nod/secrets.sock` (DESIGN.md §3, protocol in
+//! `shared/reference/secrets-protocol.md`, types in `nod_client::proto`).
+//!
+//! Each request line is judged by the process that sent *that line* (see [`crate::peer`]):
+//! another uid is refused, an unregistered binary gets `unregistered_binary` and is queued for
+//! `nod approve`, and a registered one gets exactly what its policy entry allows. The order is:
+//!
+//! 1. line length (≤ 64 KiB, else `malformed_request` and the connection closes) and JSON shape
+//!    (unknown fields rejected), then the request's own consistency;
+//! 2. the sender: uid, pidfd, start time, hash of the running binary;
+//! 3. the policy, for the whole batch before anything runs;
+//! 4. the backend, all or nothing.
+//!
+//! `CONTROL` lines (nod's extension) change the policy. Those that grant access are shown to the
+//! person through the approver; nothing a same-user program sends can approve itself.
+//! Every read, write, delete and search, granted or not, and every policy change goes into the
+//! audit log, never with a value.
+
+mod conn;
+mod keyfile;
+pub mod keyring;
+pub mod policy;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use nix::unistd::getuid;
+use nod_client::proto::{
+    Action, Control, DecodeError, Item, Match, Message, PendingEntry, PolicyEntry, Reason, Request,
+    Response, Status,
+};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout};
+
+use self::conn::{Line, LineReader, ReadError};
+use self::keyring::{Keyring, KeyringError};
+use self::policy::{PendingQueue, PolicyError, PolicyStore};
+use self::store::{Change, FileStore, StoreError};
+use crate::approve::{Approver, Outcome, Prompt, SecretsPrompt};
+use crate::audit::{AuditLog, clip};
+use crate::config::SecretsBackend;
+use crate::log::event;
+use crate::now_ms;
+use crate::paths::Paths;
+use crate::peer::{self, Caller, HashCache, PeerError};
+
+/// Longest service, target or attribute name, in bytes.
+pub const MAX_NAME: usize = 256;
+/// Most targets in one request.
+pub const MAX_TARGETS: usize = 256;
+/// Most attributes on one request.
+pub const MAX_ATTRIBUTES: usize = 32;
+/// Targets written to one audit line.
+const MAX_AUDIT_TARGETS: usize = 16;
+
+/// Tunables of the broker.
+#[derive(Debug, Clone)]
+pub struct SecretsSettings {
+    /// A connection with no complete line for this long is closed (§Transport: 30 s).
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Connections served at once; more are closed on accept, so a flood meets a clean
+    /// refusal instead of `EMFILE` for every socket of the agent. Default: 8192, or half the
+    /// open-files limit if that is lower (the other half is for the approval socket, files and
+    /// approvers).
+    pub max_connections: usize,
+    /// Longest a policy prompt stays open.
+    pub prompt_timeout: Duration,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(5),
+            max_connections: nix::sys::resource::getrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+            )
+            .map(|(soft, _)| usize::try_from(soft / 2).unwrap_or(usize::MAX))
+            .unwrap_or(1024)
+            .clamp(64, 8192),
+            prompt_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Where the broker keeps its files.
+#[derive(Debug, Clone)]
+pub struct SecretsFiles {
+    pub policy: PathBuf,
+    pub policy_key: PathBuf,
+    pub pending: PathBuf,
+    pub store: PathBuf,
+    pub store_key: PathBuf,
+}
+
+impl SecretsFiles {
+    pub fn from_paths(paths: &Paths) -> Self {
+        Self {
+            policy: paths.state_dir.join("secrets-policy.json"),
+            pending: paths.state_dir.join("secrets-pending.json"),
+            policy_key: paths.keystore_dir().join("secrets-policy.key"),
+            store: paths.keystore_dir().join("secrets.enc"),
+            store_key: paths.keystore_dir().join("secrets.key"),
+        }
+    }
+}
+
+/// The broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "[secrets] backend = \"secret-service\" in agent.toml, but no Secret Service is usable \
+         ({0}); start gnome-keyring (or another Secret Service) in this session, or set \
+         backend = \"file\""
+    )]
+    NoSecretService(KeyringError),
+}
+
+/// Where secrets are kept.
+#[derive(Debug)]
+pub enum Backend {
+    /// The encrypted file ([`store`]).
+    File(Mutex<FileStore>),
+    /// The Secret Service on the session bus ([`keyring`]).
+    SecretService(Keyring),
+}
+
+impl Backend {
+    /// Picks the backend: `auto` uses the Secret Service when one answers on the session bus,
+    /// else the encrypted file.
+    pub async fn choose(
+        choice: SecretsBackend,
+        files: &SecretsFiles,
+    ) -> Result<Self, SecretsError> {
+        let file = || -> Result<Self, SecretsError> {
+            Ok(Self::File(Mutex::new(FileStore::open(
+                &files.store,
+                &files.store_key,
+            )?)))
+        };
+        match choice {
+            SecretsBackend::File => file(),
+            SecretsBackend::SecretService => Keyring::connect(Duration::from_secs(5))
+                .await
+                .map(Self::SecretService)
+                .map_err(SecretsError::NoSecretService),
+            SecretsBackend::Auto => match Keyring::connect(Duration::from_secs(2)).await {
+                Ok(k) => Ok(Self::SecretService(k)),
+                Err(e) => {
+                    event!("secrets: no Secret Service ({e}); using the encrypted file");
+                    file()
+                }
+            },
+        }
+    }
+
+    /// For logs: `file` or `secret-service`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::SecretService(_) => "secret-service",
+        }
+    }
+}
+
+/// One audit line of the broker (secrets-protocol.md §Audit log, in nod's chained log).
+#[derive(Debug, Clone, Serialize)]
+struct SecretsAudit {
+    /// Always `secrets`: which nod service decided.
+    service: &'static str,
+    action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary_hash: Option<String>,
+    /// The keychain service (`aws`), named so as not to clash with `service`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secrets_service: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    targets: Vec<String>,
+    /// `granted`, `denied`, `error`, or for policy changes `approved` / `not_approved`.
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+/// A request that passed step 1: its shape is consistent.
+#[derive(Debug)]
+struct CheckedRequest {
+    request: Request,
+    prefix: bool,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME && !s.chars().any(char::is_control)
+}
+
+/// Step 1 past JSON: §Request's rules, and nod's limits on names.
+fn check_request(request: Request) -> Result<CheckedRequest, String> {
+    let prefix = request.match_.unwrap_or_default() == Match::Prefix;
+    if !valid_name(&request.service) {
+        return Err(format!(
+            "service must be 1-{MAX_NAME} bytes without control characters"
+        ));
+    }
+    if request.targets.len() > MAX_TARGETS {
+        return Err(format!("at most {MAX_TARGETS} targets per request"));
+    }
+    if let Some(t) = request.targets.iter().find(|t| !valid_name(t)) {
+        return Err(format!(
+            "target {:?} must be 1-{MAX_NAME} bytes without control characters",
+            clip(t)
+        ));
+    }
+    if request.attributes.len() > MAX_ATTRIBUTES
+        || request
+            .attributes
+            .iter()
+            .any(|(k, v)| !valid_name(k) || v.len() > MAX_NAME)
+    {
+        return Err(format!(
+            "at most {MAX_ATTRIBUTES} attributes, names 1-{MAX_NAME} bytes, values up to {MAX_NAME}"
+        ));
+    }
+    let is_write = request.action == Action::Write;
+    if !is_write && !request.values.is_empty() {
+        return Err("values are only allowed with write".into());
+    }
+    if is_write {
+        if prefix {
+            return Err("match prefix is not allowed with write".into());
+        }
+        if request.targets.len() != request.values.len() {
+            return Err(format!(
+                "write needs as many values as targets ({} targets, {} values)",
+                request.targets.len(),
+                request.values.len()
+            ));
+        }
+    }
+    if request.action != Action::Search && request.targets.is_empty() {
+        return Err(if prefix {
+            "prefix match needs at least one prefix in targets".into()
+        } else {
+            "exact read, write and delete need at least one target".into()
+        });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = request.targets.iter().find(|t| !seen.insert(t.as_str())) {
+        return Err(format!("target {:?} appears twice", clip(dup)));
+    }
+    Ok(CheckedRequest { request, prefix })
+}
+
+/// Step 3: what the policy entry allows, for the whole batch.
+fn check_policy(entry: &PolicyEntry, req: &CheckedRequest) -> Result<(), Refusal> {
+    let service = &req.request.service;
+    let (services, needs_search) = match req.request.action {
+        Action::Read => (&entry.allowed_read_services, req.prefix),
+        Action::Search => (&entry.allowed_read_services, true),
+        Action::Write => (&entry.allowed_write_services, false),
+        Action::Delete => (&entry.allowed_write_services, req.prefix),
+    };
+    if !services.iter().any(|s| s == service) {
+        return Err(Refusal::ServiceNotAllowed);
+    }
+    if needs_search && !entry.can_search {
+        return Err(Refusal::ActionNotInPolicy);
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why the broker did not do what a line asked: the one mapping from cause to the wire's
+/// status and reason code (secrets-protocol.md §Response). The message is for the person; the
+/// agent's log has the detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Bad JSON, unknown fields, a line over the cap, inconsistent fields, bad names.
+    Malformed(String),
+    /// The sender's uid is not the agent's.
+    OtherUid,
+    /// The binary is not in the policy (it is queued for `nod approve`).
+    Unregistered(String),
+    /// The policy entry does not name this service for this action.
+    ServiceNotAllowed,
+    /// A prefix read or delete, or a search, without `can_search`.
+    ActionNotInPolicy,
+    /// **nod**: an exact target, a pending hash or a file is not there.
+    NotFound(String),
+    /// **nod**: the person said no to a policy change, or could not be asked.
+    NotApproved(String),
+    /// The caller could not be verified, the policy is unusable, or the backend failed.
+    Internal(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> Status {
+        match self {
+            Self::Unregistered(_)
+            | Self::OtherUid
+            | Self::ServiceNotAllowed
+            | Self::ActionNotInPolicy
+            | Self::NotApproved(_) => Status::Denied,
+            Self::Malformed(_) | Self::NotFound(_) | Self::Internal(_) => Status::Error,
+        }
+    }
+
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Malformed(_) => Reason::MalformedRequest,
+            Self::OtherUid | Self::ServiceNotAllowed => Reason::ServiceNotAllowed,
+            Self::Unregistered(_) => Reason::UnregisteredBinary,
+            Self::ActionNotInPolicy => Reason::ActionNotInPolicy,
+            Self::NotFound(_) => Reason::NotFound,
+            Self::NotApproved(_) => Reason::NotApproved,
+            Self::Internal(_) => Reason::InternalError,
+        }
+    }
+
+    /// The word in the audit log: finer than the wire's reason where that helps.
+    pub fn audit_reason(&self) -> &'static str {
+        match self {
+            Self::OtherUid => "other_uid",
+            other => other.reason().as_str(),
+        }
+    }
+
+    pub fn response(&self) -> Response {
+        let message = match self {
+            Self::Malformed(m)
+            | Self::Unregistered(m)
+            | Self::NotFound(m)
+            | Self::NotApproved(m)
+            | Self::Internal(m) => Some(m.clone()),
+            Self::OtherUid | Self::ServiceNotAllowed | Self::ActionNotInPolicy => None,
+        };
+        Response::refused(self.status(), self.reason(), message)
+    }
+}
+
+/// The broker: shared by every connection task.
+#[derive(Debug)]
+pub struct SecretsService {
+    settings: SecretsSettings,
+    approver: Arc<dyn Approver>,
+    audit: Arc<Mutex<AuditLog>>,
+    policy: Mutex<PolicyStore>,
+    pending: Mutex<PendingQueue>,
+    backend: Backend,
+    hashes: Arc<HashCache>,
+    connections: Arc<Semaphore>,
+    /// One policy prompt at a time.
+    prompt_turn: tokio::sync::Mutex<()>,
+    uid: u32,
+}
+
+impl SecretsService {
+    /// Opens the policy and the pending queue, and serves from `backend`.
+    pub fn new(
+        files: &SecretsFiles,
+        backend: Backend,
+        audit: Arc<Mutex<AuditLog>>,
+        approver: Arc<dyn Approver>,
+        settings: SecretsSettings,
+    ) -> Self {
+        let mut policy = PolicyStore::open(&files.policy, &files.policy_key);
+        if let Err(e) = policy.current() {
+            // Not fatal: the rest of the agent runs, and every secrets request says why it is
+            // refused until the person repairs the file.
+            event!("{e}");
+        }
+        Self {
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            settings,
+            approver,
+            audit,
+            policy: Mutex::new(policy),
+            pending: Mutex::new(PendingQueue::open(&files.pending)),
+            backend,
+            hashes: Arc::new(HashCache::default()),
+            prompt_turn: tokio::sync::Mutex::new(()),
+            uid: getuid().as_raw(),
+        }
+    }
+
+    /// Which backend serves.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Turns on `SO_PASSCRED` (inherited by accepted sockets) and serves for ever, one task per
+    /// connection, so idle or slow peers never hold up others.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        if let Err(e) = setsockopt(&listener, sockopt::PassCred, &true) {
+            // Without credentials every line is refused; say why once.
+            event!("secrets socket: cannot enable SO_PASSCRED: {e}");
+        }
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+                        event!("secrets socket: too many connections; closing a new one");
+                        continue;
+                    };
+                    let service = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        service.handle(stream).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    event!("secrets socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn audit(&self, line: &SecretsAudit) {
+        if let Err(e) = lock(&self.audit).append(line, now_ms()) {
+            event!("{e}");
+        }
+    }
+
+    async fn send(&self, stream: &mut UnixStream, resp: &Response) -> bool {
+        matches!(
+            timeout(
+                self.settings.write_timeout,
+                stream.write_all(&resp.encode())
+            )
+            .await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn handle(&self, mut stream: UnixStream) {
+        // Refuse another uid at once (the per-line credentials are checked again below).
+        let _ = setsockopt(&stream, sockopt::PassCred, &true);
+        match getsockopt(&stream, sockopt::PeerCredentials) {
+            Ok(c) if c.uid() == self.uid => {}
+            Ok(c) => {
+                event!("secrets: refused a connection from uid {}", c.uid());
+                self.send(&mut stream, &Refusal::OtherUid.response()).await;
+                return;
+            }
+            Err(e) => {
+                event!("secrets: no peer credentials: {e}");
+                return;
+            }
+        }
+        let mut reader = LineReader::default();
+        loop {
+            let line = match timeout(self.settings.idle_timeout, reader.next_line(&stream)).await {
+                Err(_) | Ok(Ok(None)) => return,
+                Ok(Ok(Some(line))) => line,
+                Ok(Err(ReadError::TooLong)) => {
+                    let resp = Refusal::Malformed(DecodeError::TooLong.to_string()).response();
+                    self.send(&mut stream, &resp).await;
+                    return;
+                }
+                Ok(Err(ReadError::Io(_))) => return,
+            };
+            let resp = self.answer(line).await;
+            if !self.send(&mut stream, &resp).await {
+                return;
+            }
+        }
+    }
+
+    async fn answer(&self, line: Line) -> Response {
+        let message = match Message::decode(&line.bytes) {
+            Ok(m) => m,
+            Err(e) => return Refusal::Malformed(e.to_string()).response(),
+        };
+        let Some(sender) = line.sender else {
+            event!("secrets: a line came from more than one process; refused");
+            return Refusal::Malformed(String::from(
+                "the line was written by more than one process",
+            ))
+            .response();
+        };
+        if sender.uid != self.uid {
+            event!("secrets: refused a line from uid {}", sender.uid);
+            if let Message::Request(r) = &message {
+                self.audit(&SecretsAudit {
+                    service: "secrets",
+                    action: r.action.as_str().into(),
+                    pid: Some(sender.pid),
+                    binary_path: None,
+                    binary_hash: None,
+                    secrets_service: Some(clip(&r.service)),
+                    targets: Vec::new(),
+                    decision: "denied",
+                    reason: Some(Refusal::OtherUid.audit_reason()),
+                });
+            }
+            return Refusal::OtherUid.response();
+        }
+        match message {
+            Message::Request(request) => self.request(request, sender).await,
+            Message::Control(control) => self.control(control, sender).await,
+        }
+    }
+
+    /// Step 2, off the runtime thread: a cold hash reads the whole binary.
+    async fn identify(&self, sender: peer::Sender) -> Result<Caller, PeerError> {
+        let cache = Arc::clone(&self.hashes);
+        tokio::task::spawn_blocking(move || peer::identify(sender, &cache))
+            .await
+            .unwrap_or(Err(PeerError::Gone { pid: sender.pid }))
+    }
+
+    async fn request(&self, request: Request, sender: peer::Sender) -> Response {
+        let mut audit = SecretsAudit {
+            service: "secrets",
+            action: request.action.as_str().into(),
+            pid: Some(sender.pid),
+            binary_path: None,
+            binary_hash: None,
+            secrets_service: Some(clip(&request.service)),
+            targets: request
+                .targets
+                .iter()
+                .take(MAX_AUDIT_TARGETS)
+                .map(|t| clip(t))
+                .collect(),
+            decision: "error",
+            reason: Some(Reason::MalformedRequest.as_str()),
+        };
+        let checked = match check_request(request) {
+            Ok(c) => c,
+            Err(why) => {
+                self.audit(&audit);
+                return Refusal::Malformed(why).response();
+            }
+        };
+        let caller = match self.identify(sender).await {
+            Ok(c) => c,
+            Err(e) => {
+                event!("secrets: caller not verified: {e}");
+                audit.reason = Some(Reason::InternalError.as_str());
+                self.audit(&audit);
+                return Refusal::Internal(String::from(
+                    "the calling process could not be verified",
+                ))
+                .response();
+            }
+        };
+        audit.binary_path = Some(clip(&caller.exe_path));
+        audit.binary_hash = Some(caller.hash.clone());
+        let entry = match lock(&self.policy).find(&caller.hash) {
+            Ok(e) => e,
+            Err(e) => {
+                event!("{e}");
+                audit.reason = Some(Reason::InternalError.as_str());
+                self.audit(&audit);
+                return Refusal::Internal(e.to_string()).response();
+            }
+        };
+        let Some(entry) = entry else {
+            self.queue_pending(&caller, &checked);
+            audit.decision = "denied";
+            audit.reason = Some(Reason::UnregisteredBinary.as_str());
+            self.audit(&audit);
+            return Refusal::Unregistered(format!(
+                "{} ({}) is not registered; it is listed in `nod list-pending`",
+                caller.exe_path, caller.hash
+            ))
+            .response();
+        };
+        if let Err(refusal) = check_policy(&entry, &checked) {
+            audit.decision = "denied";
+            audit.reason = Some(refusal.audit_reason());
+            self.audit(&audit);
+            return refusal.response();
+        }
+        let resp = match &self.backend {
+            Backend::File(store) => Self::execute_file(&mut lock(store), checked),
+            Backend::SecretService(keyring) => Self::execute_keyring(keyring, checked).await,
+        };
+        audit.decision = match resp.status {
+            Status::Success => "granted",
+            _ => "error",
+        };
+        audit.reason = resp.reason_code().map(Reason::as_str);
+        self.audit(&audit);
+        resp
+    }
+
+    fn queue_pending(&self, caller: &Caller, req: &CheckedRequest) {
+        let now = now_ms();
+        let entry = PendingEntry {
+            path: caller.exe_path.clone(),
+            hash: caller.hash.clone(),
+            argv0: clip(&caller.argv0),
+            first_seen_ms: now,
+            last_seen_ms: now,
+            interpreter: caller.interpreter,
+            requested: vec![format!(
+                "{}:{}",
+                req.request.action.as_str(),
+                clip(&req.request.service)
+            )],
+        };
+        if let Err(e) = lock(&self.pending).record(entry, now) {
+            event!("secrets: cannot save the pending queue: {e}");
+        }
+    }
+
+    /// Step 4, file backend.
+    fn execute_file(store: &mut FileStore, req: CheckedRequest) -> Response {
+        let CheckedRequest { request, prefix } = req;
+        let service = request.service.as_str();
+        let item = |t: &String, s: &store::StoredItem, with_value: bool| Item {
+            target: t.clone(),
+            value: with_value.then(|| s.value.clone()),
+            attributes: s.attributes.clone(),
+        };
+        match (request.action, prefix) {
+            (Action::Read, false) => {
+                let mut results = Vec::new();
+                for t in &request.targets {
+                    match store.get(service, t) {
+                        Some(s) => results.push(item(t, s, true)),
+                        None => {
+                            return Refusal::NotFound(format!("no item {:?}", clip(t))).response();
+                        }
+                    }
+                }
+                Response::success(results)
+            }
+            (Action::Read, true) => Response::success(
+                store
+                    .matching(service, &request.targets)
+                    .map(|(t, s)| item(t, s, true))
+                    .collect(),
+            ),
+            (Action::Search, _) => {
+                let results = if prefix || request.targets.is_empty() {
+                    store
+                        .matching(service, &request.targets)
+                        .map(|(t, s)| item(t, s, false))
+                        .collect()
+                } else {
+                    request
+                        .targets
+                        .iter()
+                        .filter_map(|t| store.get(service, t).map(|s| item(t, s, false)))
+                        .collect()
+                };
+                Response::success(results)
+            }
+            (Action::Write, _) => {
+                let items = request.targets.into_iter().zip(request.values).collect();
+                let change = Change::Write {
+                    items,
+                    attributes: request.attributes,
+                };
+                Self::apply(store, service, change)
+            }
+            (Action::Delete, false) => {
+                if let Some(t) = request
+                    .targets
+                    .iter()
+                    .find(|t| store.get(service, t).is_none())
+                {
+                    return Refusal::NotFound(format!("no item {:?}", clip(t))).response();
+                }
+                let targets = request.targets;
+                Self::apply(store, service, Change::Delete { targets })
+            }
+            (Action::Delete, true) => {
+                let targets = store
+                    .matching(service, &request.targets)
+                    .map(|(t, _)| t.clone())
+                    .collect();
+                Self::apply(store, service, Change::Delete { targets })
+            }
+        }
+    }
+
+    /// Step 4, Secret Service backend.
+    async fn execute_keyring(keyring: &Keyring, req: CheckedRequest) -> Response {
+        let CheckedRequest { request, prefix } = req;
+        let service = request.service.as_str();
+        let result = match (request.action, prefix) {
+            (Action::Read, false) => keyring.read(service, &request.targets).await,
+            (Action::Read, true) => keyring.list(service, &request.targets, true).await,
+            (Action::Search, true) => keyring.list(service, &request.targets, false).await,
+            (Action::Search, false) if request.targets.is_empty() => {
+                keyring.list(service, &[], false).await
+            }
+            (Action::Search, false) => keyring.list(service, &[], false).await.map(|all| {
+                all.into_iter()
+                    .filter(|i| request.targets.contains(&i.target))
+                    .collect()
+            }),
+            (Action::Write, _) => {
+                let items: Vec<_> = request.targets.into_iter().zip(request.values).collect();
+                keyring
+                    .write(service, &items, &request.attributes)
+                    .await
+                    .map(|()| Vec::new())
+            }
+            (Action::Delete, false) => keyring
+                .delete(service, &request.targets)
+                .await
+                .map(|()| Vec::new()),
+            (Action::Delete, true) => keyring
+                .delete_prefix(service, &request.targets)
+                .await
+                .map(|()| Vec::new()),
+        };
+        match result {
+            Ok(items) => Response::success(items),
+            Err(KeyringError::NotFound(t)) => {
+                Refusal::NotFound(format!("no item {:?}", clip(&t))).response()
+            }
+            Err(e) => {
+                event!("secrets: {e}");
+                Refusal::Internal(e.to_string()).response()
+            }
+        }
+    }
+
+    fn apply(store: &mut FileStore, service: &str, change: Change) -> Response {
+        match store.apply(service, change) {
+            Ok(()) => Response::success(Vec::new()),
+            Err(e) => {
+                event!("{e}");
+                Refusal::Internal(String::from("the secrets store could not be written")).response()
+            }
+        }
+    }
+
+    // ---- CONTROL: policy changes and queries ----
+
+    async fn control(&self, control: Control, sender: peer::Sender) -> Response {
+        let mut audit = SecretsAudit {
+            service: "secrets",
+            action: String::new(),
+            pid: Some(sender.pid),
+            binary_path: None,
+            binary_hash: None,
+            secrets_service: None,
+            targets: Vec::new(),
+            decision: "error",
+            reason: None,
+        };
+        match control {
+            Control::ListPending => {
+                let mut resp = Response::success(Vec::new());
+                resp.pending = Some(lock(&self.pending).list(now_ms()));
+                resp
+            }
+            Control::PolicyList => match lock(&self.policy).current() {
+                Ok(entries) => {
+                    let mut resp = Response::success(Vec::new());
+                    resp.policy = Some(entries.to_vec());
+                    resp
+                }
+                Err(e) => Refusal::Internal(e.to_string()).response(),
+            },
+            Control::Revoke { hash } => {
+                audit.action = "revoke".into();
+                audit.binary_hash = Some(clip(&hash));
+                // Revoking only takes access away, so it needs no prompt.
+                let resp = match lock(&self.policy).revoke(&hash) {
+                    Ok(true) => Response::success(Vec::new()),
+                    Ok(false) => Refusal::NotFound(format!("{hash} is not registered")).response(),
+                    Err(e) => Refusal::Internal(e.to_string()).response(),
+                };
+                audit.decision = if resp.status == Status::Success {
+                    "approved"
+                } else {
+                    "error"
+                };
+                self.audit(&audit);
+                resp
+            }
+            Control::Register {
+                path,
+                read,
+                write,
+                search,
+            } => {
+                audit.action = "register".into();
+                self.grant(GrantKind::Register, &path, None, read, write, search, audit)
+                    .await
+            }
+            Control::Approve {
+                hash,
+                read,
+                write,
+                search,
+            } => {
+                audit.action = "approve".into();
+                let Some(p) = lock(&self.pending).get(&hash, now_ms()) else {
+                    return Refusal::NotFound(format!(
+                        "{hash} is not in the pending queue (see `nod list-pending`; entries \
+                             expire after 24 h); use `nod register <path>` instead"
+                    ))
+                    .response();
+                };
+                let (mut read, mut write) = (read, write);
+                if read.is_empty() && write.is_empty() && !search {
+                    // Grant what it asked for, no more.
+                    for r in &p.requested {
+                        match r.split_once(':') {
+                            Some(("read" | "search", s)) if !read.iter().any(|x| x == s) => {
+                                read.push(s.to_owned())
+                            }
+                            Some(("write" | "delete", s)) if !write.iter().any(|x| x == s) => {
+                                write.push(s.to_owned())
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                self.grant(
+                    GrantKind::Approve,
+                    &p.path,
+                    Some(hash),
+                    read,
+                    write,
+                    search,
+                    audit,
+                )
+                .await
+            }
+            Control::Upgrade { path } => {
+                audit.action = "upgrade".into();
+                self.upgrade(&path, audit).await
+            }
+        }
+    }
+
+    /// Hashes the file at `path` (the agent's own look), asks the person, and registers it.
+    #[allow(clippy::too_many_arguments)]
+    async fn grant(
+        &self,
+        kind: GrantKind,
+        path: &str,
+        expected_hash: Option<String>,
+        read: Vec<String>,
+        write: Vec<String>,
+        search: bool,
+        mut audit: SecretsAudit,
+    ) -> Response {
+        if let Some(bad) = read.iter().chain(&write).find(|s| !valid_name(s)) {
+            return Refusal::Malformed(format!("service {:?} is not a valid name", clip(bad)))
+                .response();
+        }
+        let file = Path::new(path);
+        if !file.is_absolute() {
+            return Refusal::Malformed(String::from("the path must be absolute")).response();
+        }
+        let owned = file.to_owned();
+        let hashed = tokio::task::spawn_blocking(move || peer::hash_path(&owned)).await;
+        let hash = match hashed {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                return Refusal::NotFound(format!("cannot read {path}: {e}")).response();
+            }
+            Err(_) => return Refusal::Internal(String::from("hashing failed")).response(),
+        };
+        if let Some(want) = &expected_hash {
+            if *want != hash {
+                return Refusal::NotFound(format!(
+                    "{path} no longer has hash {want} (it is now {hash}); if the new file is \
+                         the one you want, run `nod register {path}`"
+                ))
+                .response();
+            }
+        }
+        audit.binary_path = Some(clip(path));
+        audit.binary_hash = Some(hash.clone());
+        let interpreter = peer::is_interpreter(file);
+        let prompt = SecretsPrompt {
+            path: path.to_owned(),
+            hash: hash.clone(),
+            previous_hash: None,
+            read: read.clone(),
+            write: write.clone(),
+            search,
+            interpreter,
+        };
+        let prompt = match kind {
+            GrantKind::Register => Prompt::SecretsRegister(prompt),
+            GrantKind::Approve => Prompt::SecretsApprove(prompt),
+        };
+        if let Err(resp) = self.ask(&prompt, &mut audit).await {
+            return resp;
+        }
+        let entry = PolicyEntry {
+            path: path.to_owned(),
+            hash: hash.clone(),
+            allowed_read_services: read,
+            allowed_write_services: write,
+            can_search: search,
+            interpreter,
+        };
+        self.save_entry(entry, None, audit, interpreter)
+    }
+
+    async fn upgrade(&self, path: &str, mut audit: SecretsAudit) -> Response {
+        let old = match lock(&self.policy).current() {
+            Ok(entries) => entries.iter().find(|e| e.path == path).cloned(),
+            Err(e) => return Refusal::Internal(e.to_string()).response(),
+        };
+        let Some(old) = old else {
+            return Refusal::NotFound(format!(
+                "no registered binary at {path}; use `nod register {path}`"
+            ))
+            .response();
+        };
+        let owned = PathBuf::from(path);
+        let hash = match tokio::task::spawn_blocking(move || peer::hash_path(&owned)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                return Refusal::NotFound(format!("cannot read {path}: {e}")).response();
+            }
+            Err(_) => return Refusal::Internal(String::from("hashing failed")).response(),
+        };
+        if hash == old.hash {
+            let mut resp = Response::success(Vec::new());
+            resp.message = Some(format!("{path} has not changed; nothing to do"));
+            return resp;
+        }
+        audit.binary_path = Some(clip(path));
+        audit.binary_hash = Some(hash.clone());
+        let prompt = Prompt::SecretsUpgrade(SecretsPrompt {
+            path: path.to_owned(),
+            hash: hash.clone(),
+            previous_hash: Some(old.hash.clone()),
+            read: old.allowed_read_services.clone(),
+            write: old.allowed_write_services.clone(),
+            search: old.can_search,
+            interpreter: old.interpreter,
+        });
+        if let Err(resp) = self.ask(&prompt, &mut audit).await {
+            return resp;
+        }
+        let interpreter = old.interpreter;
+        let entry = PolicyEntry {
+            hash,
+            ..old.clone()
+        };
+        self.save_entry(entry, Some(&old.hash), audit, interpreter)
+    }
+
+    /// Asks the person; `Err` holds the refusal to send.
+    async fn ask(&self, prompt: &Prompt, audit: &mut SecretsAudit) -> Result<(), Response> {
+        let _turn = self.prompt_turn.lock().await;
+        let deadline = Instant::now() + self.settings.prompt_timeout;
+        let outcome = tokio::time::timeout_at(deadline, self.approver.approve(prompt, deadline))
+            .await
+            .unwrap_or(Outcome::Failed);
+        event!(
+            "secrets: {} of {:?}: {outcome:?} (approver {})",
+            prompt.kind(),
+            audit.binary_path.as_deref().unwrap_or(""),
+            self.approver.name()
+        );
+        if outcome == Outcome::Approved {
+            return Ok(());
+        }
+        audit.decision = "not_approved";
+        audit.reason = Some(Reason::NotApproved.as_str());
+        self.audit(audit);
+        let why = match outcome {
+            Outcome::Denied => "the person said no",
+            Outcome::Cancelled => "the prompt was cancelled",
+            Outcome::Unavailable => {
+                "nobody could be asked (no approver: run `nod agent` in a terminal or with \
+                 --approver-command)"
+            }
+            _ => "the approver failed or timed out",
+        };
+        Err(Refusal::NotApproved(why.into()).response())
+    }
+
+    fn save_entry(
+        &self,
+        entry: PolicyEntry,
+        replaces: Option<&str>,
+        mut audit: SecretsAudit,
+        interpreter: bool,
+    ) -> Response {
+        let hash = entry.hash.clone();
+        let saved = {
+            let mut policy = lock(&self.policy);
+            match replaces {
+                Some(old) => policy.replace(old, entry),
+                None => policy.upsert(entry),
+            }
+        };
+        if let Err(e) = saved {
+            event!("{e}");
+            audit.reason = Some(Reason::InternalError.as_str());
+            self.audit(&audit);
+            return Refusal::Internal(policy_message(&e)).response();
+        }
+        if let Err(e) = lock(&self.pending).remove(&hash) {
+            event!("secrets: cannot save the pending queue: {e}");
+        }
+        audit.decision = "approved";
+        self.audit(&audit);
+        let mut resp = Response::success(Vec::new());
+        resp.message = Some(if interpreter {
+            format!(
+                "registered {hash}. WARNING: this is an interpreter, so every script it runs has \
+                 these grants"
+            )
+        } else {
+            format!("registered {hash}")
+        });
+        resp
+    }
+}
+
+fn policy_message(e: &PolicyError) -> String {
+    e.to_string()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GrantKind {
+    Register,
+    Approve,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nod_client::proto::SecretValue;
+
+    fn req(action: Action, targets: &[&str]) -> Request {
+        let mut r = Request::new(action, "aws");
+        r.targets = targets.iter().map(|s| s.to_string()).collect();
+        r
+    }
+
+    fn entry(read: &[&str], write: &[&str], search: bool) -> PolicyEntry {
+        PolicyEntry {
+            path: "/x".into(),
+            hash: "sha256:00".into(),
+            allowed_read_services: read.iter().map(|s| s.to_string()).collect(),
+            allowed_write_services: write.iter().map(|s| s.to_string()).collect(),
+            can_search: search,
+            interpreter: false,
+        }
+    }
+
+    #[test]
+    fn every_refusal_maps_to_one_status_and_reason() {
+        let m = || "m".to_string();
+        let cases = [
+            (
+                Refusal::Malformed(m()),
+                Status::Error,
+                Reason::MalformedRequest,
+            ),
+            (Refusal::OtherUid, Status::Denied, Reason::ServiceNotAllowed),
+            (
+                Refusal::Unregistered(m()),
+                Status::Denied,
+                Reason::UnregisteredBinary,
+            ),
+            (
+                Refusal::ServiceNotAllowed,
+                Status::Denied,
+                Reason::ServiceNotAllowed,
+            ),
+            (
+                Refusal::ActionNotInPolicy,
+                Status::Denied,
+                Reason::ActionNotInPolicy,
+            ),
+            (Refusal::NotFound(m()), Status::Error, Reason::NotFound),
+            (
+                Refusal::NotApproved(m()),
+                Status::Denied,
+                Reason::NotApproved,
+            ),
+            (Refusal::Internal(m()), Status::Error, Reason::InternalError),
+        ];
+        for (refusal, status, reason) in cases {
+            // Exhaustive: a new variant must be added here (and to the mapping).
+            match &refusal {
+                Refusal::Malformed(_)
+                | Refusal::OtherUid
+                | Refusal::Unregistered(_)
+                | Refusal::ServiceNotAllowed
+                | Refusal::ActionNotInPolicy
+                | Refusal::NotFound(_)
+                | Refusal::NotApproved(_)
+                | Refusal::Internal(_) => {}
+            }
+            let resp = refusal.response();
+            assert_eq!(
+                (resp.status, resp.reason_code()),
+                (status, Some(reason)),
+                "{refusal:?}"
+            );
+            assert_eq!(
+                refusal.audit_reason() == reason.as_str(),
+                refusal != Refusal::OtherUid
+            );
+        }
+    }
+
+    #[test]
+    fn checks_write_alignment_and_prefix_rules() {
+        let mut w = req(Action::Write, &["a", "b"]);
+        w.values = vec![SecretValue::new("1")];
+        assert!(
+            check_request(w.clone())
+                .unwrap_err()
+                .contains("as many values")
+        );
+        w.values.push(SecretValue::new("2"));
+        assert!(check_request(w.clone()).is_ok());
+        w.match_ = Some(Match::Prefix);
+        assert!(check_request(w).is_err());
+        assert!(check_request(req(Action::Read, &[])).is_err());
+        assert!(check_request(req(Action::Delete, &[])).is_err());
+        assert!(check_request(req(Action::Search, &[])).is_ok());
+        let mut r = req(Action::Read, &["a"]);
+        r.values = vec![SecretValue::new("x")];
+        assert!(check_request(r).is_err());
+        assert!(check_request(req(Action::Read, &["a", "a"])).is_err());
+        assert!(check_request(req(Action::Read, &["a\nb"])).is_err());
+        let mut r = req(Action::Read, &["a"]);
+        r.service = String::new();
+        assert!(check_request(r).is_err());
+    }
+
+    #[test]
+    fn policy_needs_the_service_and_can_search_for_prefix_and_search() {
+        let e = entry(&["aws"], &[], false);
+        let read = check_request(req(Action::Read, &["k"])).unwrap();
+        assert_eq!(check_policy(&e, &read), Ok(()));
+        let mut p = req(Action::Read, &["k"]);
+        p.match_ = Some(Match::Prefix);
+        let prefix = check_request(p).unwrap();
+        assert_eq!(check_policy(&e, &prefix), Err(Refusal::ActionNotInPolicy));
+        let search = check_request(req(Action::Search, &[])).unwrap();
+        assert_eq!(check_policy(&e, &search), Err(Refusal::ActionNotInPolicy));
+        let mut w = req(Action::Write, &["k"]);
+        w.values = vec![SecretValue::new("v")];
+        let write = check_request(w).unwrap();
+        assert_eq!(check_policy(&e, &write), Err(Refusal::ServiceNotAllowed));
+        let e = entry(&["aws"], &["aws"], true);
+        assert_eq!(check_policy(&e, &prefix), Ok(()));
+        assert_eq!(check_policy(&e, &search), Ok(()));
+        assert_eq!(check_policy(&e, &write), Ok(()));
+        // Exact service match: `aws` grants nothing on `aws:prod`.
+        let mut other = req(Action::Read, &["k"]);
+        other.service = "aws:prod".into();
+        let other = check_request(other).unwrap();
+        assert_eq!(check_policy(&e, &other), Err(Refusal::ServiceNotAllowed));
+    }
+}
