@@ -192,7 +192,11 @@ fn socket_check(config: &Config, user: &PamUser) -> Check {
             user.name
         )),
         Err(HelperError::NoSocket { .. }) => Check::fail(
-            format!("no forwarded socket at {} for {}", socket.display(), user.name),
+            format!(
+                "no forwarded socket at {} for {}",
+                socket.display(),
+                user.name
+            ),
             format!(
                 "log in from the workstation with the RemoteForward block that `nod pair` writes \
                  (RemoteForward {} <agent approval.sock>) and keep that session open; \
@@ -361,15 +365,13 @@ pub(crate) fn clock_sanity(now: SystemTime) -> Check {
         .args(["show", "-p", "NTPSynchronized", "--value"])
         .output()
     {
-        Ok(out) if out.status.success() => {
-            match String::from_utf8_lossy(&out.stdout).trim() {
-                "yes" => Check::ok("clock: synchronised (NTP)"),
-                _ => Check::warn(
-                    "clock: not NTP-synchronised; skew over ~10 s against the workstation breaks \
+        Ok(out) if out.status.success() => match String::from_utf8_lossy(&out.stdout).trim() {
+            "yes" => Check::ok("clock: synchronised (NTP)"),
+            _ => Check::warn(
+                "clock: not NTP-synchronised; skew over ~10 s against the workstation breaks \
                      approvals (`nod doctor --host` measures it; `sudo timedatectl set-ntp true`)",
-                ),
-            }
-        }
+            ),
+        },
         _ => Check::skip("clock: plausible; timedatectl cannot tell whether it is synchronised"),
     }
 }
@@ -402,7 +404,9 @@ fn pam_checks(pam_dir: &Path, service: &str, config: &Path) -> Vec<Check> {
     let line = text.lines().map(str::trim).find_map(|l| {
         let l = l.split('#').next().unwrap_or("").trim();
         let module = pam_module_of(l)?;
-        module.ends_with("pam_nod.so").then(|| (l.to_owned(), module))
+        module
+            .ends_with("pam_nod.so")
+            .then(|| (l.to_owned(), module))
     });
     let Some((line, module)) = line else {
         return vec![Check::fail(
@@ -412,13 +416,13 @@ fn pam_checks(pam_dir: &Path, service: &str, config: &Path) -> Vec<Check> {
     };
     let (kind, control) = split_type_control(&line);
     if kind == "auth" && same_control(&control, RECOMMENDED_CONTROL) {
-        checks.push(Check::ok(format!(
-            "PAM service {}: {line}",
-            path.display()
-        )));
+        checks.push(Check::ok(format!("PAM service {}: {line}", path.display())));
     } else {
         checks.push(Check::fail(
-            format!("PAM service {}: unexpected pam_nod.so line: {line}", path.display()),
+            format!(
+                "PAM service {}: unexpected pam_nod.so line: {line}",
+                path.display()
+            ),
             format!(
                 "use exactly this control so only approvals succeed and only a missing agent \
                  falls back to the password: {recommended}"
