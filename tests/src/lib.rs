@@ -134,9 +134,21 @@ impl Drop for Scratch {
 }
 
 /// Runs a command, returns its output; panics if it cannot be spawned.
+///
+/// A binary just copied in by [`Scratch::install`] can be briefly "busy" (ETXTBSY) when
+/// another test thread forked while the copy's write fd was open; that is retried.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Ok(out) => return out,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot run {cmd:?}: {e}"),
+        }
+    }
 }
 
 /// Runs a command that must succeed and returns its stdout.

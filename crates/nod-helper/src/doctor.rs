@@ -204,6 +204,19 @@ fn socket_check(config: &Config, user: &PamUser) -> Check {
                 socket.display()
             ),
         ),
+        Err(e @ HelperError::UnsafeSocket { .. }) => {
+            let what = one_line(&e.to_string());
+            let what = what.split(" — ").next().unwrap_or(&what).to_owned();
+            Check::fail(
+                what,
+                format!(
+                    "remove it (`sudo rm {}`) and log in again as {} with the RemoteForward; sshd \
+                     creates the socket as that user",
+                    socket.display(),
+                    user.name
+                ),
+            )
+        }
         Err(e) => Check::from_error("forwarded socket", &e),
     }
 }
