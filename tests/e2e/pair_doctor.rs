@@ -139,6 +139,38 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
         pinned_mtime,
         "the pinned key was rewritten"
     );
+
+    // `nod doctor --host` over the paired connection: skew, and the host side through sudo
+    // with the forward of the written block up.
+    let out = run(agent
+        .nod(["doctor", "--host", "pairhost", "--ssh-config"])
+        .arg(&ssh_config)
+        .arg("--host-config")
+        .arg(&host.config)
+        .arg("--remote-helper")
+        .arg(&host.helper)
+        .stdin(Stdio::null()));
+    let report = stdout(&out);
+    eprintln!("first pair:\n{first}second pair:\n{second}nod doctor --host:\n{report}");
+    for line in [
+        "ok    host allowlist lists pair-host",
+        "ok    clock skew to pairhost",
+        "ok    the workstation's agent key",
+        "ok    config ",
+    ] {
+        assert!(
+            report.contains(line),
+            "missing {line:?}:\n{report}\n{out:?}"
+        );
+    }
+    assert!(
+        report.contains(&format!(
+            "ok    forwarded socket {} is present and owned by {}",
+            remote_socket.display(),
+            user.name
+        )),
+        "the forward of the block was not seen:\n{report}"
+    );
     drop(nopasswd);
 
     // Now sudo goes through the nod PAM service; the forward comes from the written block.

@@ -83,26 +83,41 @@ pub fn print(checks: &[Check], out: &mut dyn Write) -> usize {
     failed
 }
 
+/// What `nod doctor` was asked to check.
+#[derive(Debug, Clone, Default)]
+pub struct DoctorArgs {
+    /// ssh destination of a host to check too.
+    pub host: Option<String>,
+    pub ssh_config: Option<std::path::PathBuf>,
+    /// The host's nod config (passed to `nod-helper doctor --config`).
+    pub host_config: Option<String>,
+    /// The helper program on the host.
+    pub remote_helper: String,
+}
+
 /// Runs `nod doctor [--host DEST]`; returns whether everything passed.
-pub fn run(paths: &Paths, host: Option<&str>, ssh_config: Option<&Path>) -> Result<bool> {
+pub fn run(paths: &Paths, args: &DoctorArgs) -> Result<bool> {
+    let host = args.host.as_deref();
+    let ssh_config = args.ssh_config.as_deref();
     let mut out = std::io::stdout().lock();
     let mut checks = local_checks(paths);
     if let Some(dest) = host {
         checks.push(skew_check(dest, ssh_config));
     }
-    let mut failed = print(&checks, &mut out);
-    if let Some(dest) = host {
-        let _ = writeln!(out, "--- {dest}: nod-helper doctor (through sudo)");
-        let _ = out.flush();
-        if !remote_doctor(paths, dest, ssh_config)? {
-            failed += 1;
-        }
-    }
-    if failed == 0 {
-        let _ = writeln!(out, "all checks passed");
-    } else {
-        let _ = writeln!(out, "{failed} check(s) failed");
-    }
+    let failed = print(&checks, &mut out);
+    let summary = |n: usize| match n {
+        0 => "all checks passed".to_owned(),
+        n => format!("{n} check(s) failed"),
+    };
+    let Some(dest) = host else {
+        let _ = writeln!(out, "{}", summary(failed));
+        return Ok(failed == 0);
+    };
+    let _ = writeln!(out, "workstation: {}", summary(failed));
+    let _ = writeln!(out, "--- {dest}: nod-helper doctor (through sudo)");
+    let _ = out.flush();
+    let remote_ok = remote_doctor(paths, dest, args)?;
+    let failed = failed + usize::from(!remote_ok);
     Ok(failed == 0)
 }
 
@@ -325,13 +340,12 @@ fn clock_check() -> Check {
     }
 }
 
-fn ssh(dest: &str, ssh_config: Option<&Path>) -> Command {
+fn ssh(ssh_config: Option<&Path>) -> Command {
     let mut cmd = Command::new("ssh");
     if let Some(cfg) = ssh_config {
         cmd.arg("-F").arg(cfg);
     }
     cmd.arg("-o").arg("ClearAllForwardings=yes");
-    cmd.arg(dest);
     cmd
 }
 
@@ -346,8 +360,8 @@ fn now_ms() -> i64 {
 fn skew_check(dest: &str, ssh_config: Option<&Path>) -> Check {
     let start = Instant::now();
     let before = now_ms();
-    let out = ssh(dest, ssh_config)
-        .args(["-o", "BatchMode=yes", "--", "date +%s%3N"])
+    let out = ssh(ssh_config)
+        .args(["-o", "BatchMode=yes", "--", dest, "date +%s%3N"])
         .stdin(Stdio::null())
         .output();
     let rtt = start.elapsed().as_millis() as i64;
@@ -369,30 +383,57 @@ fn skew_check(dest: &str, ssh_config: Option<&Path>) -> Check {
             "clock skew to {dest}: its `date` does not print milliseconds"
         ));
     };
-    let skew = remote - (before + rtt / 2);
-    let uncertainty = rtt / 2;
-    if skew.abs() > MAX_SKEW_MS + uncertainty {
+    // The host read its clock somewhere between `before` and `before + rtt`.
+    let after = before + rtt;
+    let skew = skew_bounds(remote, before, after);
+    if skew.abs() > MAX_SKEW_MS {
         fail(
-            format!("clock skew to {dest}: {skew} ms (host minus workstation, ± {uncertainty} ms)"),
+            format!(
+                "clock skew to {dest}: at least {skew} ms (host minus workstation; measured \
+                 over a {rtt} ms round trip)"
+            ),
             "enable NTP on both machines (`sudo timedatectl set-ntp true`, or chrony)",
         )
     } else {
         ok(format!(
-            "clock skew to {dest}: {skew} ms (± {uncertainty} ms)"
+            "clock skew to {dest}: {skew} ms at most (measured over a {rtt} ms round trip)"
         ))
     }
 }
 
+/// The smallest skew consistent with a remote reading taken between `before` and `after`.
+fn skew_bounds(remote: i64, before: i64, after: i64) -> i64 {
+    if remote < before {
+        remote - before
+    } else if remote > after {
+        remote - after
+    } else {
+        0
+    }
+}
+
 /// `sudo nod-helper doctor --agent-key <our key>` on the host; its report goes to our stdout.
-fn remote_doctor(paths: &Paths, dest: &str, ssh_config: Option<&Path>) -> Result<bool> {
+/// The session keeps the ssh config's forwards, so the helper sees the forwarded socket that
+/// a real login would create.
+fn remote_doctor(paths: &Paths, dest: &str, args: &DoctorArgs) -> Result<bool> {
     let key = Keystore::new(&paths.keystore_dir())
         .agent_key()
         .context("cannot load the agent key")?;
     let hex = hex_lower(key.public_key().as_bytes());
     let interactive = std::io::stdin().is_terminal();
     let sudo = if interactive { "sudo" } else { "sudo -n" };
-    let remote = format!("{sudo} nod-helper doctor --agent-key {}", shell_quote(&hex));
-    let mut cmd = ssh(dest, ssh_config);
+    let mut remote = format!(
+        "{sudo} {} doctor --agent-key {}",
+        shell_quote(&args.remote_helper),
+        shell_quote(&hex)
+    );
+    if let Some(config) = &args.host_config {
+        remote.push_str(&format!(" --config {}", shell_quote(config)));
+    }
+    let mut cmd = Command::new("ssh");
+    if let Some(cfg) = &args.ssh_config {
+        cmd.arg("-F").arg(cfg);
+    }
     if interactive {
         cmd.arg("-t");
     } else {
@@ -400,6 +441,7 @@ fn remote_doctor(paths: &Paths, dest: &str, ssh_config: Option<&Path>) -> Result
     }
     let status = cmd
         .arg("--")
+        .arg(dest)
         .arg(remote)
         .status()
         .context("cannot run ssh")?;
@@ -408,4 +450,16 @@ fn remote_doctor(paths: &Paths, dest: &str, ssh_config: Option<&Path>) -> Result
 
 pub(crate) fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skew_is_zero_inside_the_round_trip_and_the_distance_outside() {
+        assert_eq!(skew_bounds(1050, 1000, 1100), 0);
+        assert_eq!(skew_bounds(900, 1000, 1100), -100);
+        assert_eq!(skew_bounds(7100, 1000, 1100), 6000);
+    }
 }

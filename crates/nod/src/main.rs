@@ -74,6 +74,12 @@ enum Command {
         /// ssh config file to use (ssh -F).
         #[arg(long, value_name = "PATH")]
         ssh_config: Option<PathBuf>,
+        /// The host's nod config, for --host (default: nod-helper's, /etc/nod/config.toml).
+        #[arg(long, value_name = "PATH")]
+        host_config: Option<String>,
+        /// The helper program on the host, for --host.
+        #[arg(long, value_name = "PROG", default_value = "nod-helper", hide = true)]
+        remote_helper: String,
     },
     /// Pair a Linux host over ssh: allow its host key here, install this agent's key on it
     /// (one sudo), and write the RemoteForward block into ~/.ssh/config. Safe to run again.
@@ -228,8 +234,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit {
             command: AuditCommand::Verify,
         } => audit_verify(&paths),
-        Command::Doctor { host, ssh_config } => {
-            if doctor::run(&paths, host.as_deref(), ssh_config.as_deref())? {
+        Command::Doctor {
+            host,
+            ssh_config,
+            host_config,
+            remote_helper,
+        } => {
+            let args = doctor::DoctorArgs {
+                host,
+                ssh_config,
+                host_config,
+                remote_helper,
+            };
+            if doctor::run(&paths, &args)? {
                 Ok(())
             } else {
                 std::process::exit(1)
