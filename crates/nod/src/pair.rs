@@ -224,6 +224,13 @@ fn default_name() -> String {
         .collect()
 }
 
+/// An absolute path made of characters that mean nothing to a shell or to ssh_config.
+fn plain_path(p: &str) -> bool {
+    p.starts_with('/')
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-@+".contains(c))
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -290,10 +297,22 @@ pub fn run(paths: &Paths, args: &PairArgs) -> Result<()> {
     };
     let agents_dir = config.agent_pubkey_file.trim_end_matches('/').to_owned();
     let agent_file = format!("{agents_dir}/{name}.pub");
+    // Both paths end up in a shell command or the ssh config, where spaces, quotes and `%`
+    // tokens would change their meaning.
     for p in [&remote_socket, &agents_dir] {
-        if !p.starts_with('/') || p.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            bail!("{p:?} from the host's config is not an absolute path without spaces");
+        if !plain_path(p) {
+            bail!(
+                "{p:?} from the host's config is not an absolute path of plain characters \
+                 (A-Z a-z 0-9 / . _ - @ +)"
+            );
         }
+    }
+    if !plain_path(&local_socket.to_string_lossy()) {
+        bail!(
+            "the agent's socket path {} has characters an ssh config cannot carry as is; \
+             set XDG_RUNTIME_DIR to a plain path",
+            local_socket.display()
+        );
     }
 
     // 2. The host's public key, and what is pinned there under our name today.
@@ -506,6 +525,15 @@ mod tests {
         );
         assert!(host_pattern("-oProxyCommand=x").is_err());
         assert!(host_pattern("a b").is_err());
+    }
+
+    #[test]
+    fn only_plain_absolute_paths_pass() {
+        assert!(plain_path("/run/user/1000/nod-agent.sock"));
+        assert!(!plain_path("run/x"));
+        assert!(!plain_path("/run/a b"));
+        assert!(!plain_path("/run/%u"));
+        assert!(!plain_path("/run/\"x"));
     }
 
     #[test]
