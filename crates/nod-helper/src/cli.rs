@@ -80,9 +80,6 @@ pub enum Command {
         /// Evaluate this sshd config instead of the system one (`sshd -T -f PATH`).
         #[arg(long, value_name = "PATH")]
         sshd_config: Option<PathBuf>,
-        /// Directory of PAM service files.
-        #[arg(long, value_name = "DIR", default_value = "/etc/pam.d", hide = true)]
-        pam_dir: PathBuf,
     },
     /// Write the man pages into DIR (used when building packages).
     #[command(hide = true)]

@@ -33,9 +33,10 @@ pub struct DoctorArgs {
     pub pam_service: Option<String>,
     /// sshd config to evaluate instead of the system one (`sshd -T -f`).
     pub sshd_config: Option<PathBuf>,
-    /// Where PAM service files live (tests point this elsewhere).
-    pub pam_dir: PathBuf,
 }
+
+/// Where PAM service files live.
+const PAM_DIR: &str = "/etc/pam.d";
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +168,7 @@ pub fn checks(args: &DoctorArgs) -> Vec<Check> {
     checks.push(clock_check());
 
     if let Some(service) = &args.pam_service {
-        checks.extend(pam_checks(&args.pam_dir, service, &args.config));
+        checks.extend(pam_checks(Path::new(PAM_DIR), service, &args.config));
     } else {
         checks.push(Check::skip(
             "PAM line: pass --pam-service NAME to check /etc/pam.d/NAME",

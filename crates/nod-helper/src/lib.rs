@@ -109,7 +109,6 @@ pub fn run(cli: Cli) -> u8 {
             agent_key,
             pam_service,
             sshd_config,
-            pam_dir,
         } => {
             let args = doctor::DoctorArgs {
                 config,
@@ -117,7 +116,6 @@ pub fn run(cli: Cli) -> u8 {
                 agent_key,
                 pam_service,
                 sshd_config,
-                pam_dir,
             };
             doctor::run(&args, &mut std::io::stdout().lock())
         }
