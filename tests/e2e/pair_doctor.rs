@@ -128,12 +128,15 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
 
     // Second run: nothing to do, nothing touched.
     let pinned_mtime = fs::metadata(&pinned).unwrap().mtime_nsec();
+    let hosts_toml = agent.home.join("config/nod/hosts.toml");
+    let hosts_before = fs::read(&hosts_toml).unwrap();
     let out = pair();
     assert!(out.status.success(), "second pair failed: {out:?}");
     let second = stdout(&out);
     assert!(second.contains("nothing changed"), "{second}");
     assert!(!second.contains("installed"), "{second}");
     assert_eq!(fs::read_to_string(&ssh_config).unwrap(), written);
+    assert_eq!(fs::read(&hosts_toml).unwrap(), hosts_before);
     assert_eq!(
         fs::metadata(&pinned).unwrap().mtime_nsec(),
         pinned_mtime,

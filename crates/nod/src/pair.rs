@@ -171,10 +171,12 @@ fn ssh(args: &PairArgs) -> Command {
     cmd
 }
 
-/// Runs `script` on the host without a terminal and returns its stdout.
+/// Runs the POSIX shell `script` on the host without a terminal and returns its stdout.
 fn remote_read(args: &PairArgs, script: &str) -> Result<String> {
+    // Through `sh -c`, so a login shell that is not POSIX (fish, csh) runs it too.
+    let command = format!("sh -c {}", shell_quote(script));
     let out = ssh(args)
-        .args(["-o", "BatchMode=yes", "--", &args.dest, script])
+        .args(["-o", "BatchMode=yes", "--", &args.dest, &command])
         .stdin(Stdio::null())
         .output()
         .context("cannot run ssh")?;
