@@ -263,7 +263,7 @@ fn nod_doctor_reports_missing_socket_bad_modes_and_empty_allowlist() {
     );
 
     // Bad permissions: socket, its directory, the agent key.
-    let key = agent.home.join("data/nod/agent_ed25519.key");
+    let key = agent.home.join("data/nod/agent_ed25519.sealed");
     fs::set_permissions(&agent.socket, fs::Permissions::from_mode(0o666)).unwrap();
     let dir = agent.socket.parent().unwrap().to_owned();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();

@@ -11,6 +11,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ssh_bench;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;

@@ -148,7 +148,8 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
     let ssh_socket_path = paths.ssh_agent_socket()?;
     let config = AgentConfig::load(&paths.agent_config())?;
     let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
-    let agent_key = Keystore::new(&paths.keystore_dir()).agent_key()?;
+    let keystore = Keystore::open(&paths);
+    let agent_key = keystore.agent_key()?;
     let hosts = HostAllowlist::open(&paths.hosts_file());
     let audit = AuditLog::open(&paths.audit_log())?;
     if approver.name() == "none" {
@@ -170,10 +171,10 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         approver,
         ApprovalSettings::from(&config.approval),
     ));
-    let ssh_agent = Arc::new(SshAgentService::new(
-        Arc::clone(service.approver()),
-        service.audit_log(),
-    ));
+    let ssh_agent = Arc::new(
+        SshAgentService::new(Arc::clone(service.approver()), service.audit_log())
+            .with_keystore(keystore),
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,7 +11,8 @@
 //! - [`approve`]: how a person says yes — the [`approve::Approver`] trait and its `tty`,
 //!   `askpass` and `command` backends.
 //! - [`audit`]: a hash-chained JSON-lines log of every decision, and its verifier.
-//! - [`keystore`]: the agent's own Ed25519 key.
+//! - [`keystore`]: keys sealed at rest: the agent's own Ed25519 key, persistent SSH keys and
+//!   the user CA key.
 //! - [`config`], [`paths`]: `agent.toml` and the XDG locations of every file.
 //! - [`agent`]: the foreground process: sockets, signals, the accept loop.
 //!
@@ -26,8 +27,9 @@
 //! request's expiry, and every approver error is a non-approval (fail closed). What the prompt
 //! shows comes from the host, so it is escaped before it reaches a terminal.
 //!
-//! Not covered: a process running as the same user can read the agent key (it is stored 0600,
-//! not yet encrypted at rest) and can edit `hosts.toml` or `agent.toml`.
+//! Not covered: a process running as the same user can read the keystore's wrapping key (the
+//! keystore is sealed at rest, but the key to open it is a file of the user's) and can edit
+//! `hosts.toml` or `agent.toml`; see docs/security.md "Keystore".
 //!
 //! # Spec
 //!

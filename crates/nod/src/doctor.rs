@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use nod_agent::approval::hosts::HostsFile;
-use nod_agent::keystore::Keystore;
+use nod_agent::keystore::{AGENT_KEY_SEALED, Keystore, WRAP_KEY_FILE};
 use nod_agent::paths::Paths;
 
 use crate::pair::shell_quote;
@@ -248,24 +248,29 @@ fn socket_checks(sock: &Path, me: u32, required: bool) -> Vec<Check> {
     checks
 }
 
-fn agent_key_check(paths: &Paths, me: u32) -> Check {
-    let path = Keystore::new(&paths.keystore_dir()).agent_key_path();
-    match std::fs::symlink_metadata(&path) {
-        Err(_) => fail(
-            format!("no agent key at {}", path.display()),
-            "run `nod agent-key` (it creates the key), then pin it on each host with `nod pair`",
-        ),
-        Ok(m) if !m.is_file() => fail(
-            format!("{} is not a regular file", path.display()),
+/// A private file of ours: present, regular, owned by us, no group/other bits. `None` if fine.
+fn private_file_problem(path: &Path, what: &str, me: u32) -> Option<Check> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Some(fail(
+            format!("no {what} at {}", path.display()),
+            "run `nod agent-key` (it creates the agent key and the keystore's wrapping key), \
+             then pin it on each host with `nod pair`",
+        )),
+        Ok(m) if !m.is_file() => Some(fail(
+            format!("{what} {} is not a regular file", path.display()),
             "move it away and run `nod agent-key`; re-pair every host afterwards",
-        ),
-        Ok(m) if m.uid() != me => fail(
-            format!("{} is owned by uid {}, not you", path.display(), m.uid()),
-            format!("`sudo chown $(id -u) {}`", path.display()),
-        ),
-        Ok(m) if m.mode() & 0o077 != 0 => fail(
+        )),
+        Ok(m) if m.uid() != me => Some(fail(
             format!(
-                "{} has mode {:04o}; others may read the agent key",
+                "{what} {} is owned by uid {}, not you",
+                path.display(),
+                m.uid()
+            ),
+            format!("`sudo chown $(id -u) {}`", path.display()),
+        )),
+        Ok(m) if m.mode() & 0o077 != 0 => Some(fail(
+            format!(
+                "{what} {} has mode {:04o}; others may read the agent key",
                 path.display(),
                 m.mode() & 0o7777
             ),
@@ -273,18 +278,43 @@ fn agent_key_check(paths: &Paths, me: u32) -> Check {
                 "`chmod 600 {}`; if others could read it, make a new key and re-pair every host",
                 path.display()
             ),
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// The sealed agent key and the wrapping key that opens it. Only reads: a missing key is
+/// reported, not created, and a plaintext key of an earlier version is left for the agent
+/// to seal.
+fn agent_key_check(paths: &Paths, me: u32) -> Check {
+    let keystore = Keystore::open(paths);
+    let legacy = keystore.agent_key_path();
+    if !keystore.path(AGENT_KEY_SEALED).exists() && legacy.exists() {
+        return private_file_problem(&legacy, "plaintext agent key", me).unwrap_or_else(|| {
+            warn(format!(
+                "the agent key is still in plaintext at {}; the next `nod agent-key` or \
+                 `nod agent` seals it",
+                legacy.display()
+            ))
+        });
+    }
+    let sealed = keystore.path(AGENT_KEY_SEALED);
+    let wrap = paths.config_dir.join(WRAP_KEY_FILE);
+    if let Some(problem) = private_file_problem(&sealed, "agent key", me)
+        .or_else(|| private_file_problem(&wrap, "keystore wrapping key", me))
+    {
+        return problem;
+    }
+    match keystore.agent_key() {
+        Ok(k) => ok(format!(
+            "agent key {} sealed at {} (0600)",
+            k.key_id(),
+            sealed.display()
+        )),
+        Err(e) => fail(
+            format!("agent key: {e}"),
+            "fix the file as the message says",
         ),
-        Ok(_) => match Keystore::new(&paths.keystore_dir()).agent_key() {
-            Ok(k) => ok(format!(
-                "agent key {} at {} (0600)",
-                k.key_id(),
-                path.display()
-            )),
-            Err(e) => fail(
-                format!("agent key: {e}"),
-                "fix the file as the message says",
-            ),
-        },
     }
 }
 
@@ -416,7 +446,7 @@ fn skew_bounds(remote: i64, before: i64, after: i64) -> i64 {
 /// The session keeps the ssh config's forwards, so the helper sees the forwarded socket that
 /// a real login would create.
 fn remote_doctor(paths: &Paths, dest: &str, args: &DoctorArgs) -> Result<bool> {
-    let key = Keystore::new(&paths.keystore_dir())
+    let key = Keystore::open(paths)
         .agent_key()
         .context("cannot load the agent key")?;
     let hex = hex_lower(key.public_key().as_bytes());

@@ -5,7 +5,9 @@
 
 mod assets;
 mod doctor;
+mod keys;
 mod pair;
+mod ssh_agent;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,6 +66,19 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Persistent SSH keys (sealed in the keystore), their approval policies, the user CA.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// SSH helpers that talk to the running agent.
+    Ssh {
+        #[command(subcommand)]
+        command: keys::SshCommand,
+    },
+    /// A drop-in for OpenSSH's ssh-agent: same flags, same output, e.g.
+    /// `eval "$(nod ssh-agent -s)"`; `eval "$(nod ssh-agent -k)"` stops it.
+    SshAgent(ssh_agent::SshAgentArgs),
     /// Check this workstation's setup (agent running, sockets and their modes, agent key, host
     /// allowlist, clock); print each check as ok or FAIL with the fix. Exit 1 if any failed.
     Doctor {
@@ -141,7 +156,7 @@ fn parse_kind(s: &str) -> Result<ApproverKind, String> {
 }
 
 fn agent_key(paths: &Paths) -> Result<()> {
-    let key = Keystore::new(&paths.keystore_dir()).agent_key()?;
+    let key = Keystore::open(paths).agent_key()?;
     let comment = "nod agent key. Install this file on each Linux host as\n\
                    /etc/nod/agents.d/<name>.pub (owned by root, mode 0644).";
     print!(
@@ -206,8 +221,12 @@ fn audit_verify(paths: &Paths) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::SshAgent(args) = cli.command {
+        return ssh_agent::run(args);
+    }
     let paths = Paths::from_env()?;
     match cli.command {
+        Command::SshAgent(_) => unreachable!("handled above"),
         Command::Agent {
             approver,
             approver_command,
@@ -222,6 +241,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(run_agent(options)?)
         }
         Command::AgentKey => agent_key(&paths),
+        Command::Keys { command } => keys::run_keys(&paths, command),
+        Command::Ssh { command } => keys::run_ssh(&paths, command),
         Command::Hosts { command } => match command {
             HostsCommand::Add {
                 host_id,

@@ -249,7 +249,7 @@ pub fn run(paths: &Paths, args: &PairArgs) -> Result<()> {
     if !valid_name(&name) {
         bail!("--name {name:?} is invalid: use up to 64 characters from A-Z a-z 0-9 . _ @ -");
     }
-    let key = Keystore::new(&paths.keystore_dir()).agent_key()?;
+    let key = Keystore::open(paths).agent_key()?;
     let agent_pub = format_public_key_file(&key.public_key(), key.key_id(), AGENT_KEY_COMMENT);
     let local_socket = paths.approval_socket()?;
     let mut changed = 0;

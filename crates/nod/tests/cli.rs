@@ -205,7 +205,7 @@ fn agent_key_is_created_once_and_printed_for_agents_d() {
     let parsed = parse_public_key_file(&text).unwrap();
     assert_eq!(parsed.key_id, KeyId::fingerprint(&parsed.key));
     assert_eq!(stdout(&run(&dir, &["agent-key"])), text);
-    let key_mode = fs::metadata(dir.path("data/nod/agent_ed25519.key"))
+    let key_mode = fs::metadata(dir.path("data/nod/agent_ed25519.sealed"))
         .unwrap()
         .permissions()
         .mode();
@@ -460,5 +460,8 @@ fn xdg_fallbacks_use_home_and_ignore_relative_values() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(dir.path("home/.local/share/nod/agent_ed25519.key").exists());
+    assert!(
+        dir.path("home/.local/share/nod/agent_ed25519.sealed")
+            .exists()
+    );
 }

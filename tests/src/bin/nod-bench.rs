@@ -8,6 +8,9 @@
 //!   medians of interleaved runs. The pam_permit baseline takes pamtester's own start-up and
 //!   libpam's stack loading out of the figure.
 //!
+//! - SSH agent: `nod agent` against OpenSSH's `ssh-agent`, same keys, sign/s and latency with
+//!   1 and 4 clients, idle RSS (`nod_e2e::ssh_bench`). `NOD_BENCH_ONLY=ssh` runs only this.
+//!
 //! The macos-auth helper cannot run here (its peer is a macOS agent), so its published figure
 //! is printed for comparison and labelled as such.
 
@@ -35,17 +38,26 @@ fn summary(mut v: Vec<Duration>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    if !require(&["pamtester"]) {
+    if !require(&["pamtester", "ssh-agent", "ssh-add", "ssh-keygen"]) {
         std::process::exit(1);
     }
     let scratch = Scratch::new("bench");
+    if std::env::var("NOD_BENCH_ONLY").is_ok_and(|v| v == "ssh") {
+        nod_e2e::ssh_bench::run(&scratch);
+        return;
+    }
+    approval(&scratch);
+    nod_e2e::ssh_bench::run(&Scratch::new("bench-ssh"));
+}
+
+fn approval(scratch: &Scratch) {
     let agent = Agent::start_with(
-        &scratch,
+        scratch,
         Some(std::path::Path::new("/bin/true")),
         Some("[approval]\nrate_limit_burst = 100000\nrate_limit_per_minute = 1000000\n"),
     );
     let host = Host::setup(
-        &scratch,
+        scratch,
         "bench-host",
         &agent.public_key_file(),
         &agent.socket.display().to_string(),

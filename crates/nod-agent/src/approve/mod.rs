@@ -66,6 +66,8 @@ pub enum Prompt {
     Pam(PamPrompt),
     /// One signature with an SSH key added with `ssh-add -c`.
     SshSign(crate::ssh::SshSignPrompt),
+    /// Minting an SSH session certificate (`nod ssh session`).
+    SshSessionCert(crate::ssh::cert::SessionCertPrompt),
 }
 
 /// Longest rendering of one field in a human-readable prompt.
@@ -96,6 +98,7 @@ impl Prompt {
         match self {
             Self::Pam(_) => "pam",
             Self::SshSign(_) => "ssh-sign",
+            Self::SshSessionCert(_) => "ssh-session-cert",
         }
     }
 
@@ -133,6 +136,7 @@ impl Prompt {
                 }
                 format!("nod: allow {text}?")
             }
+            Self::SshSessionCert(p) => p.text(),
             Self::SshSign(p) => {
                 let by = match (&p.caller_exe, p.caller_pid) {
                     (Some(exe), Some(pid)) => format!("{} (pid {pid})", display_safe(exe)),
@@ -140,11 +144,26 @@ impl Prompt {
                     (Some(exe), None) => display_safe(exe),
                     (None, None) => "an unknown program".to_owned(),
                 };
-                format!(
-                    "nod: allow a signature with SSH key {} ({})?\n  requested by {by}",
+                let mut text = format!(
+                    "nod: allow a signature with SSH key {} ({})?\n  for: {}",
                     display_safe(&p.key_comment),
                     p.fingerprint,
-                )
+                    display_safe(&p.purpose),
+                );
+                if let Some(dest) = &p.destination {
+                    text.push_str(&format!("\n  to: {}", display_safe(&dest.describe())));
+                }
+                if p.forwarded {
+                    text.push_str("\n  through agent forwarding");
+                }
+                text.push_str(&format!("\n  requested by {by}"));
+                if p.process_chain.len() > 1 {
+                    text.push_str(&format!(
+                        "\n  chain: {}",
+                        display_safe(&crate::ssh::caller::describe_chain(&p.process_chain))
+                    ));
+                }
+                text
             }
         }
     }
@@ -324,6 +343,24 @@ mod tests {
             fingerprint: "SHA256:abc".into(),
             caller_pid: Some(42),
             caller_exe: Some("/usr/bin/ssh".into()),
+            process_chain: vec![
+                crate::ssh::caller::ProcessLink {
+                    pid: 42,
+                    comm: "ssh".into(),
+                    exe: Some("/usr/bin/ssh".into()),
+                },
+                crate::ssh::caller::ProcessLink {
+                    pid: 41,
+                    comm: "git".into(),
+                    exe: None,
+                },
+            ],
+            destination: Some(crate::ssh::SshDestination {
+                names: vec!["github.com".into()],
+                host_key_fingerprint: "SHA256:host".into(),
+            }),
+            forwarded: true,
+            purpose: "ssh login as git".into(),
         });
         let v: serde_json::Value = serde_json::from_slice(&prompt.to_json()).unwrap();
         assert_eq!(v["kind"], "ssh-sign");
@@ -334,6 +371,16 @@ mod tests {
         let text = prompt.text();
         assert!(!text.contains('\x1b'));
         assert!(text.contains("SHA256:abc") && text.contains("/usr/bin/ssh (pid 42)"));
+        assert_eq!(v["purpose"], "ssh login as git");
+        assert_eq!(v["forwarded"], true);
+        assert_eq!(v["destination"]["names"][0], "github.com");
+        assert_eq!(v["destination"]["host_key_fingerprint"], "SHA256:host");
+        assert_eq!(v["process_chain"][0]["comm"], "ssh");
+        assert_eq!(v["process_chain"][1]["pid"], 41);
+        assert!(text.contains("for: ssh login as git"), "{text}");
+        assert!(text.contains("to: github.com (SHA256:host)"), "{text}");
+        assert!(text.contains("chain: ssh (42) ← git (41)"), "{text}");
+        assert!(text.contains("forwarding"), "{text}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use ssh_agent_lib::codec::Codec;
 use ssh_agent_lib::error::AgentError;
+use ssh_agent_lib::proto::extension::SessionBind;
 use ssh_agent_lib::proto::{Request, Response};
 use ssh_agent_lib::ssh_encoding::Decode;
 use tokio_util::bytes::{Buf, BytesMut};
@@ -80,6 +81,33 @@ impl Encoder<Response> for CappedCodec {
     fn encode(&mut self, item: Response, dst: &mut BytesMut) -> Result<(), CodecError> {
         self.inner.encode(item, dst).map_err(CodecError::Encode)
     }
+}
+
+/// The fuzzing entry point (`fuzz/fuzz_targets/ssh_agent_message.rs`): `data` as one client's
+/// byte stream through the codec, then the decoders the service applies to what it yields
+/// (the purpose of a sign request, a `session-bind`). Must never panic.
+pub fn fuzz_decode(data: &[u8]) {
+    let mut codec = CappedCodec::default();
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(frame)) = codec.decode(&mut buf) {
+        let Frame::Request(request) = frame else {
+            continue;
+        };
+        match *request {
+            Request::SignRequest(sign) => {
+                let _ = super::purpose::decode(&sign.data);
+            }
+            Request::Extension(ext) => {
+                let message = ext
+                    .parse_message::<SessionBind>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| m.ok_or_else(|| "other extension".to_owned()));
+                let _ = super::bind::Bindings::default().bind(message);
+            }
+            _ => {}
+        }
+    }
+    let _ = super::purpose::decode(data);
 }
 
 #[cfg(test)]

@@ -20,10 +20,19 @@
 //! message; its exe is read from `/proc` when the connection is accepted, so a caller that
 //! exits and whose pid is reused before that could be misnamed.
 
+pub mod bind;
+pub mod caller;
+pub mod cert;
 pub mod codec;
+pub mod dropin;
+pub mod known_hosts;
+pub mod policy;
+pub mod purpose;
 pub mod sign;
+pub mod stored;
 
 use std::fs;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,6 +42,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::error::AgentError;
+use ssh_agent_lib::proto::extension::SessionBind;
 use ssh_agent_lib::proto::{
     AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, Extension, Identity,
     KeyConstraint, PrivateCredential, PublicCredential, RemoveIdentity, Response, SignRequest,
@@ -50,6 +60,8 @@ use crate::approve::{Approver, Outcome, Prompt};
 use crate::audit::{AuditEvent, AuditLog, clip};
 use crate::log::event;
 use crate::now_ms;
+use bind::{BindError, Bindings};
+use caller::ProcessLink;
 use codec::{CappedCodec, CodecError, Frame};
 
 /// How long a confirm prompt may stay open before it counts as failed.
@@ -83,6 +95,12 @@ pub enum SshError {
     NotApproved(Outcome),
     #[error("the audit log cannot be written, so the signature is refused")]
     Audit,
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("a session-bind on this connection failed to verify, so it may not sign")]
+    BindFailed,
+    #[error("login request for another session than the one this connection is bound to")]
+    SessionMismatch,
 }
 
 impl SshError {
@@ -99,7 +117,10 @@ impl SshError {
             | Self::BadKey(_)
             | Self::Sign
             | Self::NotApproved(_)
-            | Self::Audit => Response::Failure,
+            | Self::Audit
+            | Self::Bind(_)
+            | Self::BindFailed
+            | Self::SessionMismatch => Response::Failure,
         }
     }
 }
@@ -111,6 +132,11 @@ pub struct Caller {
     pub uid: Option<u32>,
     /// `/proc/<pid>/exe`, when readable.
     pub exe: Option<String>,
+    /// The caller and its ancestors of the same user (`ssh ← git ← zsh`).
+    pub chain: Vec<ProcessLink>,
+    /// The caller's command line: only a source of candidate host names, never shown.
+    #[serde(skip)]
+    pub argv: Vec<String>,
 }
 
 impl Caller {
@@ -125,6 +151,8 @@ impl Caller {
                     pid: Some(pid),
                     uid: Some(cred.uid()),
                     exe,
+                    chain: caller::process_chain(pid, cred.uid()),
+                    argv: caller::cmdline(pid),
                 }
             }
             Err(e) => {
@@ -151,6 +179,35 @@ pub struct SshSignPrompt {
     pub fingerprint: String,
     pub caller_pid: Option<i32>,
     pub caller_exe: Option<String>,
+    /// The caller and its ancestors, nearest first (`ssh ← git ← zsh`).
+    pub process_chain: Vec<ProcessLink>,
+    /// The server from the connection's last verified `session-bind`; `None` when unbound.
+    pub destination: Option<SshDestination>,
+    /// Whether the connection came through agent forwarding.
+    pub forwarded: bool,
+    /// What the data to sign says it is: `ssh login as <user>`, `sshsig namespace <ns>`, or
+    /// `unknown`.
+    pub purpose: String,
+}
+
+/// The server a signature is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshDestination {
+    /// Names `known_hosts` gives the verified host key; empty when none.
+    pub names: Vec<String>,
+    /// `SHA256:…` of the host key.
+    pub host_key_fingerprint: String,
+}
+
+impl SshDestination {
+    /// The names, or the fingerprint when there are none.
+    pub fn describe(&self) -> String {
+        if self.names.is_empty() {
+            format!("unknown host with key {}", self.host_key_fingerprint)
+        } else {
+            format!("{} ({})", self.names.join(", "), self.host_key_fingerprint)
+        }
+    }
 }
 
 /// One key the agent holds.
@@ -236,6 +293,12 @@ pub struct SshAgentService {
     audit: Arc<Mutex<AuditLog>>,
     /// One confirm prompt at a time.
     prompt_turn: tokio::sync::Mutex<()>,
+    /// Lifetime of keys added without one (`nod ssh-agent -t`).
+    default_lifetime: Option<Duration>,
+    /// Where destination names come from.
+    known_hosts: Vec<PathBuf>,
+    /// Persistent keys, session certificates, remembered approvals.
+    stored: stored::Stored,
 }
 
 impl SshAgentService {
@@ -245,7 +308,16 @@ impl SshAgentService {
             approver,
             audit,
             prompt_turn: tokio::sync::Mutex::new(()),
+            default_lifetime: None,
+            known_hosts: default_known_hosts(),
+            stored: stored::Stored::default(),
         }
+    }
+
+    /// Gives keys added without a lifetime this one, as `ssh-agent -t`.
+    pub fn with_default_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.default_lifetime = lifetime;
+        self
     }
 
     /// Accepts connections forever, one task each.
@@ -256,6 +328,7 @@ impl SshAgentService {
                     let session = SshSession {
                         caller: Caller::of(&stream),
                         service: Arc::clone(&self),
+                        bindings: Bindings::default(),
                     };
                     tokio::spawn(session.run(stream));
                 }
@@ -278,13 +351,24 @@ impl SshAgentService {
         if ring.lock.is_some() {
             return Vec::new();
         }
-        ring.keys
+        let mut identities = self.stored.identities();
+        // A key both in the keystore and added with ssh-add is listed once (the keystore's
+        // policy is the one that applies).
+        let added: Vec<Identity> = ring
+            .keys
             .iter()
+            .filter(|k| {
+                !identities
+                    .iter()
+                    .any(|i| matches!(&i.credential, PublicCredential::Key(p) if p == k.public()))
+            })
             .map(|k| Identity {
                 credential: PublicCredential::Key(k.public().clone()),
                 comment: k.comment.clone(),
             })
-            .collect()
+            .collect();
+        identities.extend(added);
+        identities
     }
 
     fn add(
@@ -298,7 +382,7 @@ impl SshAgentService {
                 return Err(SshError::Unsupported("certificates".into()));
             }
         };
-        let mut expires = None;
+        let mut expires = self.default_lifetime.map(|d| Instant::now() + d);
         let mut confirm = false;
         for constraint in constraints {
             match constraint {
@@ -360,6 +444,7 @@ impl SshAgentService {
     fn remove_all(&self) -> Result<(), SshError> {
         let mut ring = self.keyring();
         ring.unlocked()?.keys.clear();
+        self.stored.sessions.clear();
         Ok(())
     }
 
@@ -401,26 +486,52 @@ impl SshAgentService {
             .ok_or(SshError::UnknownKey)
     }
 
-    async fn sign(&self, request: &SignRequest, caller: &Caller) -> Result<Signature, SshError> {
-        let PublicCredential::Key(public) = &request.credential else {
-            return Err(SshError::Unsupported("certificates".into()));
+    async fn sign(
+        &self,
+        request: &SignRequest,
+        caller: &Caller,
+        bindings: &Bindings,
+    ) -> Result<Signature, SshError> {
+        let public = match &request.credential {
+            PublicCredential::Key(public) => public,
+            PublicCredential::Cert(cert) => cert.public_key(),
         };
-        let (key, comment, confirm) = self.find(public)?;
-        if confirm {
+        if bindings.poisoned() {
+            return Err(SshError::BindFailed);
+        }
+        let purpose = purpose::decode(&request.data);
+        check_login_binding(&purpose, bindings)?;
+        // A live session certificate signs without asking: it was approved when minted.
+        if let Some(key) = self.session_key(&request.credential)? {
+            return sign::sign(&key, &request.data, request.flags);
+        }
+        let (key, comment, policy) = self.find_with_policy(public)?;
+        let destination = bindings
+            .last()
+            .and_then(|b| ssh_key::PublicKey::from(b.host_key.clone()).to_bytes().ok());
+        if let Some(auth) =
+            self.authorization(public, policy, caller.pid, caller.exe.clone(), destination)
+        {
             let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
             let prompt = Prompt::SshSign(SshSignPrompt {
                 key_comment: comment.clone(),
                 fingerprint: fingerprint.clone(),
                 caller_pid: caller.pid,
                 caller_exe: caller.exe.clone(),
+                process_chain: caller.chain.clone(),
+                destination: self.destination(caller, bindings),
+                forwarded: bindings.forwarded(),
+                purpose: purpose.to_string(),
             });
-            let outcome = {
-                let _turn = self.prompt_turn.lock().await;
-                let deadline = Instant::now() + PROMPT_TIMEOUT;
-                tokio::time::timeout_at(deadline, self.approver.approve(&prompt, deadline))
-                    .await
-                    .unwrap_or(Outcome::Failed)
-            };
+            let outcome = self
+                .prompt_shared(&auth, &request.data, async {
+                    let _turn = self.prompt_turn.lock().await;
+                    let deadline = Instant::now() + PROMPT_TIMEOUT;
+                    tokio::time::timeout_at(deadline, self.approver.approve(&prompt, deadline))
+                        .await
+                        .unwrap_or(Outcome::Failed)
+                })
+                .await;
             let decision = decision_word(outcome);
             event!(
                 "ssh agent: signature with {comment:?} {fingerprint} for {}: {decision}",
@@ -448,10 +559,61 @@ impl SshAgentService {
                 return Err(SshError::Audit);
             }
             // The key may have been removed, or the agent locked, while the prompt was open.
-            self.find(public)?;
+            self.find_with_policy(public)?;
         }
         sign::sign(&key, &request.data, request.flags)
     }
+}
+
+impl SshAgentService {
+    fn destination(&self, caller: &Caller, bindings: &Bindings) -> Option<SshDestination> {
+        let last = bindings.last()?;
+        let files: Vec<&std::path::Path> = self.known_hosts.iter().map(PathBuf::as_path).collect();
+        let candidates = caller::ssh_destination_candidates(&caller.argv);
+        Some(SshDestination {
+            names: known_hosts::names_for(&last.host_key, &files, &candidates),
+            host_key_fingerprint: last.host_fingerprint(),
+        })
+    }
+}
+
+/// `~/.ssh/known_hosts` of the agent's user, then the system file.
+fn default_known_hosts() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        files.push(PathBuf::from(home).join(".ssh/known_hosts"));
+    }
+    files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+    files
+}
+
+/// A login signature on a bound connection must be for the session it is bound to (and, for
+/// a host-bound request, the same server), as OpenSSH's agent checks: otherwise a signature
+/// obtained "for" one server could be replayed to another.
+fn check_login_binding(purpose: &purpose::Purpose, bindings: &Bindings) -> Result<(), SshError> {
+    let (
+        purpose::Purpose::SshLogin {
+            session_id,
+            hostbound_key,
+            ..
+        },
+        Some(last),
+    ) = (purpose, bindings.last())
+    else {
+        return Ok(());
+    };
+    if *session_id != last.session_id {
+        return Err(SshError::SessionMismatch);
+    }
+    if let Some(blob) = hostbound_key {
+        let bound = ssh_key::PublicKey::from(last.host_key.clone())
+            .to_bytes()
+            .map_err(|_| SshError::BadKey("host key"))?;
+        if *blob != bound {
+            return Err(SshError::SessionMismatch);
+        }
+    }
+    Ok(())
 }
 
 /// The audit log's `decision` word for an approver outcome.
@@ -465,11 +627,30 @@ pub fn decision_word(outcome: Outcome) -> &'static str {
     }
 }
 
+/// The extensions `query` reports.
+pub const SUPPORTED_EXTENSIONS: &[&str] = &["query", "session-bind@openssh.com", cert::EXTENSION];
+
+/// The reply to `query` (draft-miller-ssh-agent §3.8.1): SSH_AGENT_EXTENSION_RESPONSE,
+/// "query", then each supported name as a string. (ssh-agent-lib 0.6's `QueryResponse` adds a
+/// byte-count prefix before the names, which other implementations do not expect.)
+fn query_response() -> Extension {
+    let mut names = Vec::new();
+    for name in SUPPORTED_EXTENSIONS {
+        names.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_be_bytes());
+        names.extend_from_slice(name.as_bytes());
+    }
+    Extension {
+        name: "query".to_owned(),
+        details: names.into(),
+    }
+}
+
 /// One client connection.
 #[derive(Debug)]
 struct SshSession {
     service: Arc<SshAgentService>,
     caller: Caller,
+    bindings: Bindings,
 }
 
 impl SshSession {
@@ -533,7 +714,7 @@ impl Session for SshSession {
 
     async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
         self.service
-            .sign(&request, &self.caller)
+            .sign(&request, &self.caller, &self.bindings)
             .await
             .map_err(refuse)
     }
@@ -585,10 +766,37 @@ impl Session for SshSession {
     }
 
     async fn extension(&mut self, extension: Extension) -> Result<Option<Extension>, AgentError> {
-        Err(refuse(SshError::Unsupported(format!(
-            "extension {:?}",
-            extension.name
-        ))))
+        if extension.name == cert::EXTENSION {
+            let (pid, exe) = (self.caller.pid, self.caller.exe.clone());
+            return self
+                .service
+                .session_cert(extension.details.as_ref(), pid, exe)
+                .await
+                .map(|()| None)
+                .map_err(refuse);
+        }
+        match extension.name.as_str() {
+            "query" => Ok(Some(query_response())),
+            "session-bind@openssh.com" => {
+                let message = extension
+                    .parse_message::<SessionBind>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| m.ok_or_else(|| "wrong name".to_owned()));
+                self.bindings
+                    .bind(message)
+                    .map_err(|e| refuse(SshError::Bind(e)))?;
+                if let Some(b) = self.bindings.last() {
+                    event!(
+                        "ssh agent: connection from {} bound to host key {}{}",
+                        self.caller.describe(),
+                        b.host_fingerprint(),
+                        if b.forwarding { " (forwarding)" } else { "" }
+                    );
+                }
+                Ok(None)
+            }
+            name => Err(refuse(SshError::Unsupported(format!("extension {name:?}")))),
+        }
     }
 }
 
@@ -610,6 +818,9 @@ mod tests {
             SshError::Sign,
             SshError::NotApproved(Outcome::Denied),
             SshError::Audit,
+            SshError::Bind(BindError::Poisoned),
+            SshError::BindFailed,
+            SshError::SessionMismatch,
         ] {
             assert_eq!(e.response(), Response::Failure, "{e}");
         }

@@ -108,7 +108,7 @@ pub async fn start_with(script: &str, settings: ApprovalSettings, allow_host: bo
         dir.0.join("approver-ran").display()
     );
     let approver = CommandApprover::new(vec!["/bin/sh".into(), "-c".into(), full]).expect("argv");
-    let agent_key = Keystore::new(&paths.keystore_dir()).agent_key().unwrap();
+    let agent_key = Keystore::open(&paths).agent_key().unwrap();
     let agent_pub = agent_key.public_key();
     let agent_key_id = agent_key.key_id().clone();
     let service = Arc::new(ApprovalService::new(

@@ -1,0 +1,385 @@
+//! When a signature needs the person (DESIGN.md §2 "Approval policy per key").
+//!
+//! - `always`: every signature is approved.
+//! - `remember`: one approval grants signatures for the same key × caller × destination until
+//!   the grant's TTL runs out. The caller is the program (`/proc/<pid>/exe`) plus its session
+//!   id and controlling tty (`/proc/<pid>/stat`), so the same `ssh` binary in another terminal
+//!   or session is asked again.
+//! - `never`: no prompt, as with OpenSSH's agent.
+//!
+//! Keys added with plain `ssh-add` are `never`, or `always` with `-c`. Persistent keys carry
+//! the policy set with `nod keys policy`.
+//!
+//! Identical requests that arrive while one is being prompted for (same key, caller,
+//! destination and data) wait for that prompt's answer instead of opening their own. Prompts
+//! are rate-limited per key × caller, so a looping client cannot wear the person down.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::approval::rate::RateLimiter;
+use crate::approve::Outcome;
+
+/// A `remember` grant's lifetime when none is given.
+pub const DEFAULT_REMEMBER_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// Prompts per key × caller before the bucket runs dry, and its refill per minute.
+const PROMPT_BURST: u32 = 5;
+const PROMPTS_PER_MINUTE: u32 = 20;
+
+/// Grants kept before expired ones are swept.
+const MAX_GRANTS: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps; a panic elsewhere cannot leave them half-changed.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A key's approval policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Prompt for every signature.
+    Always,
+    /// Prompt once, then remember the approval for this long (key × caller × destination).
+    Remember(Duration),
+    /// Never prompt.
+    Never,
+}
+
+impl Policy {
+    /// `always`, `remember` or `never`; `ttl` only goes with `remember`.
+    pub fn parse(word: &str, ttl: Option<Duration>) -> Result<Self, String> {
+        match (word, ttl) {
+            ("always", None) => Ok(Self::Always),
+            ("never", None) => Ok(Self::Never),
+            ("remember", ttl) => {
+                let ttl = ttl.unwrap_or(DEFAULT_REMEMBER_TTL);
+                if ttl.is_zero() {
+                    return Err("a remember TTL must be longer than 0s".into());
+                }
+                Ok(Self::Remember(ttl))
+            }
+            ("always" | "never", Some(_)) => {
+                Err(format!("--ttl only goes with remember, not {word}"))
+            }
+            _ => Err(format!(
+                "unknown policy {word:?}: use always, remember or never"
+            )),
+        }
+    }
+
+    /// The policy's word, as stored.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Remember(_) => "remember",
+            Self::Never => "never",
+        }
+    }
+
+    /// The grant lifetime (`remember` only).
+    pub fn ttl(&self) -> Option<Duration> {
+        match self {
+            Self::Remember(ttl) => Some(*ttl),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Remember(ttl) => write!(f, "remember {}", format_duration(*ttl)),
+            other => f.write_str(other.word()),
+        }
+    }
+}
+
+/// `90`, `90s`, `10m`, `8h`, `1d`: a duration in whole units.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 30s, 10m, 8h or 1d"))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?} is not a duration; use e.g. 30s, 10m, 8h or 1d"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// The largest whole unit that divides `d`: `10m`, `8h`, `45s`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Who asks, as far as a grant is concerned: the program and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CallerScope {
+    pub exe: Option<String>,
+    /// Session id (`/proc/<pid>/stat` field 6).
+    pub session: Option<i32>,
+    /// Controlling terminal device number (field 7); 0 when there is none.
+    pub tty: Option<i32>,
+}
+
+impl CallerScope {
+    /// Read from `/proc` while the caller (kernel pid from `SO_PEERCRED`) still waits on its
+    /// connection.
+    pub fn of(pid: Option<i32>, exe: Option<String>) -> Self {
+        let (session, tty) = pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .and_then(|stat| parse_stat(&stat))
+            .map_or((None, None), |(s, t)| (Some(s), Some(t)));
+        Self { exe, session, tty }
+    }
+
+    /// An unknown program matches nothing: without an exe there is no grant to reuse.
+    fn known(&self) -> bool {
+        self.exe.is_some() && self.session.is_some()
+    }
+}
+
+/// Session id and tty number from a `/proc/<pid>/stat` line. The command name (field 2) may
+/// hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_stat(stat: &str) -> Option<(i32, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // state, ppid, pgrp, session, tty_nr
+    let session = fields.nth(3)?.parse().ok()?;
+    let tty = fields.next()?.parse().ok()?;
+    Some((session, tty))
+}
+
+/// What a `remember` grant covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GrantScope {
+    /// The key's public blob.
+    pub key: Vec<u8>,
+    pub caller: CallerScope,
+    /// The verified session-bind host key of the connection, when there is one.
+    pub destination: Option<Vec<u8>>,
+}
+
+/// A request's identity for sharing one prompt among identical concurrent requests.
+pub fn request_id(scope: &GrantScope, data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        &scope.key[..],
+        scope.caller.exe.as_deref().unwrap_or("").as_bytes(),
+        &scope.caller.session.unwrap_or(-1).to_be_bytes(),
+        &scope.caller.tty.unwrap_or(-1).to_be_bytes(),
+        scope.destination.as_deref().unwrap_or(b""),
+        data,
+    ] {
+        h.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// The first of several identical requests prompts; the others wait for its outcome.
+#[derive(Debug)]
+pub enum Turn {
+    Leader(watch::Sender<Option<Outcome>>),
+    Follower(watch::Receiver<Option<Outcome>>),
+}
+
+/// Grants, in-flight prompts and the prompt rate limit of one agent.
+#[derive(Debug)]
+pub struct Approvals {
+    grants: Mutex<HashMap<GrantScope, Instant>>,
+    in_flight: Mutex<HashMap<[u8; 32], watch::Receiver<Option<Outcome>>>>,
+    rate: Mutex<RateLimiter>,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Self {
+            grants: Mutex::default(),
+            in_flight: Mutex::default(),
+            rate: Mutex::new(RateLimiter::new(PROMPT_BURST, PROMPTS_PER_MINUTE)),
+        }
+    }
+}
+
+impl Approvals {
+    /// Whether a live grant covers `scope`.
+    pub fn granted(&self, scope: &GrantScope, now: Instant) -> bool {
+        scope.caller.known()
+            && lock(&self.grants)
+                .get(scope)
+                .is_some_and(|until| *until > now)
+    }
+
+    /// Remembers an approval for `ttl`.
+    pub fn grant(&self, scope: GrantScope, ttl: Duration, now: Instant) {
+        if !scope.caller.known() {
+            return;
+        }
+        let mut grants = lock(&self.grants);
+        if grants.len() >= MAX_GRANTS {
+            grants.retain(|_, until| *until > now);
+        }
+        grants.insert(scope, now + ttl);
+    }
+
+    /// Forgets every grant for `key` (its policy changed or it was removed).
+    pub fn revoke_key(&self, key: &[u8]) {
+        lock(&self.grants).retain(|scope, _| scope.key != key);
+    }
+
+    /// Forgets every grant (the keystore changed).
+    pub fn revoke_all(&self) {
+        lock(&self.grants).clear();
+    }
+
+    /// Joins the prompt for an identical request already open, or becomes its leader.
+    pub fn join(&self, id: [u8; 32]) -> Turn {
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(rx) = in_flight.get(&id) {
+            return Turn::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        in_flight.insert(id, rx);
+        Turn::Leader(tx)
+    }
+
+    /// The leader is done: later identical requests prompt again.
+    pub fn finish(&self, id: &[u8; 32], tx: &watch::Sender<Option<Outcome>>, outcome: Outcome) {
+        lock(&self.in_flight).remove(id);
+        tx.send_replace(Some(outcome));
+    }
+
+    /// Takes a prompt token for this key × caller; false when the caller asks too often.
+    pub fn may_prompt(&self, scope: &GrantScope) -> bool {
+        let key = format!(
+            "{}|{}|{:?}|{:?}",
+            hex::encode(&scope.key),
+            scope.caller.exe.as_deref().unwrap_or(""),
+            scope.caller.session,
+            scope.caller.tty
+        );
+        lock(&self.rate).try_take(&key, std::time::Instant::now())
+    }
+}
+
+/// Waits for the leader's outcome; a leader that vanished without answering is `Failed`.
+pub async fn follow(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match rx.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.unwrap_or(Outcome::Failed),
+        Err(_) => Outcome::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(exe: &str) -> GrantScope {
+        GrantScope {
+            key: vec![1, 2, 3],
+            caller: CallerScope {
+                exe: Some(exe.into()),
+                session: Some(7),
+                tty: Some(34816),
+            },
+            destination: None,
+        }
+    }
+
+    #[test]
+    fn policy_words_and_ttls_parse() {
+        assert_eq!(Policy::parse("always", None), Ok(Policy::Always));
+        assert_eq!(Policy::parse("never", None), Ok(Policy::Never));
+        assert_eq!(
+            Policy::parse("remember", None),
+            Ok(Policy::Remember(DEFAULT_REMEMBER_TTL))
+        );
+        assert_eq!(
+            Policy::parse("remember", Some(Duration::from_secs(5))).map(|p| p.to_string()),
+            Ok("remember 5s".into())
+        );
+        assert!(Policy::parse("never", Some(Duration::from_secs(5))).is_err());
+        assert!(Policy::parse("sometimes", None).is_err());
+    }
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("8h"), Ok(Duration::from_secs(8 * 3600)));
+        assert!(parse_duration("8x").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(format_duration(Duration::from_secs(61)), "61s");
+    }
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let stat = "1234 (a) b (c)) S 1 1234 1200 34817 1234 4194304 0";
+        assert_eq!(parse_stat(stat), Some((1200, 34817)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn grant_covers_only_its_scope_and_time() {
+        let approvals = Approvals::default();
+        let now = Instant::now();
+        approvals.grant(scope("/usr/bin/ssh"), Duration::from_secs(10), now);
+        assert!(approvals.granted(&scope("/usr/bin/ssh"), now));
+        assert!(!approvals.granted(&scope("/usr/bin/git"), now));
+        let mut other_tty = scope("/usr/bin/ssh");
+        other_tty.caller.tty = Some(1);
+        assert!(!approvals.granted(&other_tty, now));
+        assert!(!approvals.granted(&scope("/usr/bin/ssh"), now + Duration::from_secs(11)));
+        approvals.revoke_key(&[1, 2, 3]);
+        assert!(!approvals.granted(&scope("/usr/bin/ssh"), now));
+    }
+
+    #[test]
+    fn unknown_callers_get_no_grant() {
+        let approvals = Approvals::default();
+        let mut s = scope("/usr/bin/ssh");
+        s.caller.exe = None;
+        approvals.grant(s.clone(), Duration::from_secs(10), Instant::now());
+        assert!(!approvals.granted(&s, Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn identical_requests_share_one_outcome() {
+        let approvals = Approvals::default();
+        let id = request_id(&scope("/usr/bin/ssh"), b"data");
+        let Turn::Leader(tx) = approvals.join(id) else {
+            panic!("first request leads")
+        };
+        let Turn::Follower(rx) = approvals.join(id) else {
+            panic!("second request follows")
+        };
+        assert!(matches!(
+            approvals.join(request_id(&scope("/usr/bin/ssh"), b"other")),
+            Turn::Leader(_)
+        ));
+        approvals.finish(&id, &tx, Outcome::Approved);
+        assert_eq!(follow(rx).await, Outcome::Approved);
+        assert!(matches!(approvals.join(id), Turn::Leader(_)));
+    }
+}

@@ -1,0 +1,286 @@
+//! What the agent adds to the keys `ssh-add` gives it: persistent keys from the keystore (with
+//! their policies), session certificates ([`super::cert`]), and the per-key approval state
+//! ([`super::policy`]).
+//!
+//! Persistent keys are read from `ssh_keys.sealed` and re-read whenever the file changes
+//! (its mtime, size or inode), so `nod keys …` run while the agent is up takes effect on the
+//! next request. Any change to the file drops every `remember` grant: a policy tightened with
+//! `nod keys policy` must not be outlived by a grant made under the old one.
+
+use std::future::Future;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ssh_agent_lib::proto::{Identity, PublicCredential};
+use ssh_key::PrivateKey;
+use ssh_key::public::KeyData;
+use tokio::time::Instant;
+
+use super::cert::SessionCerts;
+use super::policy::{Approvals, CallerScope, GrantScope, Policy, Turn, follow, request_id};
+use super::{SshAgentService, SshError};
+use crate::approve::Outcome;
+use crate::keystore::{Keystore, SSH_KEYS_FILE};
+use crate::log::event;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One persistent key as the agent holds it.
+#[derive(Debug)]
+struct Persistent {
+    name: String,
+    policy: Policy,
+    key: Arc<PrivateKey>,
+}
+
+/// Identifies a version of the keystore file: (mtime ns, size, inode).
+type Stamp = Option<(i128, u64, u64)>;
+
+#[derive(Debug, Default)]
+struct Cache {
+    stamp: Stamp,
+    loaded: bool,
+    keys: Vec<Persistent>,
+}
+
+/// The agent's keystore-backed state. Without a keystore (unit tests), only the approval
+/// state is used.
+#[derive(Debug, Default)]
+pub struct Stored {
+    keystore: Option<Keystore>,
+    cache: Mutex<Cache>,
+    pub(super) approvals: Approvals,
+    pub(super) sessions: SessionCerts,
+}
+
+fn stamp(keystore: &Keystore) -> Stamp {
+    let meta = std::fs::symlink_metadata(keystore.path(SSH_KEYS_FILE)).ok()?;
+    let ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    Some((ns, meta.size(), meta.ino()))
+}
+
+impl Stored {
+    pub fn new(keystore: Option<Keystore>) -> Self {
+        Self {
+            keystore,
+            ..Self::default()
+        }
+    }
+
+    pub fn keystore(&self) -> Option<&Keystore> {
+        self.keystore.as_ref()
+    }
+
+    /// The persistent keys, re-read if the file changed. A file that cannot be read yields no
+    /// keys (fail closed) and a log line.
+    fn with_keys<R>(&self, f: impl FnOnce(&[Persistent]) -> R) -> R {
+        let Some(keystore) = &self.keystore else {
+            return f(&[]);
+        };
+        let mut cache = lock(&self.cache);
+        let now = stamp(keystore);
+        if !cache.loaded || cache.stamp != now {
+            cache.keys = match keystore.ssh_keys() {
+                Ok(keys) => keys
+                    .into_iter()
+                    .map(|k| Persistent {
+                        name: k.name,
+                        policy: k.policy,
+                        key: Arc::new(k.key),
+                    })
+                    .collect(),
+                Err(e) => {
+                    event!("ssh agent: persistent keys not offered: {e}");
+                    Vec::new()
+                }
+            };
+            if cache.loaded {
+                event!(
+                    "ssh agent: keystore changed; {} persistent keys; remembered approvals dropped",
+                    cache.keys.len()
+                );
+                self.approvals.revoke_all();
+            }
+            cache.stamp = now;
+            cache.loaded = true;
+        }
+        f(&cache.keys)
+    }
+
+    /// Persistent keys and live session certificates, for `ssh-add -l`.
+    pub fn identities(&self) -> Vec<Identity> {
+        let mut ids = self.sessions.identities();
+        self.with_keys(|keys| {
+            ids.extend(keys.iter().map(|k| Identity {
+                credential: PublicCredential::Key(k.key.public_key().key_data().clone()),
+                comment: k.name.clone(),
+            }));
+        });
+        ids
+    }
+
+    /// The persistent key for `public`, with its name and policy.
+    fn find(&self, public: &KeyData) -> Option<(Arc<PrivateKey>, String, Policy)> {
+        self.with_keys(|keys| {
+            keys.iter()
+                .find(|k| k.key.public_key().key_data() == public)
+                .map(|k| (Arc::clone(&k.key), k.name.clone(), k.policy))
+        })
+    }
+}
+
+/// How one signature is to be authorized.
+#[derive(Debug)]
+pub struct Authorization {
+    pub policy: Policy,
+    pub scope: GrantScope,
+}
+
+impl SshAgentService {
+    /// Offers the keystore's persistent keys and enables session certificates.
+    pub fn with_keystore(mut self, keystore: Keystore) -> Self {
+        self.stored = Stored::new(Some(keystore));
+        self
+    }
+
+    /// The key of a live session certificate named by `credential`. A certificate the agent
+    /// did not mint is an unknown key.
+    pub(super) fn session_key(
+        &self,
+        credential: &PublicCredential,
+    ) -> Result<Option<Arc<PrivateKey>>, SshError> {
+        self.keyring().unlocked()?;
+        match credential {
+            PublicCredential::Cert(cert) => self
+                .stored
+                .sessions
+                .find(cert)
+                .map(Some)
+                .ok_or(SshError::UnknownKey),
+            PublicCredential::Key(public) => Ok(self.stored.sessions.find_by_key(public)),
+        }
+    }
+
+    /// The key for `public`: a persistent key (with its policy) first, else one added with
+    /// `ssh-add` (`never`, or `always` if added with `-c`).
+    pub(super) fn find_with_policy(
+        &self,
+        public: &KeyData,
+    ) -> Result<(Arc<PrivateKey>, String, Policy), SshError> {
+        self.keyring().unlocked()?;
+        if let Some(found) = self.stored.find(public) {
+            return Ok(found);
+        }
+        let (key, comment, confirm) = self.find(public)?;
+        Ok((
+            key,
+            comment,
+            if confirm {
+                Policy::Always
+            } else {
+                Policy::Never
+            },
+        ))
+    }
+
+    /// Whether this signature needs the person; `None` when it does not.
+    pub(super) fn authorization(
+        &self,
+        public: &KeyData,
+        policy: Policy,
+        pid: Option<i32>,
+        exe: Option<String>,
+        destination: Option<Vec<u8>>,
+    ) -> Option<Authorization> {
+        let key = ssh_key::PublicKey::from(public.clone())
+            .to_bytes()
+            .unwrap_or_default();
+        let scope = GrantScope {
+            key,
+            caller: CallerScope::of(pid, exe),
+            destination,
+        };
+        match policy {
+            Policy::Never => None,
+            Policy::Remember(_) if self.stored.approvals.granted(&scope, Instant::now()) => {
+                event!(
+                    "ssh agent: signature allowed by a remembered approval for {:?}",
+                    scope.caller.exe
+                );
+                None
+            }
+            Policy::Always | Policy::Remember(_) => Some(Authorization { policy, scope }),
+        }
+    }
+
+    /// Runs `prompt` once for identical concurrent requests (the others get its outcome), under
+    /// the prompt rate limit; remembers an approval under a `remember` policy.
+    pub(super) async fn prompt_shared<F>(
+        &self,
+        auth: &Authorization,
+        data: &[u8],
+        prompt: F,
+    ) -> Outcome
+    where
+        F: Future<Output = Outcome>,
+    {
+        let approvals = &self.stored.approvals;
+        let id = request_id(&auth.scope, data);
+        let outcome = match approvals.join(id) {
+            Turn::Follower(rx) => {
+                event!("ssh agent: identical request waits for the open prompt");
+                follow(rx).await
+            }
+            Turn::Leader(tx) => {
+                // Whatever happens (even if this future is dropped), followers are released.
+                let guard = LeaderGuard {
+                    approvals,
+                    id,
+                    tx: Some(tx),
+                };
+                let outcome = if approvals.may_prompt(&auth.scope) {
+                    prompt.await
+                } else {
+                    event!(
+                        "ssh agent: too many prompts from {:?}; refused without asking",
+                        auth.scope.caller.exe
+                    );
+                    Outcome::Failed
+                };
+                guard.finish(outcome);
+                outcome
+            }
+        };
+        if outcome == Outcome::Approved {
+            if let Policy::Remember(ttl) = auth.policy {
+                approvals.grant(auth.scope.clone(), ttl, Instant::now());
+            }
+        }
+        outcome
+    }
+}
+
+/// Releases the followers of a prompt with its outcome, or `Failed` if the leader went away.
+struct LeaderGuard<'a> {
+    approvals: &'a Approvals,
+    id: [u8; 32],
+    tx: Option<tokio::sync::watch::Sender<Option<Outcome>>>,
+}
+
+impl LeaderGuard<'_> {
+    fn finish(mut self, outcome: Outcome) {
+        if let Some(tx) = self.tx.take() {
+            self.approvals.finish(&self.id, &tx, outcome);
+        }
+    }
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.approvals.finish(&self.id, &tx, Outcome::Failed);
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `nod ssh-agent`: OpenSSH `ssh-agent`'s flags, mapped onto `nod_agent::ssh::dropin`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use nod_agent::approve::ApproverChoice;
+use nod_agent::config::ApproverKind;
+use nod_agent::ssh::dropin::{self, DropInOptions, Shell};
+
+/// ssh-agent's own flags (see `ssh-agent(1)`), plus nod's approver choice.
+#[derive(Debug, Args)]
+pub struct SshAgentArgs {
+    /// Bind the agent to the Unix-domain socket bind_address (default:
+    /// $TMPDIR/ssh-XXXXXXXXXXXX/agent.<pid>).
+    #[arg(short = 'a', value_name = "bind_address")]
+    bind_address: Option<PathBuf>,
+    /// Print C-shell commands.
+    #[arg(short = 'c', conflicts_with = "bourne")]
+    csh: bool,
+    /// Print Bourne shell commands.
+    #[arg(short = 's')]
+    bourne: bool,
+    /// Foreground mode: do not fork.
+    #[arg(short = 'D')]
+    foreground: bool,
+    /// Debug mode: do not fork (nod logs to stderr in both modes).
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Kill the agent named by $SSH_AGENT_PID.
+    #[arg(short = 'k')]
+    kill: bool,
+    /// Default lifetime of added keys: seconds, or e.g. 30m, 1h30m, 2d.
+    #[arg(short = 't', value_name = "life")]
+    life: Option<String>,
+    /// Fingerprint hash for logs: sha256 or md5 (nod logs SHA-256 fingerprints).
+    #[arg(short = 'E', value_name = "fingerprint_hash")]
+    fingerprint_hash: Option<String>,
+    /// How the person is asked for `ssh-add -c` keys (default: agent.toml, else askpass if
+    /// a display and an askpass program exist, else nobody).
+    #[arg(long, value_parser = parse_kind)]
+    approver: Option<ApproverKind>,
+    /// Program for the command approver. Implies --approver command.
+    #[arg(long, value_name = "PROG")]
+    approver_command: Option<String>,
+    #[arg(long = "daemon-child", hide = true)]
+    daemon_child: bool,
+    #[arg(long = "remove-dir", hide = true)]
+    remove_dir: Option<PathBuf>,
+}
+
+fn parse_kind(s: &str) -> Result<ApproverKind, String> {
+    s.parse()
+}
+
+pub fn run(args: SshAgentArgs) -> Result<()> {
+    let lifetime = args
+        .life
+        .as_deref()
+        .map(dropin::parse_lifetime)
+        .transpose()?;
+    if let Some(hash) = &args.fingerprint_hash {
+        dropin::check_fingerprint_hash(hash)?;
+    }
+    let shell_env = std::env::var("SHELL").ok();
+    let options = DropInOptions {
+        bind_address: args.bind_address,
+        shell: Shell::choose(args.csh, args.bourne, shell_env.as_deref()),
+        foreground: args.foreground,
+        debug: args.debug,
+        kill: args.kill,
+        lifetime,
+        approver: ApproverChoice {
+            kind: args.approver,
+            command: args.approver_command,
+        },
+        daemon_child: args.daemon_child,
+        remove_dir: args.remove_dir,
+        args: std::env::args_os().skip(1).collect(),
+    };
+    Ok(dropin::run(options, &mut std::io::stdout().lock())?)
+}

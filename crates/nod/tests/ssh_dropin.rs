@@ -1,0 +1,297 @@
+//! `nod ssh-agent` as a drop-in for OpenSSH's `ssh-agent`, driven by a real shell, `ssh-add`
+//! and `ssh-keygen`: `eval "$(nod ssh-agent -s)"`, add, list, sign, `-k`; the csh lines; `-D`
+//! with `-a`; `-t` as the default lifetime.
+//!
+//! Without `ssh-add`/`ssh-keygen` the tests are skipped with a notice, except under `CI=true`,
+//! where they fail.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let mut r = [0u8; 6];
+        getrandom::getrandom(&mut r).unwrap();
+        let dir = std::env::temp_dir().join(format!("nod-dropin-{}", hex::encode(r)));
+        fs::create_dir_all(dir.join("home")).unwrap();
+        fs::create_dir_all(dir.join("tmp")).unwrap();
+        Self(dir)
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn have_openssh() -> bool {
+    let found = ["/usr/bin/ssh-add", "/usr/bin/ssh-keygen"]
+        .iter()
+        .all(|p| Path::new(p).exists());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "ssh-add and ssh-keygen are required under CI=true (apt-get install openssh-client)"
+        );
+        eprintln!("skipped: ssh-add/ssh-keygen not installed (apt-get install openssh-client)");
+    }
+    found
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A command with a clean environment: `nod` on PATH, everything under the temp dir.
+fn command(dir: &TempDir, program: &str) -> Command {
+    let nod_dir = Path::new(env!("CARGO_BIN_EXE_nod")).parent().unwrap();
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", nod_dir.display()))
+        .env("HOME", dir.path("home"))
+        .env("TMPDIR", dir.path("tmp"))
+        .env("XDG_CONFIG_HOME", dir.path("config"))
+        .env("XDG_DATA_HOME", dir.path("data"))
+        .env("XDG_STATE_HOME", dir.path("state"))
+        .env("XDG_RUNTIME_DIR", dir.path("run"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn keygen(dir: &TempDir, name: &str) -> PathBuf {
+    let path = dir.path(name);
+    let o = command(dir, "ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "dropin@nod-test",
+            "-f",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    path
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still answers signal 0; it has no /proc/<pid>/exe any more.
+    kill(Pid::from_raw(pid), None).is_ok() && fs::read_link(format!("/proc/{pid}/exe")).is_ok()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+#[test]
+fn eval_add_list_sign_and_kill_like_ssh_agent() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let key = keygen(&dir, "id_ed25519");
+    fs::write(dir.path("msg"), "hello\n").unwrap();
+    let script = format!(
+        "set -e\n\
+         eval \"$(nod ssh-agent -s)\"\n\
+         echo \"sock=$SSH_AUTH_SOCK\"\n\
+         echo \"pid=$SSH_AGENT_PID\"\n\
+         ssh-add {key} 2>/dev/null\n\
+         ssh-add -l\n\
+         ssh-keygen -Y sign -n file -f {key}.pub {msg} 2>/dev/null\n\
+         eval \"$(nod ssh-agent -k)\"\n\
+         echo \"after=${{SSH_AGENT_PID:-unset}}/${{SSH_AUTH_SOCK:-unset}}\"\n",
+        key = key.display(),
+        msg = dir.path("msg").display()
+    );
+    let o = command(&dir, "/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let sock = PathBuf::from(field(&text, "sock="));
+    let pid: i32 = field(&text, "pid=").parse().unwrap();
+    assert!(
+        sock.starts_with(dir.path("tmp")),
+        "socket under $TMPDIR: {text}"
+    );
+    let sock_dir = sock.parent().unwrap();
+    assert!(
+        sock_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("ssh-"),
+        "{text}"
+    );
+    assert!(
+        sock.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("agent."),
+        "{text}"
+    );
+    assert!(text.contains("dropin@nod-test (ED25519)"), "{text}");
+    assert!(text.contains(&format!("Agent pid {pid} killed")), "{text}");
+    assert!(text.contains("after=unset/unset"), "{text}");
+    assert!(dir.path("msg.sig").exists(), "signed through the agent");
+    wait_until("the background agent to exit", || !alive(pid));
+    wait_until("the socket directory to go", || !sock_dir.exists());
+}
+
+#[test]
+fn csh_lines_and_kill_by_pid() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
+        .args(["ssh-agent", "-c"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let sock = lines[0]
+        .strip_prefix("setenv SSH_AUTH_SOCK ")
+        .and_then(|l| l.strip_suffix(';'))
+        .unwrap_or_else(|| panic!("{text}"));
+    let pid = lines[1]
+        .strip_prefix("setenv SSH_AGENT_PID ")
+        .and_then(|l| l.strip_suffix(';'))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(lines[2], format!("echo Agent pid {pid};"));
+    let o = command(&dir, "ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", sock)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "empty agent: {}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no identities"),
+        "{}",
+        out(&o)
+    );
+    let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
+        .args(["ssh-agent", "-k", "-c"])
+        .env("SSH_AGENT_PID", pid)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("unsetenv SSH_AUTH_SOCK;\nunsetenv SSH_AGENT_PID;\necho Agent pid {pid} killed;\n")
+    );
+    let pid: i32 = pid.parse().unwrap();
+    wait_until("the agent to exit", || !alive(pid));
+    let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
+        .args(["ssh-agent", "-k"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("SSH_AGENT_PID not set"),
+        "{}",
+        out(&o)
+    );
+}
+
+#[test]
+fn foreground_with_bind_address_and_default_lifetime() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let sock = dir.path("agent.sock");
+    let mut child = command(&dir, env!("CARGO_BIN_EXE_nod"))
+        .args(["ssh-agent", "-D", "-s", "-t", "2", "-E", "sha256", "-a"])
+        .arg(&sock)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(
+        first,
+        format!("SSH_AUTH_SOCK={}; export SSH_AUTH_SOCK;\n", sock.display())
+    );
+    assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+    let key = keygen(&dir, "id_short");
+    let ssh_add = |args: &[&str]| {
+        command(&dir, "ssh-add")
+            .args(args)
+            .env("SSH_AUTH_SOCK", &sock)
+            .output()
+            .unwrap()
+    };
+    let o = ssh_add(&[key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(ssh_add(&["-l"]).status.success());
+    // -t 2: the key is gone after two seconds, as with `ssh-agent -t 2`.
+    std::thread::sleep(Duration::from_millis(2500));
+    let o = ssh_add(&["-l"]);
+    assert_eq!(o.status.code(), Some(1), "key expired: {}", out(&o));
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists(), "socket removed on exit");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let dir = TempDir::new();
+    for args in [
+        &["ssh-agent", "-t", "soon"][..],
+        &["ssh-agent", "-E", "sha1"],
+        &["ssh-agent", "-c", "-s"],
+    ] {
+        let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?}: {}", out(&o));
+        assert!(
+            o.stdout.is_empty(),
+            "{args:?}: nothing to eval: {}",
+            out(&o)
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! SSH login to a loopback `sshd` with a key held by `nod agent`'s SSH agent, added with
+//! `ssh-add -c`: the approver is asked with the destination (matched in `known_hosts`, plain
+//! and hashed entries), the purpose and the process chain; a denial makes `ssh` print "agent
+//! refused operation".
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nod_e2e::{Agent, Answer, Scratch, Sshd, TestUser, require, run, run_ok, wait_for};
+
+const PASSWORD: &str = "nod-e2e-password";
+
+fn ssh(agent_socket: &Path, known_hosts: &Path, port: u16, user: &TestUser) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-o"])
+        .arg(format!("IdentityAgent={}", agent_socket.display()))
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+        ])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "LogLevel=ERROR", "-p"])
+        .arg(port.to_string())
+        .arg(format!("{}@127.0.0.1", user.name))
+        .arg("echo nod-login-ok");
+    cmd
+}
+
+#[test]
+fn ssh_login_asks_with_destination_purpose_and_chain_and_denial_refuses() {
+    if !require(&[
+        "sshd",
+        "ssh",
+        "ssh-add",
+        "ssh-keygen",
+        "useradd",
+        "chpasswd",
+    ]) {
+        return;
+    }
+    let user = TestUser::ensure("nodtest", PASSWORD);
+    let scratch = Scratch::new("sshlogin");
+    let agent = Agent::start(&scratch);
+    let sshd = Sshd::start(&scratch, &user);
+    let socket = agent.home.join("runtime/nod/ssh-agent.sock");
+    wait_for("the SSH agent socket", Duration::from_secs(10), || {
+        socket.exists()
+    });
+    run_ok(
+        Command::new("ssh-add")
+            .arg("-c")
+            .arg(&sshd.client_key)
+            .env("SSH_AUTH_SOCK", &socket),
+    );
+
+    // known_hosts of the agent's user: a plain name, and a hashed entry for the address ssh
+    // connects to (which ssh itself needs, StrictHostKeyChecking=yes).
+    let host_pub = fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).unwrap();
+    let host_pub = host_pub.trim();
+    let ssh_dir = agent.home.join(".ssh");
+    fs::create_dir_all(&ssh_dir).unwrap();
+    fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let to_hash = ssh_dir.join("to_hash");
+    fs::write(&to_hash, format!("[127.0.0.1]:{} {host_pub}\n", sshd.port)).unwrap();
+    run_ok(
+        Command::new("ssh-keygen")
+            .arg("-q")
+            .arg("-H")
+            .arg("-f")
+            .arg(&to_hash),
+    );
+    let hashed = fs::read_to_string(&to_hash).unwrap();
+    assert!(hashed.starts_with("|1|"), "{hashed}");
+    let known_hosts = ssh_dir.join("known_hosts");
+    fs::write(&known_hosts, format!("nod-plain.test {host_pub}\n{hashed}")).unwrap();
+
+    agent.answer(Answer::Approve);
+    let out = run(&mut ssh(&socket, &known_hosts, sshd.port, &user));
+    assert!(
+        out.status.success(),
+        "approved login failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nod-login-ok");
+    let prompts = agent.prompts();
+    let p = prompts.last().expect("the approver was asked");
+    assert_eq!(p["kind"], "ssh-sign", "{p}");
+    assert_eq!(p["purpose"], format!("ssh login as {}", user.name), "{p}");
+    assert_eq!(p["forwarded"], false, "{p}");
+    let names: Vec<&str> = p["destination"]["names"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no destination: {p}"))
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(names.contains(&"nod-plain.test"), "{p}");
+    assert!(
+        names.contains(&format!("[127.0.0.1]:{}", sshd.port).as_str()),
+        "hashed entry matched: {p}"
+    );
+    let host_fp = run_ok(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(scratch.join("sshd/ssh_host_ed25519_key.pub")),
+    );
+    assert_eq!(
+        Some(p["destination"]["host_key_fingerprint"].as_str().unwrap()),
+        host_fp.split_whitespace().nth(1),
+        "{p}"
+    );
+    assert_eq!(p["process_chain"][0]["comm"], "ssh", "{p}");
+    assert!(
+        p["process_chain"][0]["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/ssh")),
+        "{p}"
+    );
+
+    agent.answer(Answer::Deny);
+    let before = agent.prompts().len();
+    let out = run(&mut ssh(&socket, &known_hosts, sshd.port, &user));
+    assert!(!out.status.success(), "denied login succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("agent refused operation"), "{stderr}");
+    assert!(agent.prompts().len() > before, "the approver was asked");
+}
