@@ -174,6 +174,35 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
         )),
         "the forward of the block was not seen:\n{report}"
     );
+
+    // From a terminal (under `script`, which gives it a pty) pair uses `ssh -t` and a plain
+    // `sudo` that may prompt; with the key removed on the host it installs it again.
+    fs::remove_file(&pinned).unwrap();
+    let inner = format!(
+        "{} pair pairhost --name ws --host-config {} --ssh-config {}",
+        nod_e2e::artifact("nod").display(),
+        host.config.display(),
+        ssh_config.display()
+    );
+    let out = run(Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", &agent.home)
+        .env("XDG_CONFIG_HOME", agent.home.join("config"))
+        .env("XDG_DATA_HOME", agent.home.join("data"))
+        .env("XDG_STATE_HOME", agent.home.join("state"))
+        .env("XDG_RUNTIME_DIR", agent.home.join("runtime"))
+        .stdin(Stdio::null()));
+    let third = stdout(&out);
+    eprintln!("pair on a terminal:\n{third}");
+    assert!(out.status.success(), "pair on a terminal failed: {third}");
+    assert!(third.contains("installed this agent's key"), "{third}");
+    assert!(third.contains("unchanged: host pair-host"), "{third}");
+    assert_eq!(
+        fs::read_to_string(&pinned).unwrap(),
+        agent.public_key_file()
+    );
     drop(nopasswd);
 
     // Now sudo goes through the nod PAM service; the forward comes from the written block.
