@@ -203,6 +203,45 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
         fs::read_to_string(&pinned).unwrap(),
         agent.public_key_file()
     );
+
+    // The host's key is regenerated: pair refuses until told, and then replaces it.
+    let host_key = scratch.join("etc-nod/host_ed25519.key");
+    run_ok(
+        Command::new(&host.helper)
+            .args(["gen-key", "--force", "--private-key-file"])
+            .arg(&host_key)
+            .arg("--public-key-file")
+            .arg(&host.host_pub),
+    );
+    let out = pair();
+    assert!(
+        !out.status.success(),
+        "a changed host key was accepted: {out:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--replace-host-key"), "{err}");
+    assert_eq!(
+        fs::read(&hosts_toml).unwrap(),
+        hosts_before,
+        "refusal changed the allowlist"
+    );
+    let out = run(agent
+        .nod([
+            "pair",
+            "pairhost",
+            "--name",
+            "ws",
+            "--replace-host-key",
+            "--host-config",
+        ])
+        .arg(&host.config)
+        .arg("--ssh-config")
+        .arg(&ssh_config)
+        .stdin(Stdio::null()));
+    assert!(
+        stdout(&out).contains("replaced the key of host pair-host"),
+        "{out:?}"
+    );
     drop(nopasswd);
 
     // Now sudo goes through the nod PAM service; the forward comes from the written block.

@@ -116,6 +116,9 @@ enum Command {
         /// ssh config to use (ssh -F) and to write the block into (default: ~/.ssh/config).
         #[arg(long, value_name = "PATH")]
         ssh_config: Option<PathBuf>,
+        /// Accept a host key that differs from the one already allowed for this host id.
+        #[arg(long)]
+        replace_host_key: bool,
     },
     /// Write the man pages into DIR (used when building packages).
     #[command(hide = true)]
@@ -280,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
             name,
             host_config,
             ssh_config,
+            replace_host_key,
         } => pair::run(
             &paths,
             &pair::PairArgs {
@@ -289,6 +293,7 @@ fn run(cli: Cli) -> Result<()> {
                 name,
                 host_config,
                 ssh_config,
+                replace_host_key,
             },
         ),
         Command::GenerateMan { dir } => assets::generate_man(Cli::command(), &dir),

@@ -36,6 +36,8 @@ pub struct PairArgs {
     pub host_config: String,
     /// The ssh config to use and to write the block into (default `~/.ssh/config`).
     pub ssh_config: Option<PathBuf>,
+    /// Replace the key of a host that is already allowed with another key.
+    pub replace_host_key: bool,
 }
 
 /// The parts of the host's `config.toml` that pairing needs (other keys are the helper's).
@@ -369,7 +371,21 @@ pub fn run(paths: &Paths, args: &PairArgs) -> Result<()> {
             config.host_id
         );
     } else {
-        let replaced = hosts.entries().any(|e| e.id == config.host_id);
+        let pinned = hosts.entries().find(|e| e.id == config.host_id);
+        if let Some(old) = pinned
+            && !args.replace_host_key
+        {
+            bail!(
+                "host {} is already allowed with another key (key id {}); {}:{host_pub_path} now \
+                 holds key id {key_id}. A host key that changes is what an impostor would look \
+                 like: find out why (was it regenerated with `nod-helper gen-key --force`?), \
+                 then run again with --replace-host-key. Nothing was changed.",
+                config.host_id,
+                old.key_id,
+                args.dest
+            );
+        }
+        let replaced = pinned.is_some();
         hosts.add(
             &config.host_id,
             &host_pub,
