@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 15
 
-.PHONY: all build run check fmt-check clippy test fuzz-smoke bench clean
+.PHONY: all build run check fmt-check clippy test fuzz-smoke bench clean assets package-deb package-rpm package-test
 
 all: build
 
@@ -15,8 +15,9 @@ build:
 run:
 	$(CARGO) run --release --bin nod -- agent
 
-# Everything CI checks: formatting, lints, a short fuzz run, unit + end-to-end tests.
-check: fmt-check clippy fuzz-smoke test
+# Everything CI checks: formatting, lints, a short fuzz run, unit + end-to-end tests, and the
+# packages built from the debug build and installed on this (throwaway CI) machine.
+check: fmt-check clippy fuzz-smoke test package-test
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -48,6 +49,48 @@ bench:
 	$(CARGO) build --release --workspace
 	NOD_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -p nod-e2e --bin nod-bench
 	NOD_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -p nod-e2e --bin nod-secrets-bench
+
+# Packages. PROFILE=dev reuses the debug build (CI's package test); the default is release.
+PROFILE ?= release
+BIN_DIR := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+# Debian's multiarch triplet for the PAM directory (/usr/lib/<triplet>/security).
+MULTIARCH ?= $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch 2>/dev/null || echo $$(uname -m)-linux-gnu)
+PKG_DIR := target/packages
+
+# Man pages (gzipped) and bash/zsh/fish completions for both binaries, plus the PAM module
+# staged under its multiarch directory, all in target/assets/.
+assets:
+	$(CARGO) build --profile $(PROFILE) -p nod -p nod-helper -p pam-nod
+	rm -rf target/assets
+	$(BIN_DIR)/nod generate-man target/assets/man/nod
+	$(BIN_DIR)/nod-helper generate-man target/assets/man/nod-helper
+	gzip -9nf target/assets/man/*/*.1
+	for sh in bash zsh fish; do \
+		$(BIN_DIR)/nod generate-completions $$sh target/assets/completions && \
+		$(BIN_DIR)/nod-helper generate-completions $$sh target/assets/completions || exit 1; \
+	done
+	install -D -m 0644 $(BIN_DIR)/libpam_nod.so target/assets/pam/$(MULTIARCH)/security/pam_nod.so
+
+package-deb: assets
+	mkdir -p $(PKG_DIR)
+	$(CARGO) deb --no-build --profile $(PROFILE) -p nod-helper -o $(PKG_DIR)/
+	$(CARGO) deb --no-build --profile $(PROFILE) -p nod -o $(PKG_DIR)/
+
+package-rpm: assets
+	mkdir -p $(PKG_DIR)
+	$(CARGO) generate-rpm --profile $(PROFILE) -p crates/nod-helper -o $(PKG_DIR)/
+	$(CARGO) generate-rpm --profile $(PROFILE) -p crates/nod -o $(PKG_DIR)/
+
+# Builds both packages from the debug build, installs the .debs here (dpkg -i), checks
+# --help, the man pages and pam_nod.so by bare name under pamtester, removes them again, and
+# checks the .rpm file lists. Changes the machine, so it runs only with CI=true or
+# NOD_PACKAGE_TEST=1 (and as root).
+package-test:
+	@if [ "$$CI" != "true" ] && [ "$$NOD_PACKAGE_TEST" != "1" ]; then \
+		echo "SKIPPED package-test: it installs packages; set NOD_PACKAGE_TEST=1 (CI=true does)"; exit 0; \
+	fi; \
+	$(MAKE) --no-print-directory package-deb package-rpm PROFILE=dev && \
+	packaging/test-packages $(PKG_DIR) $(MULTIARCH)
 
 clean:
 	$(CARGO) clean

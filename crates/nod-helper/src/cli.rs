@@ -62,4 +62,32 @@ pub enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Check this host's setup step by step (config, forwarded socket, sshd, pinned agent key,
+    /// clock, PAM line); print each check as ok or FAIL with the fix. Exit 1 if any failed.
+    Doctor {
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Whose forwarded socket to check (default: $SUDO_USER under sudo, else the current user).
+        #[arg(long)]
+        user: Option<String>,
+        /// The workstation's `nod agent-key` output (a file, or its public_key_hex value), to
+        /// check that it is pinned here.
+        #[arg(long, value_name = "FILE|HEX")]
+        agent_key: Option<String>,
+        /// Check /etc/pam.d/NAME for the recommended pam_nod.so auth line.
+        #[arg(long, value_name = "NAME")]
+        pam_service: Option<String>,
+        /// Evaluate this sshd config instead of the system one (`sshd -T -f PATH`).
+        #[arg(long, value_name = "PATH")]
+        sshd_config: Option<PathBuf>,
+    },
+    /// Write the man pages into DIR (used when building packages).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Write the completion script for SHELL into DIR (used when building packages).
+    #[command(hide = true)]
+    GenerateCompletions {
+        shell: clap_complete::Shell,
+        dir: PathBuf,
+    },
 }

@@ -19,9 +19,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod assets;
 pub mod check_config;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod gen_key;
 pub mod request;
@@ -100,6 +102,36 @@ pub fn run(cli: Cli) -> u8 {
         }
         Command::CheckConfig { config, user } => {
             check_config::run(&config, user.as_deref(), &mut std::io::stdout().lock())
+        }
+        Command::Doctor {
+            config,
+            user,
+            agent_key,
+            pam_service,
+            sshd_config,
+        } => {
+            let args = doctor::DoctorArgs {
+                config,
+                user,
+                agent_key,
+                pam_service,
+                sshd_config,
+            };
+            doctor::run(&args, &mut std::io::stdout().lock())
+        }
+        Command::GenerateMan { dir } => asset_result(assets::generate_man(&dir), &dir),
+        Command::GenerateCompletions { shell, dir } => {
+            asset_result(assets::generate_completions(shell, &dir), &dir)
+        }
+    }
+}
+
+fn asset_result(r: std::io::Result<()>, dir: &std::path::Path) -> u8 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("nod-helper: cannot write into {}: {e}", dir.display());
+            1
         }
     }
 }

@@ -3,7 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+mod assets;
+mod doctor;
 mod keys;
+mod pair;
 mod secrets;
 mod ssh_agent;
 
@@ -11,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use nod_agent::approval::hosts::{AddOutcome, HostsFile};
 use nod_agent::approve::ApproverChoice;
 use nod_agent::audit::{self, Verdict};
@@ -115,6 +118,56 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: secrets::PolicyCommand,
+    },
+    /// Check this workstation's setup (agent running, sockets and their modes, agent key, host
+    /// allowlist, clock); print each check as ok or FAIL with the fix. Exit 1 if any failed.
+    Doctor {
+        /// Also check this host over ssh: clock skew, and `sudo nod-helper doctor` there with
+        /// this agent's key.
+        #[arg(long, value_name = "SSH-DESTINATION")]
+        host: Option<String>,
+        /// ssh config file to use (ssh -F).
+        #[arg(long, value_name = "PATH")]
+        ssh_config: Option<PathBuf>,
+        /// The host's nod config, for --host (default: nod-helper's, /etc/nod/config.toml).
+        #[arg(long, value_name = "PATH")]
+        host_config: Option<String>,
+        /// The helper program on the host, for --host.
+        #[arg(long, value_name = "PROG", default_value = "nod-helper", hide = true)]
+        remote_helper: String,
+    },
+    /// Pair a Linux host over ssh: allow its host key here, install this agent's key on it
+    /// (one sudo), and write the RemoteForward block into ~/.ssh/config. Safe to run again.
+    Pair {
+        /// Where to ssh to: [user@]host or a Host alias from the ssh config.
+        dest: String,
+        /// The host id to expect (default: host_id from the host's config).
+        #[arg(long, value_name = "ID")]
+        host_id: Option<String>,
+        /// Your uid on the host, for the forwarded socket path (default: `id -u` there).
+        #[arg(long, value_name = "N")]
+        remote_uid: Option<u32>,
+        /// File name of this agent's key on the host, without .pub (default: user@hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// The host's nod config.
+        #[arg(long, value_name = "PATH", default_value = "/etc/nod/config.toml")]
+        host_config: String,
+        /// ssh config to use (ssh -F) and to write the block into (default: ~/.ssh/config).
+        #[arg(long, value_name = "PATH")]
+        ssh_config: Option<PathBuf>,
+        /// Accept a host key that differs from the one already allowed for this host id.
+        #[arg(long)]
+        replace_host_key: bool,
+    },
+    /// Write the man pages into DIR (used when building packages).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Write the completion script for SHELL into DIR (used when building packages).
+    #[command(hide = true)]
+    GenerateCompletions {
+        shell: clap_complete::Shell,
+        dir: PathBuf,
     },
 }
 
@@ -261,6 +314,48 @@ fn run(cli: Cli) -> Result<()> {
         Command::Upgrade { path } => secrets::upgrade(&paths, &path),
         Command::ListPending => secrets::list_pending(&paths),
         Command::Policy { command } => secrets::policy(&paths, command),
+        Command::Doctor {
+            host,
+            ssh_config,
+            host_config,
+            remote_helper,
+        } => {
+            let args = doctor::DoctorArgs {
+                host,
+                ssh_config,
+                host_config,
+                remote_helper,
+            };
+            if doctor::run(&paths, &args)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+        Command::Pair {
+            dest,
+            host_id,
+            remote_uid,
+            name,
+            host_config,
+            ssh_config,
+            replace_host_key,
+        } => pair::run(
+            &paths,
+            &pair::PairArgs {
+                dest,
+                host_id,
+                remote_uid,
+                name,
+                host_config,
+                ssh_config,
+                replace_host_key,
+            },
+        ),
+        Command::GenerateMan { dir } => assets::generate_man(Cli::command(), &dir),
+        Command::GenerateCompletions { shell, dir } => {
+            assets::generate_completions(Cli::command(), shell, &dir)
+        }
     }
 }
 
