@@ -191,3 +191,108 @@ fn drop_in_agent_after_eval_serves_an_ssh_login_and_stops_with_k() {
         || fs::read_dir(&tmp).unwrap().next().is_none(),
     );
 }
+
+/// `ssh-add -h 127.0.0.1` with the host key from a known_hosts file (`-H`): the key logs in to
+/// that sshd; with a user restriction, only as that user; with another host key for the same
+/// name, it is hidden from the bound connection and the login fails.
+#[test]
+fn destination_constrained_key_logs_in_only_where_permitted() {
+    if !require(&[
+        "sshd",
+        "ssh",
+        "ssh-add",
+        "ssh-keygen",
+        "useradd",
+        "chpasswd",
+    ]) {
+        return;
+    }
+    let user = TestUser::ensure("nodtest", PASSWORD);
+    let scratch = Scratch::new("sshdest");
+    let agent = Agent::start(&scratch);
+    let sshd = Sshd::start(&scratch, &user);
+    let socket = agent.home.join("runtime/nod/ssh-agent.sock");
+    wait_for("the SSH agent socket", Duration::from_secs(10), || {
+        socket.exists()
+    });
+    let host_pub = fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).unwrap();
+    let host_pub = host_pub.trim();
+    // What ssh checks the server against, and what ssh-add -h looks the name up in (by name
+    // only, without the port).
+    let ssh_known = scratch.file(
+        "known_hosts_ssh",
+        0o600,
+        &format!("[127.0.0.1]:{} {host_pub}\n", sshd.port),
+    );
+    let right = scratch.file(
+        "known_hosts_right",
+        0o600,
+        &format!("127.0.0.1 {host_pub}\n"),
+    );
+    let other_key = scratch.join("other_host_key");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&other_key),
+    );
+    let other_pub = fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    let wrong = scratch.file(
+        "known_hosts_wrong",
+        0o600,
+        &format!("127.0.0.1 {}\n", other_pub.trim()),
+    );
+    let add = |known: &Path, destination: &str| {
+        run_ok(
+            Command::new("ssh-add")
+                .arg("-D")
+                .env("SSH_AUTH_SOCK", &socket),
+        );
+        run_ok(
+            Command::new("ssh-add")
+                .arg("-H")
+                .arg(known)
+                .arg("-h")
+                .arg(destination)
+                .arg(&sshd.client_key)
+                .env("SSH_AUTH_SOCK", &socket),
+        );
+    };
+
+    add(&right, "127.0.0.1");
+    let out = run(&mut ssh(&socket, &ssh_known, sshd.port, &user));
+    assert!(
+        out.status.success(),
+        "login to the permitted host failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nod-login-ok");
+
+    add(&right, &format!("{}@127.0.0.1", user.name));
+    let out = run(&mut ssh(&socket, &ssh_known, sshd.port, &user));
+    assert!(
+        out.status.success(),
+        "login as the permitted user failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    add(&right, "someone-else@127.0.0.1");
+    let out = run(&mut ssh(&socket, &ssh_known, sshd.port, &user));
+    assert!(!out.status.success(), "login as another user succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("agent refused operation"), "{stderr}");
+
+    add(&wrong, "127.0.0.1");
+    // Unbound (local) listing still shows it, as OpenSSH's agent does.
+    let listed = run_ok(
+        Command::new("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &socket),
+    );
+    assert!(listed.contains("ED25519"), "{listed}");
+    let out = run(&mut ssh(&socket, &ssh_known, sshd.port, &user));
+    assert!(
+        !out.status.success(),
+        "login to a host the key is not constrained to succeeded"
+    );
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "nod-login-ok");
+}

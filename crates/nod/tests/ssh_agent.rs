@@ -494,8 +494,11 @@ fn rsa_signs_only_with_sha2_flags() {
     agent.stop();
 }
 
+/// `ssh-add -h`: the key is accepted and listed on an unbound connection (local use, as
+/// OpenSSH's agent), but never signs there: `ssh-keygen -Y sign` binds no session. Logins
+/// through the constraint are in `tests/e2e/ssh_login.rs`.
 #[test]
-fn destination_constraint_is_refused_as_not_supported_yet() {
+fn destination_constrained_key_is_listed_but_does_not_sign_unbound() {
     if !have_openssh() {
         return;
     }
@@ -507,20 +510,24 @@ fn destination_constraint_is_refused_as_not_supported_yet() {
     let known_hosts = dir.path("known_hosts");
     fs::write(&known_hosts, format!("example.com {host_pub}")).unwrap();
     let key = keygen(&dir, "id_ed25519", "ed25519", "256");
-    let o = ssh_add(
+    add_and_forget(
         &dir,
-        &[
-            "-H",
-            known_hosts.to_str().unwrap(),
-            "-h",
-            "example.com",
-            key.to_str().unwrap(),
-        ],
+        &key,
+        &["-H", known_hosts.to_str().unwrap(), "-h", "example.com"],
     );
-    assert!(!o.status.success(), "{}", out(&o));
     let o = ssh_add(&dir, &["-l"]);
-    assert!(stdout(&o).contains("no identities"), "{}", out(&o));
+    assert!(stdout(&o).contains(&fingerprint(&dir, &key)), "{}", out(&o));
+    let o = sign(&dir, &key);
+    assert!(
+        !o.status.success(),
+        "unbound signature allowed: {}",
+        out(&o)
+    );
     agent.stop();
     let log = fs::read_to_string(dir.path("agent.log")).unwrap();
-    assert!(log.contains("not supported yet"), "{log}");
+    assert!(log.contains("1 destination constraints"), "{log}");
+    assert!(
+        log.contains("destination-constrained key refused: connection has no session-bind"),
+        "{log}"
+    );
 }

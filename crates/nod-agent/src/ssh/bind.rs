@@ -103,6 +103,11 @@ impl Bindings {
         self.poisoned
     }
 
+    /// Every binding, oldest (the first hop) first.
+    pub fn all(&self) -> &[Binding] {
+        &self.list
+    }
+
     /// The most recent binding: the server the signature is for.
     pub fn last(&self) -> Option<&Binding> {
         self.list.last()

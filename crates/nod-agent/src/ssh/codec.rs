@@ -85,7 +85,8 @@ impl Encoder<Response> for CappedCodec {
 
 /// The fuzzing entry point (`fuzz/fuzz_targets/ssh_agent_message.rs`): `data` as one client's
 /// byte stream through the codec, then the decoders the service applies to what it yields
-/// (the purpose of a sign request, a `session-bind`). Must never panic.
+/// (the purpose of a sign request, a `session-bind`, a destination constraint). Must never
+/// panic.
 pub fn fuzz_decode(data: &[u8]) {
     let mut codec = CappedCodec::default();
     let mut buf = BytesMut::from(data);
@@ -103,6 +104,13 @@ pub fn fuzz_decode(data: &[u8]) {
                     .map_err(|e| e.to_string())
                     .and_then(|m| m.ok_or_else(|| "other extension".to_owned()));
                 let _ = super::bind::Bindings::default().bind(message);
+            }
+            Request::AddIdConstrained(add) => {
+                for constraint in &add.constraints {
+                    if let ssh_agent_lib::proto::KeyConstraint::Extension(ext) = constraint {
+                        let _ = super::destination::decode(ext.details.as_ref());
+                    }
+                }
             }
             _ => {}
         }

@@ -3,11 +3,11 @@
 //! `PROTOCOL.agent`) through ssh-agent-lib 0.6's message types.
 //!
 //! Supported: list, sign (Ed25519, ECDSA P-256/P-384, RSA ≥ 2048 with `rsa-sha2-256/512`),
-//! add (with the lifetime and confirm constraints), remove, remove all, lock/unlock. Keys added
-//! with confirm (`ssh-add -c`) ask the agent's approver before every signature; other keys sign
-//! without asking, as with OpenSSH's agent. Everything else (destination constraints,
-//! `session-bind@openssh.com` and other extensions, certificates, smartcards) gets FAILURE and
-//! a "not supported yet" log line.
+//! add (with the lifetime, confirm and destination constraints, [`destination`]), remove, remove
+//! all, lock/unlock, the `query` and `session-bind@openssh.com` extensions. Keys added with
+//! confirm (`ssh-add -c`) ask the agent's approver before every signature; other keys sign
+//! without asking, as with OpenSSH's agent. Everything else (other extensions and constraints,
+//! certificates, smartcards) gets FAILURE and a "not supported yet" log line.
 //!
 //! # Threat model
 //!
@@ -24,6 +24,7 @@ pub mod bind;
 pub mod caller;
 pub mod cert;
 pub mod codec;
+pub mod destination;
 pub mod dropin;
 pub mod known_hosts;
 pub mod policy;
@@ -101,6 +102,10 @@ pub enum SshError {
     BindFailed,
     #[error("login request for another session than the one this connection is bound to")]
     SessionMismatch,
+    #[error("bad destination constraint: {0}")]
+    BadConstraint(String),
+    #[error("destination-constrained key refused: {0}")]
+    NotPermitted(&'static str),
 }
 
 impl SshError {
@@ -120,7 +125,9 @@ impl SshError {
             | Self::Audit
             | Self::Bind(_)
             | Self::BindFailed
-            | Self::SessionMismatch => Response::Failure,
+            | Self::SessionMismatch
+            | Self::BadConstraint(_)
+            | Self::NotPermitted(_) => Response::Failure,
         }
     }
 }
@@ -217,6 +224,8 @@ struct HeldKey {
     comment: String,
     expires: Option<Instant>,
     confirm: bool,
+    /// `ssh-add -h`: where the key may be used; empty when anywhere.
+    destinations: Arc<[destination::Constraint]>,
 }
 
 impl HeldKey {
@@ -350,7 +359,7 @@ impl SshAgentService {
         ring
     }
 
-    fn identities(&self) -> Vec<Identity> {
+    fn identities(&self, bindings: &Bindings) -> Vec<Identity> {
         let ring = self.keyring();
         if ring.lock.is_some() {
             return Vec::new();
@@ -366,6 +375,8 @@ impl SshAgentService {
                     .iter()
                     .any(|i| matches!(&i.credential, PublicCredential::Key(p) if p == k.public()))
             })
+            // As OpenSSH: a destination-constrained key is listed only where it may be used.
+            .filter(|k| destination::permitted(&k.destinations, bindings, None))
             .map(|k| Identity {
                 credential: PublicCredential::Key(k.public().clone()),
                 comment: k.comment.clone(),
@@ -388,15 +399,25 @@ impl SshAgentService {
         };
         let mut expires = self.default_lifetime.map(|d| Instant::now() + d);
         let mut confirm = false;
+        let mut destinations: Option<Vec<destination::Constraint>> = None;
         for constraint in constraints {
             match constraint {
                 KeyConstraint::Lifetime(secs) => {
                     expires = Some(Instant::now() + Duration::from_secs(u64::from(*secs)));
                 }
                 KeyConstraint::Confirm => confirm = true,
+                KeyConstraint::Extension(ext) if ext.name == destination::NAME => {
+                    if destinations.is_some() {
+                        return Err(SshError::BadConstraint(format!("{} given twice", ext.name)));
+                    }
+                    destinations = Some(
+                        destination::decode(ext.details.as_ref())
+                            .map_err(SshError::BadConstraint)?,
+                    );
+                }
                 KeyConstraint::Extension(ext) => {
                     return Err(SshError::Unsupported(format!(
-                        "key constraint {:?} (e.g. ssh-add -h)",
+                        "key constraint {:?}",
                         ext.name
                     )));
                 }
@@ -409,16 +430,22 @@ impl SshAgentService {
             comment,
             expires,
             confirm,
+            destinations: destinations.unwrap_or_default().into(),
         };
         let mut ring = self.keyring();
         let ring = ring.unlocked()?;
         // Adding a key again replaces it, with the new constraints, as in OpenSSH.
         ring.keys.retain(|k| k.public() != held.public());
         event!(
-            "ssh agent: added key {:?} {}{}{}",
+            "ssh agent: added key {:?} {}{}{}{}",
             held.comment,
             held.key.fingerprint(HashAlg::Sha256),
             if confirm { ", confirm" } else { "" },
+            if held.destinations.is_empty() {
+                String::new()
+            } else {
+                format!(", {} destination constraints", held.destinations.len())
+            },
             match constraints.iter().find_map(|c| match c {
                 KeyConstraint::Lifetime(s) => Some(*s),
                 _ => None,
@@ -507,6 +534,7 @@ impl SshAgentService {
         }
         let purpose = purpose::decode(&request.data);
         check_login_binding(&purpose, bindings)?;
+        self.check_destination(public, &purpose, bindings)?;
         // A live session certificate signs without asking: it was approved when minted.
         if let Some(key) = self.session_key(&request.credential)? {
             return self.signers.sign(&key, &request.data, request.flags).await;
@@ -577,6 +605,57 @@ impl SshAgentService {
 }
 
 impl SshAgentService {
+    /// The destination constraints of a key added with `ssh-add -h`, enforced as OpenSSH's
+    /// agent does for a sign request: only on a bound connection, only a login request for the
+    /// session last bound, along a permitted chain of hops and for a permitted user.
+    fn check_destination(
+        &self,
+        public: &KeyData,
+        purpose: &purpose::Purpose,
+        bindings: &Bindings,
+    ) -> Result<(), SshError> {
+        let constraints = {
+            let ring = self.keyring();
+            match ring.keys.iter().find(|k| k.public() == public) {
+                Some(k) if !k.destinations.is_empty() => Arc::clone(&k.destinations),
+                _ => return Ok(()),
+            }
+        };
+        let Some(last) = bindings.last() else {
+            return Err(SshError::NotPermitted("connection has no session-bind"));
+        };
+        let purpose::Purpose::SshLogin {
+            user,
+            session_id,
+            hostbound_key,
+        } = purpose
+        else {
+            return Err(SshError::NotPermitted(
+                "data to sign is not a login request",
+            ));
+        };
+        if !destination::permitted(&constraints, bindings, Some(user)) {
+            return Err(SshError::NotPermitted("not permitted for this destination"));
+        }
+        if *session_id != last.session_id {
+            return Err(SshError::SessionMismatch);
+        }
+        if bindings.all().len() > 1 && hostbound_key.is_none() {
+            return Err(SshError::NotPermitted(
+                "forwarded login request names no host key",
+            ));
+        }
+        if let Some(blob) = hostbound_key {
+            let bound = ssh_key::PublicKey::from(last.host_key.clone())
+                .to_bytes()
+                .map_err(|_| SshError::BadKey("host key"))?;
+            if *blob != bound {
+                return Err(SshError::SessionMismatch);
+            }
+        }
+        Ok(())
+    }
+
     fn destination(&self, caller: &Caller, bindings: &Bindings) -> Option<SshDestination> {
         let last = bindings.last()?;
         let files: Vec<&std::path::Path> = self.known_hosts.iter().map(PathBuf::as_path).collect();
@@ -725,7 +804,7 @@ fn refuse(e: SshError) -> AgentError {
 #[ssh_agent_lib::async_trait]
 impl Session for SshSession {
     async fn request_identities(&mut self) -> Result<Vec<Identity>, AgentError> {
-        Ok(self.service.identities())
+        Ok(self.service.identities(&self.bindings))
     }
 
     async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
@@ -837,6 +916,8 @@ mod tests {
             SshError::Bind(BindError::Poisoned),
             SshError::BindFailed,
             SshError::SessionMismatch,
+            SshError::BadConstraint("x".into()),
+            SshError::NotPermitted("x"),
         ] {
             assert_eq!(e.response(), Response::Failure, "{e}");
         }
@@ -894,6 +975,7 @@ mod tests {
                 comment: comment.into(),
                 expires,
                 confirm: false,
+                destinations: Arc::new([]),
             });
         }
         ring.purge_expired(now);
