@@ -275,6 +275,53 @@ fn foreground_with_bind_address_and_default_lifetime() {
     assert!(!sock.exists(), "socket removed on exit");
 }
 
+/// The drop-in serves the keystore's persistent keys too, as `nod agent` does.
+#[test]
+fn keystore_keys_show_in_the_drop_in_agent() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new();
+    let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
+        .args(["keys", "generate", "--name", "stored-in-keystore"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let public = dir.path("stored.pub");
+    fs::write(&public, &o.stdout).unwrap();
+    let o = command(&dir, "ssh-keygen")
+        .arg("-lf")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    let fingerprint = listed.split_whitespace().nth(1).unwrap().to_owned();
+
+    let sock = dir.path("agent.sock");
+    let mut child = command(&dir, env!("CARGO_BIN_EXE_nod"))
+        .args(["ssh-agent", "-D", "-s", "-a"])
+        .arg(&sock)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let o = command(&dir, "ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let list = String::from_utf8_lossy(&o.stdout);
+    assert!(list.contains(&fingerprint), "{fingerprint} not in {list}");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn bad_flags_are_usage_errors() {
     let dir = TempDir::new();

@@ -5,8 +5,10 @@
 //! lines. Without `-D`/`-d` it starts itself again in the background (a new session via
 //! `setsid`, stdio on `/dev/null`), waits until the socket answers, prints the lines with the
 //! background process's pid and returns. The background process serves only the SSH agent
-//! socket (in-memory keys, the approver from `agent.toml` or `--approver…`), and removes the
-//! socket, and the `ssh-XXXXXXXXXXXX` directory it made, on SIGTERM (`-k`), SIGINT or SIGHUP.
+//! socket (keys added with `ssh-add`, the keystore's persistent keys with their policies and
+//! session certificates, as `nod agent` does; the approver from `agent.toml` or
+//! `--approver…`), and removes the socket, and the `ssh-XXXXXXXXXXXX` directory it made, on
+//! SIGTERM (`-k`), SIGINT or SIGHUP.
 //!
 //! Not supported: a command to run (`ssh-agent bash`), `-O` options, `-P` (no PKCS#11).
 
@@ -29,6 +31,7 @@ use crate::agent::raise_nofile_limit;
 use crate::approve::{self, ApproverChoice, Environment, SelectError};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{AgentConfig, ConfigError};
+use crate::keystore::Keystore;
 use crate::log::event;
 use crate::paths::{Paths, PathsError};
 use crate::ssh::SshAgentService;
@@ -414,8 +417,11 @@ fn serve(
     let config = AgentConfig::load(&paths.agent_config())?;
     let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
     let audit = Arc::new(std::sync::Mutex::new(AuditLog::open(&paths.audit_log())?));
-    let service =
-        Arc::new(SshAgentService::new(approver, audit).with_default_lifetime(options.lifetime));
+    let service = Arc::new(
+        SshAgentService::new(approver, audit)
+            .with_default_lifetime(options.lifetime)
+            .with_keystore(Keystore::open(&paths)),
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
