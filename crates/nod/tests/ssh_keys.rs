@@ -452,6 +452,48 @@ fn persistent_key_policies_never_always_and_remember() {
     assert!(!stdout(&o).contains(" k (ED25519)"), "{}", out(&o));
     assert!(!sign(&dir, &public).status.success());
     agent.stop();
+
+    // Signatures under a remembered grant are audited as approved, with the reason, and
+    // without the data signed.
+    let audit = fs::read_to_string(dir.path("state/nod/audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let remembered: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["reason"] == "remembered grant")
+        .collect();
+    assert_eq!(remembered.len(), 2, "{audit}");
+    for line in remembered {
+        assert_eq!(line["service"], "ssh", "{line}");
+        assert_eq!(line["decision"], "approved", "{line}");
+        assert_eq!(line["key_comment"], "k", "{line}");
+        let fields: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for field in &fields {
+            assert!(
+                [
+                    "time",
+                    "prev",
+                    "service",
+                    "key_comment",
+                    "key_fingerprint",
+                    "caller_pid",
+                    "caller_exe",
+                    "decision",
+                    "reason"
+                ]
+                .contains(field),
+                "unexpected field {field} in {line}"
+            );
+        }
+    }
+    assert!(!audit.contains("signed by a persistent key"), "{audit}");
 }
 
 #[test]

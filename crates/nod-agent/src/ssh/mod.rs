@@ -548,7 +548,34 @@ impl SshAgentService {
             let destination = bindings
                 .last()
                 .and_then(|b| ssh_key::PublicKey::from(b.host_key.clone()).to_bytes().ok());
-            self.authorization(public, policy, caller.pid, caller.exe.clone(), destination)
+            match self.authorization(public, policy, caller.pid, caller.exe.clone(), destination) {
+                stored::Need::Nothing => None,
+                stored::Need::Remembered => {
+                    // No prompt, but the signature is on record like an approved one (never
+                    // with the data signed).
+                    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+                    lock(&self.audit)
+                        .append(
+                            &AuditEvent {
+                                service: "ssh",
+                                key_comment: Some(clip(&comment)),
+                                key_fingerprint: Some(fingerprint),
+                                caller_pid: caller.pid,
+                                caller_exe: caller.exe.as_deref().map(clip),
+                                decision: "approved".to_owned(),
+                                reason: Some("remembered grant".to_owned()),
+                                ..Default::default()
+                            },
+                            now_ms(),
+                        )
+                        .map_err(|e| {
+                            event!("{e}");
+                            SshError::Audit
+                        })?;
+                    None
+                }
+                stored::Need::Ask(auth) => Some(auth),
+            }
         };
         if let Some(auth) = auth {
             let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();

@@ -138,6 +138,17 @@ pub struct Authorization {
     pub scope: GrantScope,
 }
 
+/// Whether a signature needs the person.
+#[derive(Debug)]
+pub enum Need {
+    /// The policy asks nobody (`never`).
+    Nothing,
+    /// A `remember` grant covers it: no prompt, but an audit line.
+    Remembered,
+    /// Ask.
+    Ask(Authorization),
+}
+
 impl SshAgentService {
     /// Offers the keystore's persistent keys and enables session certificates.
     pub fn with_keystore(mut self, keystore: Keystore) -> Self {
@@ -185,7 +196,7 @@ impl SshAgentService {
         ))
     }
 
-    /// Whether this signature needs the person; `None` when it does not.
+    /// Whether this signature needs the person.
     pub(super) fn authorization(
         &self,
         public: &KeyData,
@@ -193,7 +204,7 @@ impl SshAgentService {
         pid: Option<i32>,
         exe: Option<String>,
         destination: Option<Vec<u8>>,
-    ) -> Option<Authorization> {
+    ) -> Need {
         let key = ssh_key::PublicKey::from(public.clone())
             .to_bytes()
             .unwrap_or_default();
@@ -203,15 +214,15 @@ impl SshAgentService {
             destination,
         };
         match policy {
-            Policy::Never => None,
+            Policy::Never => Need::Nothing,
             Policy::Remember(_) if self.stored.approvals.granted(&scope, Instant::now()) => {
                 event!(
                     "ssh agent: signature allowed by a remembered approval for {:?}",
                     scope.caller.exe
                 );
-                None
+                Need::Remembered
             }
-            Policy::Always | Policy::Remember(_) => Some(Authorization { policy, scope }),
+            Policy::Always | Policy::Remember(_) => Need::Ask(Authorization { policy, scope }),
         }
     }
 
