@@ -17,7 +17,7 @@ run:
 
 # Everything CI checks: formatting, lints, a short fuzz run, unit + end-to-end tests, and the
 # packages built from the debug build and installed on this (throwaway CI) machine.
-check: fmt-check clippy fuzz-smoke test package-test
+check: fmt-check clippy fuzz-smoke package-test test
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -131,9 +131,13 @@ pub fn local_checks(paths: &Paths) -> Vec<Check> {
             let dir_ok = private_dir_check(dir, me, "socket directory", &mut checks);
             if dir_ok {
                 checks.extend(socket_checks(&dir.join("approval.sock"), me, true));
-                let ssh = dir.join("ssh-agent.sock");
-                if ssh.exists() {
-                    checks.extend(socket_checks(&ssh, me, false));
+                // The other services' sockets are checked when present (a `nod ssh-agent`
+                // drop-in, for one, serves only its own socket elsewhere).
+                for name in ["ssh-agent.sock", "secrets.sock"] {
+                    let sock = dir.join(name);
+                    if sock.exists() {
+                        checks.extend(socket_checks(&sock, me, false));
+                    }
                 }
             }
         }
