@@ -296,3 +296,78 @@ fn destination_constrained_key_logs_in_only_where_permitted() {
     );
     assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "nod-login-ok");
 }
+
+/// Agent forwarding through a permitted hop: `-h 127.0.0.1 -h '127.0.0.1>127.0.0.1'` lets the
+/// key log in to the sshd, and from there (through the forwarded agent) to the same sshd again;
+/// with only the first hop permitted, the second login fails.
+#[test]
+fn destination_constrained_key_follows_permitted_forwarding_hops() {
+    if !require(&[
+        "sshd",
+        "ssh",
+        "ssh-add",
+        "ssh-keygen",
+        "useradd",
+        "chpasswd",
+    ]) {
+        return;
+    }
+    let user = TestUser::ensure("nodtest", PASSWORD);
+    let scratch = Scratch::new("sshdestfwd");
+    let agent = Agent::start(&scratch);
+    let sshd = Sshd::start(&scratch, &user);
+    let socket = agent.home.join("runtime/nod/ssh-agent.sock");
+    wait_for("the SSH agent socket", Duration::from_secs(10), || {
+        socket.exists()
+    });
+    let host_pub = fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).unwrap();
+    let host_pub = host_pub.trim();
+    let ssh_known = scratch.file(
+        "known_hosts_ssh",
+        0o600,
+        &format!("[127.0.0.1]:{} {host_pub}\n", sshd.port),
+    );
+    let for_add = scratch.file("known_hosts_add", 0o600, &format!("127.0.0.1 {host_pub}\n"));
+    let add = |hops: &[&str]| {
+        run_ok(
+            Command::new("ssh-add")
+                .arg("-D")
+                .env("SSH_AUTH_SOCK", &socket),
+        );
+        let mut cmd = Command::new("ssh-add");
+        cmd.arg("-H").arg(&for_add);
+        for hop in hops {
+            cmd.arg("-h").arg(hop);
+        }
+        run_ok(cmd.arg(&sshd.client_key).env("SSH_AUTH_SOCK", &socket));
+    };
+    let inner = format!(
+        "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p {} {}@127.0.0.1 echo nod-hop-ok",
+        sshd.port, user.name
+    );
+    let forwarded = || {
+        let base = ssh(&socket, &ssh_known, sshd.port, &user);
+        // Replace the remote command: the last argument of `ssh`.
+        let args: Vec<_> = base.get_args().map(|a| a.to_owned()).collect();
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-A").args(&args[..args.len() - 1]).arg(&inner);
+        run(&mut cmd)
+    };
+
+    add(&["127.0.0.1", "127.0.0.1>127.0.0.1"]);
+    let out = forwarded();
+    assert!(
+        out.status.success(),
+        "login through the permitted hop failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nod-hop-ok");
+
+    add(&["127.0.0.1"]);
+    let out = forwarded();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("nod-hop-ok"),
+        "login through a hop that is not permitted succeeded"
+    );
+}
