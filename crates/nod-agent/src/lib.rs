@@ -24,7 +24,7 @@
 //! Anything that reaches the approval socket is untrusted: the socket is forwarded from other
 //! hosts, and anyone who can reach it there can write to it. A request is believed only once it
 //! is signed by a host key the user pinned with `nod hosts add`, names that key's id, is fresh,
-//! and has not been seen before (DESIGN.md §1 "Agent side", checks 1-7 in order). An invalid
+//! and has not been seen before (docs/design.md §1 "Agent side", checks 1-7 in order). An invalid
 //! request never reaches a prompt and gets no reply; the helper reads silence as
 //! "unavailable" and falls back to the password. Prompts are serialized and bounded by the
 //! request's expiry, and every approver error is a non-approval (fail closed). What the prompt
@@ -43,9 +43,9 @@
 //!
 //! # Spec
 //!
-//! Wire format: `shared/reference/approval-protocol-v1.md`, implemented by `nod-proto`;
-//! `shared/reference/secrets-protocol.md`, types in `nod-client`.
-//! Behaviour: `shared/DESIGN.md` §1, "Approvers", "Audit" and "Files".
+//! Wire format: `docs/protocol/approval-v1.md`, implemented by `nod-proto`;
+//! `docs/protocol/secrets.md`, types in `nod-client`.
+//! Behaviour: `docs/design.md` §1, "Approvers", "Audit" and "Files".
 
 #![forbid(unsafe_code)]
 

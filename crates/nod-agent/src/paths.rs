@@ -1,4 +1,4 @@
-//! Where the agent keeps its files (XDG Base Directory spec, DESIGN.md "Files").
+//! Where the agent keeps its files (XDG Base Directory spec, docs/design.md "Files").
 //!
 //! | What | Where |
 //! |---|---|

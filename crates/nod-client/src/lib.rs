@@ -1,7 +1,7 @@
 //! Client SDK for nod's secrets broker.
 //!
 //! A program asks `nod agent` for secrets over `$XDG_RUNTIME_DIR/nod/secrets.sock` with
-//! keychain-auth's newline-delimited JSON protocol (`shared/reference/secrets-protocol.md`;
+//! keychain-auth's newline-delimited JSON protocol (`docs/protocol/secrets.md`;
 //! the types are in [`proto`]). The agent decides from what the *kernel* says about the calling
 //! process (its binary's hash), so this crate holds no credentials and proves nothing itself.
 //!

@@ -1,5 +1,5 @@
 //! The secrets-broker wire format: newline-delimited JSON, keychain-auth compatible
-//! (`shared/reference/secrets-protocol.md`), plus nod's `CONTROL` messages for the policy.
+//! (`docs/protocol/secrets.md`), plus nod's `CONTROL` messages for the policy.
 //!
 //! Both sides use these types. The agent decodes with [`Message::decode`], which rejects unknown
 //! fields (**nod**, §Request) and lines longer than [`MAX_LINE`].

@@ -1,5 +1,5 @@
 //! Everything that can end a `nod-helper` run other than an approval, and the one mapping from
-//! it to the exit code that `pam_nod.so` turns into a PAM result (DESIGN.md §1, exit codes).
+//! it to the exit code that `pam_nod.so` turns into a PAM result (docs/design.md §1, exit codes).
 //!
 //! The split that matters for security: 10/11/12 let PAM fall back to the password (only the
 //! authenticator is missing), everything else fails closed.
@@ -188,7 +188,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    /// One value of every variant, with the exit code DESIGN.md §1 gives it. The match in
+    /// One value of every variant, with the exit code docs/design.md §1 gives it. The match in
     /// `covers` has no wildcard, so adding a variant without listing it here fails to compile.
     fn every_variant() -> Vec<(HelperError, u8)> {
         let p = || PathBuf::from("/etc/nod/config.toml");

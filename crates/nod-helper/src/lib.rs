@@ -1,9 +1,9 @@
-//! `nod-helper`: the Linux-host half of nod's remote approval (DESIGN.md §1).
+//! `nod-helper`: the Linux-host half of nod's remote approval (docs/design.md §1).
 //!
 //! `pam_nod.so` runs `nod-helper request` as root for every PAM authentication. The helper signs
 //! a protocol v1 request with the host key, sends it through the user's `ssh -R` forwarded Unix
 //! socket to their `nod agent`, and turns the signed reply into an exit code. It speaks
-//! macos-auth protocol v1 (see `shared/reference/approval-protocol-v1.md`) through `nod-proto`.
+//! macos-auth protocol v1 (see `docs/protocol/approval-v1.md`) through `nod-proto`.
 //!
 //! Threat model, in short:
 //! - Local users must not steer what root reads: config and keys are opened by fd walk from `/`

@@ -3,7 +3,7 @@
 //! This crate is the wire format shared by `nod-helper` (on a Linux host) and `nod agent` (in
 //! the user's session). It is byte-compatible with macos-auth protocol v1: the same JSON
 //! messages, the same canonical bytes under the same domain strings, and the same Ed25519
-//! signatures. `shared/vectors/macos-auth-v1/approval.json` is reproduced byte for byte by the
+//! signatures. `tests/vectors/macos-auth-v1/approval.json` is reproduced byte for byte by the
 //! tests in this crate.
 //!
 //! Threat model, in short: everything that arrives from the wire is untrusted. Frames are capped

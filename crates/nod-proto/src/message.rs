@@ -303,7 +303,7 @@ impl SignedRequest {
         serde_json::to_vec(self).expect("a request always serializes")
     }
 
-    /// The agent-side checks, in the order of DESIGN.md §1 once the host is known: signature by
+    /// The agent-side checks, in the order of docs/design.md §1 once the host is known: signature by
     /// the pinned host key, then key id, then freshness. Replay and rate limits are the caller's
     /// state and come after.
     pub fn verify(

@@ -2,7 +2,7 @@
 //!
 //! The module itself does no crypto and reads no config: it collects the PAM items (user,
 //! service, ruser, rhost, tty and, under sudo, the command line), runs
-//! `nod-helper request ...` and maps its exit code to a PAM result. Spec: DESIGN.md §1,
+//! `nod-helper request ...` and maps its exit code to a PAM result. Spec: docs/design.md §1,
 //! "PAM module" and the `nod-helper` exit code table. Everything that can go wrong is decided by the
 //! helper, in a process of its own, so a bug there cannot crash `sudo` or `sshd`.
 //!

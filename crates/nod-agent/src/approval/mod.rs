@@ -1,4 +1,4 @@
-//! The remote-approval service (DESIGN.md §1 "Agent side"): `nod-helper` on a Linux host asks,
+//! The remote-approval service (docs/design.md §1 "Agent side"): `nod-helper` on a Linux host asks,
 //! over a forwarded Unix socket, whether a PAM login or `sudo` may go ahead.
 //!
 //! - [`hosts`]: the allowlist of hosts and their pinned keys (`hosts.toml`).

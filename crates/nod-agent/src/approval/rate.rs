@@ -1,4 +1,4 @@
-//! Rate limit per host|service|user (DESIGN.md §1, check 7): a token bucket, so a burst of a
+//! Rate limit per host|service|user (docs/design.md §1, check 7): a token bucket, so a burst of a
 //! few prompts is fine but a host cannot flood the person with prompts until one is approved
 //! by mistake.
 

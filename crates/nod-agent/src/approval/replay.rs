@@ -1,4 +1,4 @@
-//! Replay cache (DESIGN.md §1, check 6): a request signature is remembered until the request
+//! Replay cache (docs/design.md §1, check 6): a request signature is remembered until the request
 //! expires, so a captured request cannot be sent again to trigger a second prompt while it is
 //! still fresh. After expiry the freshness check already refuses it.
 

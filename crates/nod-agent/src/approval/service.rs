@@ -1,5 +1,5 @@
 //! One approval exchange per connection (protocol v1 §Transport), with the checks of
-//! DESIGN.md §1 "Agent side" in this order, all before any prompt:
+//! docs/design.md §1 "Agent side" in this order, all before any prompt:
 //!
 //! 1. frame size (read under a deadline) and JSON shape;
 //! 2. host allowlisted, by `linux_host_id`;

@@ -1,4 +1,4 @@
-//! How a person says yes (DESIGN.md "Approvers").
+//! How a person says yes (docs/design.md "Approvers").
 //!
 //! A [`Prompt`] goes in, an [`Outcome`] comes out. Every backend error is a non-approval: a
 //! program that cannot be started is `Failed`, a missing terminal is `Unavailable`, a deadline

@@ -1,5 +1,5 @@
 //! The audit log, `$XDG_STATE_HOME/nod/audit.jsonl`: one JSON object per line, one line per
-//! decision, including requests refused before any prompt (DESIGN.md "Audit").
+//! decision, including requests refused before any prompt (docs/design.md "Audit").
 //!
 //! Each line's `prev` is the hex SHA-256 of the previous line's bytes (without its newline);
 //! the first line has 64 zeros. Editing, inserting or deleting a line breaks the chain at the

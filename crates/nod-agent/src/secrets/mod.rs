@@ -1,5 +1,5 @@
-//! The secrets broker on `$XDG_RUNTIME_DIR/nod/secrets.sock` (DESIGN.md §3, protocol in
-//! `shared/reference/secrets-protocol.md`, types in `nod_client::proto`).
+//! The secrets broker on `$XDG_RUNTIME_DIR/nod/secrets.sock` (docs/design.md §3, protocol in
+//! `docs/protocol/secrets.md`, types in `nod_client::proto`).
 //!
 //! Each request line is judged by the process that sent *that line* (see [`crate::peer`]):
 //! another uid is refused, an unregistered binary gets `unregistered_binary` and is queued for

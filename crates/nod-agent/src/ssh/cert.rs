@@ -1,4 +1,4 @@
-//! Session certificates (DESIGN.md §2): after one approval the agent mints an ephemeral
+//! Session certificates (docs/design.md §2): after one approval the agent mints an ephemeral
 //! Ed25519 key and an OpenSSH user certificate for it, signed by the user CA in the keystore,
 //! and offers the pair as an identity that signs without prompts until it expires. At expiry
 //! both are dropped (the key zeroizes) and vanish from `ssh-add -l`.

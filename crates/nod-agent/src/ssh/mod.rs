@@ -1,4 +1,4 @@
-//! The SSH agent service (DESIGN.md §2), first part: an in-memory agent on
+//! The SSH agent service (docs/design.md §2), first part: an in-memory agent on
 //! `$XDG_RUNTIME_DIR/nod/ssh-agent.sock`, speaking the agent protocol (OpenSSH
 //! `PROTOCOL.agent`) through ssh-agent-lib 0.6's message types.
 //!

@@ -1,4 +1,4 @@
-//! When a signature needs the person (DESIGN.md §2 "Approval policy per key").
+//! When a signature needs the person (docs/design.md §2 "Approval policy per key").
 //!
 //! - `always`: every signature is approved.
 //! - `remember`: one approval grants signatures for the same key × caller × destination until
