@@ -7,126 +7,15 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+mod common;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let mut r = [0u8; 6];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-ssh-{}", hex::encode(r)));
-        fs::create_dir_all(dir.join("home")).unwrap();
-        Self(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn socket(&self) -> PathBuf {
-        self.path("run/nod/ssh-agent.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// True when the OpenSSH tools are there; otherwise skips (or fails under CI).
-fn have_openssh() -> bool {
-    let found = ["/usr/bin/ssh-add", "/usr/bin/ssh-keygen"]
-        .iter()
-        .all(|p| Path::new(p).exists());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ssh-add and ssh-keygen are required under CI=true (apt-get install openssh-client)"
-        );
-        eprintln!("skipped: ssh-add/ssh-keygen not installed (apt-get install openssh-client)");
-    }
-    found
-}
-
-fn write_script(path: &Path, body: &str) {
-    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
-}
-
-/// A running `nod agent`, killed if the test fails.
-struct Agent(Child);
-
-impl Agent {
-    fn start(dir: &TempDir, approver: Option<&Path>) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nod"));
-        cmd.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", dir.path("home"))
-            .env("XDG_CONFIG_HOME", dir.path("config"))
-            .env("XDG_DATA_HOME", dir.path("data"))
-            .env("XDG_STATE_HOME", dir.path("state"))
-            .env("XDG_RUNTIME_DIR", dir.path("run"))
-            .stdin(Stdio::null())
-            .stderr(fs::File::create(dir.path("agent.log")).unwrap())
-            .arg("agent");
-        if let Some(approver) = approver {
-            cmd.arg("--approver-command").arg(approver);
-        }
-        let agent = Self(cmd.spawn().unwrap());
-        let socket = dir.socket();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket())
-            && UnixStream::connect(&socket).is_ok())
-        {
-            assert!(Instant::now() < deadline, "agent never created its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        agent
-    }
-
-    fn stop(mut self) {
-        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
-        assert!(self.0.wait().unwrap().success());
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// An OpenSSH tool talking to the agent under test only.
-fn tool(dir: &TempDir, program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", dir.path("home"))
-        .env("SSH_AUTH_SOCK", dir.socket())
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn out(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ssh_add(dir: &TempDir, args: &[&str]) -> Output {
-    tool(dir, "ssh-add").args(args).output().unwrap()
-}
+use common::{Agent, TempDir, have_openssh, out, ssh_add, stdout, tool, write_script};
 
 /// Generates `name` (private) and `name.pub` in the temp dir; returns the private key's path.
 fn keygen(dir: &TempDir, name: &str, kind: &str, bits: &str) -> PathBuf {
@@ -192,16 +81,12 @@ fn verify(dir: &TempDir, key: &Path) -> Output {
         .unwrap()
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 #[test]
 fn ssh_add_lists_removes_and_signs_with_each_key_type() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-ssh", &["home"]);
     let agent = Agent::start(&dir, None);
     let socket = dir.socket();
     assert_eq!(
@@ -283,7 +168,7 @@ fn key_added_with_a_lifetime_expires() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-ssh", &["home"]);
     let agent = Agent::start(&dir, None);
     let key = keygen(&dir, "id_ed25519", "ed25519", "256");
     let fp = fingerprint(&dir, &key);
@@ -302,7 +187,7 @@ fn locked_agent_lists_nothing_and_refuses_to_sign_until_unlocked() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-ssh", &["home"]);
     let agent = Agent::start(&dir, None);
     let key = keygen(&dir, "id_ed25519", "ed25519", "256");
     let fp = fingerprint(&dir, &key);
@@ -340,7 +225,7 @@ fn confirm_key_signs_only_when_the_approver_says_yes() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-ssh", &["home"]);
     let approver = dir.path("approve.sh");
     let prompt = dir.path("prompt.json");
     let answer = dir.path("answer");
@@ -424,7 +309,7 @@ fn malformed_messages_do_not_stop_the_next_client() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-ssh", &["home"]);
     let agent = Agent::start(&dir, None);
     let socket = dir.socket();
 
@@ -466,7 +351,7 @@ fn rsa_signs_only_with_sha2_flags() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-ssh", &["home"]);
     let agent = Agent::start(&dir, None);
     let key = keygen(&dir, "id_rsa", "rsa", "2048");
     add_and_forget(&dir, &key, &[]);
@@ -502,7 +387,7 @@ fn destination_constrained_key_is_listed_but_does_not_sign_unbound() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-ssh", &["home"]);
     let agent = Agent::start(&dir, None);
     let host = keygen(&dir, "host_key", "ed25519", "256");
     let host_pub = fs::read_to_string(host.with_extension("pub")).unwrap();

@@ -7,80 +7,16 @@
 //! where they fail.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
-struct TempDir(PathBuf);
+mod common;
 
-impl TempDir {
-    fn new() -> Self {
-        let mut r = [0u8; 6];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-keys-{}", hex::encode(r)));
-        fs::create_dir_all(dir.join("home")).unwrap();
-        Self(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn socket(&self) -> PathBuf {
-        self.path("run/nod/ssh-agent.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn have_openssh() -> bool {
-    let found = ["/usr/bin/ssh-add", "/usr/bin/ssh-keygen"]
-        .iter()
-        .all(|p| Path::new(p).exists());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ssh-add and ssh-keygen are required under CI=true (apt-get install openssh-client)"
-        );
-        eprintln!("skipped: ssh-add/ssh-keygen not installed (apt-get install openssh-client)");
-    }
-    found
-}
-
-fn out(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// `nod` with the temp dir's XDG directories.
-fn nod(dir: &TempDir) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nod"));
-    cmd.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", dir.path("home"))
-        .env("XDG_CONFIG_HOME", dir.path("config"))
-        .env("XDG_DATA_HOME", dir.path("data"))
-        .env("XDG_STATE_HOME", dir.path("state"))
-        .env("XDG_RUNTIME_DIR", dir.path("run"))
-        .stdin(Stdio::null());
-    cmd
-}
+use common::{Agent, TempDir, have_openssh, nod, out, ssh_add, stdout, tool};
 
 fn nod_ok(dir: &TempDir, args: &[&str]) -> String {
     let o = nod(dir).args(args).output().unwrap();
@@ -115,54 +51,6 @@ fn prompts(dir: &TempDir) -> Vec<serde_json::Value> {
         .collect()
 }
 
-struct Agent(Child);
-
-impl Agent {
-    fn start(dir: &TempDir, approver: &Path) -> Self {
-        let mut cmd = nod(dir);
-        cmd.stderr(fs::File::create(dir.path("agent.log")).unwrap())
-            .arg("agent")
-            .arg("--approver-command")
-            .arg(approver);
-        let agent = Self(cmd.spawn().unwrap());
-        let socket = dir.socket();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket())
-            && UnixStream::connect(&socket).is_ok())
-        {
-            assert!(Instant::now() < deadline, "agent never created its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        agent
-    }
-
-    fn stop(mut self) {
-        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
-        assert!(self.0.wait().unwrap().success());
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tool(dir: &TempDir, program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", dir.path("home"))
-        .env("SSH_AUTH_SOCK", dir.socket())
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn ssh_add(dir: &TempDir, args: &[&str]) -> Output {
-    tool(dir, "ssh-add").args(args).output().unwrap()
-}
-
 /// `nod keys generate`; writes the printed public line to `<name>.pub` in the temp dir.
 fn generate(dir: &TempDir, args: &[&str], name: &str) -> PathBuf {
     let mut all = vec!["keys", "generate", "--name", name];
@@ -194,7 +82,7 @@ fn keys_generate_import_list_policy_remove_round_trip_sealed() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-keys", &["home"]);
     generate(&dir, &[], "work");
     generate(
         &dir,
@@ -317,7 +205,7 @@ fn keys_generate_import_list_policy_remove_round_trip_sealed() {
 
 #[test]
 fn damaged_store_or_wrong_wrapping_key_fails_clearly_and_changes_nothing() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-keys", &["home"]);
     nod_ok(&dir, &["keys", "generate", "--name", "k"]);
     let store = dir.path("data/nod/ssh_keys.sealed");
     let mut damaged = fs::read(&store).unwrap();
@@ -338,7 +226,7 @@ fn damaged_store_or_wrong_wrapping_key_fails_clearly_and_changes_nothing() {
         assert_eq!(fs::read(&store).unwrap(), damaged);
     }
 
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-keys", &["home"]);
     nod_ok(&dir, &["keys", "generate", "--name", "k"]);
     let store = dir.path("data/nod/ssh_keys.sealed");
     let wrap = dir.path("config/nod/keystore.key");
@@ -377,7 +265,7 @@ fn damaged_store_or_wrong_wrapping_key_fails_clearly_and_changes_nothing() {
 
 #[test]
 fn plaintext_agent_key_is_migrated_into_the_sealed_store() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-keys", &["home"]);
     let key = nod_proto::SigningKey::from_bytes(&[0x11; 32]);
     let plain = dir.path("data/nod/agent_ed25519.key");
     fs::create_dir_all(plain.parent().unwrap()).unwrap();
@@ -400,8 +288,8 @@ fn persistent_key_policies_never_always_and_remember() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
-    let agent = Agent::start(&dir, &approver(&dir, "0"));
+    let dir = TempDir::new("nod-keys", &["home"]);
+    let agent = Agent::start(&dir, Some(&approver(&dir, "0")));
     // Added while the agent runs: it picks the key up.
     let public = generate(&dir, &["--policy", "never"], "k");
     let o = ssh_add(&dir, &["-l"]);
@@ -501,8 +389,8 @@ fn identical_concurrent_requests_share_one_prompt() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
-    let agent = Agent::start(&dir, &approver(&dir, "1"));
+    let dir = TempDir::new("nod-keys", &["home"]);
+    let agent = Agent::start(&dir, Some(&approver(&dir, "1")));
     let public = generate(&dir, &["--policy", "always"], "k");
     // Same content, so the same data to sign; different files, so no clash on the .sig.
     let files: Vec<PathBuf> = (0..2)
@@ -535,9 +423,9 @@ fn session_certificate_is_offered_after_one_approval_and_expires() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-keys", &["home"]);
     // Before `nod keys ca init` the agent refuses.
-    let agent = Agent::start(&dir, &approver(&dir, "0"));
+    let agent = Agent::start(&dir, Some(&approver(&dir, "0")));
     let o = nod(&dir)
         .args([
             "ssh",
@@ -654,8 +542,8 @@ fn a_key_both_persistent_and_added_is_listed_once_under_the_keystore_policy() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
-    let agent = Agent::start(&dir, &approver(&dir, "0"));
+    let dir = TempDir::new("nod-keys", &["home"]);
+    let agent = Agent::start(&dir, Some(&approver(&dir, "0")));
     let key = dir.path("id_both");
     let o = tool(&dir, "ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "both@test", "-f"])
