@@ -9,70 +9,22 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-struct TempDir(PathBuf);
+mod common;
 
-impl TempDir {
-    fn new() -> Self {
-        let mut r = [0u8; 6];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-dropin-{}", hex::encode(r)));
-        fs::create_dir_all(dir.join("home")).unwrap();
-        fs::create_dir_all(dir.join("tmp")).unwrap();
-        Self(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn have_openssh() -> bool {
-    let found = ["/usr/bin/ssh-add", "/usr/bin/ssh-keygen"]
-        .iter()
-        .all(|p| Path::new(p).exists());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ssh-add and ssh-keygen are required under CI=true (apt-get install openssh-client)"
-        );
-        eprintln!("skipped: ssh-add/ssh-keygen not installed (apt-get install openssh-client)");
-    }
-    found
-}
-
-fn out(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{TempDir, have_openssh, out};
 
 /// A command with a clean environment: `nod` on PATH, everything under the temp dir.
 fn command(dir: &TempDir, program: &str) -> Command {
     let nod_dir = Path::new(env!("CARGO_BIN_EXE_nod")).parent().unwrap();
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", format!("{}:/usr/bin:/bin", nod_dir.display()))
-        .env("HOME", dir.path("home"))
-        .env("TMPDIR", dir.path("tmp"))
-        .env("XDG_CONFIG_HOME", dir.path("config"))
-        .env("XDG_DATA_HOME", dir.path("data"))
-        .env("XDG_STATE_HOME", dir.path("state"))
-        .env("XDG_RUNTIME_DIR", dir.path("run"))
-        .stdin(Stdio::null());
+    let mut cmd = common::command(dir, program);
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", nod_dir.display()))
+        .env("TMPDIR", dir.path("tmp"));
     cmd
 }
 
@@ -120,7 +72,7 @@ fn eval_add_list_sign_and_kill_like_ssh_agent() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-dropin", &["home", "tmp"]);
     let key = keygen(&dir, "id_ed25519");
     fs::write(dir.path("msg"), "hello\n").unwrap();
     let script = format!(
@@ -178,7 +130,7 @@ fn csh_lines_and_kill_by_pid() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-dropin", &["home", "tmp"]);
     let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
         .args(["ssh-agent", "-c"])
         .output()
@@ -236,7 +188,7 @@ fn foreground_with_bind_address_and_default_lifetime() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-dropin", &["home", "tmp"]);
     let sock = dir.path("agent.sock");
     let mut child = command(&dir, env!("CARGO_BIN_EXE_nod"))
         .args(["ssh-agent", "-D", "-s", "-t", "2", "-E", "sha256", "-a"])
@@ -281,7 +233,7 @@ fn keystore_keys_show_in_the_drop_in_agent() {
     if !have_openssh() {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-dropin", &["home", "tmp"]);
     let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
         .args(["keys", "generate", "--name", "stored-in-keystore"])
         .output()
@@ -324,7 +276,7 @@ fn keystore_keys_show_in_the_drop_in_agent() {
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-dropin", &["home", "tmp"]);
     for args in [
         &["ssh-agent", "-t", "soon"][..],
         &["ssh-agent", "-E", "sha1"],

@@ -8,37 +8,16 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use base64::Engine as _;
 
-struct TempDir(PathBuf);
+mod common;
 
-impl TempDir {
-    fn new() -> Self {
-        let mut r = [0u8; 6];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-bind-{}", hex::encode(r)));
-        fs::create_dir_all(dir.join("home/.ssh")).unwrap();
-        Self(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn socket(&self) -> PathBuf {
-        self.path("run/nod/ssh-agent.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use common::{TempDir, out};
 
 fn have(tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools
@@ -60,18 +39,9 @@ fn have(tools: &[&str]) -> bool {
     missing.is_empty()
 }
 
-fn out(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// A running `nod agent` whose command approver records the prompt and answers from a file.
 struct Agent {
-    child: Child,
+    _agent: common::Agent,
     prompt: PathBuf,
     answer: PathBuf,
 }
@@ -82,41 +52,16 @@ impl Agent {
         let prompt = dir.path("prompt.json");
         let answer = dir.path("answer");
         fs::write(&answer, "0").unwrap();
-        fs::write(
+        common::write_script(
             &approver,
-            format!(
-                "#!/bin/sh\ncat > '{}'\nexit \"$(cat '{}')\"\n",
+            &format!(
+                "cat > '{}'\nexit \"$(cat '{}')\"",
                 prompt.display(),
                 answer.display()
             ),
-        )
-        .unwrap();
-        fs::set_permissions(&approver, fs::Permissions::from_mode(0o700)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nod"))
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", dir.path("home"))
-            .env("XDG_CONFIG_HOME", dir.path("config"))
-            .env("XDG_DATA_HOME", dir.path("data"))
-            .env("XDG_STATE_HOME", dir.path("state"))
-            .env("XDG_RUNTIME_DIR", dir.path("run"))
-            .stdin(Stdio::null())
-            .stderr(fs::File::create(dir.path("agent.log")).unwrap())
-            .arg("agent")
-            .arg("--approver-command")
-            .arg(&approver)
-            .spawn()
-            .unwrap();
-        let socket = dir.socket();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket())
-            && UnixStream::connect(&socket).is_ok())
-        {
-            assert!(Instant::now() < deadline, "agent never created its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        );
         Self {
-            child,
+            _agent: common::Agent::start(dir, Some(&approver)),
             prompt,
             answer,
         }
@@ -127,20 +72,9 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn tool(dir: &TempDir, program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", dir.path("home"))
-        .env("SSH_AUTH_SOCK", dir.socket())
-        .stdin(Stdio::null());
+    let mut cmd = common::tool(dir, program);
+    cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
     cmd
 }
 
@@ -239,7 +173,7 @@ fn bad_session_bind_fails_and_poisons_only_its_connection() {
     if !have(&["ssh-add", "ssh-keygen"]) {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-bind", &["home/.ssh"]);
     let _agent = Agent::start(&dir);
     let (key, key_blob) = keygen(&dir, "id_user");
     ssh_add(&dir, &[], &key);
@@ -268,7 +202,7 @@ fn query_lists_extensions_and_unknown_ones_fail() {
     if !have(&["ssh-add", "ssh-keygen"]) {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-bind", &["home/.ssh"]);
     let _agent = Agent::start(&dir);
     let mut conn = Conn::open(&dir);
     let mut query = vec![27];
@@ -301,7 +235,7 @@ fn prompt_shows_bound_destination_forwarding_purpose_and_chain() {
     if !have(&["ssh-add", "ssh-keygen"]) {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-bind", &["home/.ssh"]);
     let agent = Agent::start(&dir);
     let (host, host_blob) = keygen(&dir, "host");
     let (user, user_blob) = keygen(&dir, "id_user");
@@ -367,7 +301,7 @@ fn git_commit_signed_through_the_agent_verifies() {
     if !have(&["ssh-add", "ssh-keygen", "git"]) {
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-bind", &["home/.ssh"]);
     let agent = Agent::start(&dir);
     let (key, _) = keygen(&dir, "id_git");
     ssh_add(&dir, &["-c"], &key);
