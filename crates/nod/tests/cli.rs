@@ -3,11 +3,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -16,51 +16,12 @@ use nod_proto::{
     Alg, Decision, KeyId, RequestBody, SignedRequest, SignedResponse, SigningKey, frame,
 };
 
-struct TempDir(PathBuf);
+mod common;
 
-impl TempDir {
-    fn new() -> Self {
-        let mut r = [0u8; 6];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-cli-{}", hex::encode(r)));
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `nod` with a clean environment: no terminal, no display, XDG dirs under `dir`.
-fn nod(dir: &TempDir) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nod"));
-    cmd.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", dir.path("home"))
-        .env("XDG_CONFIG_HOME", dir.path("config"))
-        .env("XDG_DATA_HOME", dir.path("data"))
-        .env("XDG_STATE_HOME", dir.path("state"))
-        .env("XDG_RUNTIME_DIR", dir.path("run"))
-        .stdin(Stdio::null());
-    cmd
-}
+use common::{Agent, TempDir, nod, stderr, stdout, write_script};
 
 fn run(dir: &TempDir, args: &[&str]) -> Output {
     nod(dir).args(args).output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn now_ms() -> u64 {
@@ -74,14 +35,9 @@ fn host_key() -> SigningKey {
     SigningKey::from_bytes(&[0x33; 32])
 }
 
-fn write_script(path: &Path, body: &str) {
-    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
-}
-
 #[test]
 fn hosts_add_list_remove_round_trip_with_both_key_formats() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     let vk1 = host_key().verifying_key();
     let vk2 = SigningKey::from_bytes(&[0x44; 32]).verifying_key();
     fs::write(
@@ -153,7 +109,7 @@ fn hosts_add_list_remove_round_trip_with_both_key_formats() {
 
 #[test]
 fn hosts_add_rejects_bad_ids_and_key_files() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     fs::write(dir.path("bad.pub"), "ssh-rsa AAAAB3NzaC1yc2E= x\n").unwrap();
     fs::write(
         dir.path("ok.pub"),
@@ -196,7 +152,7 @@ fn hosts_add_rejects_bad_ids_and_key_files() {
 
 #[test]
 fn agent_key_is_created_once_and_printed_for_agents_d() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     let first = run(&dir, &["agent-key"]);
     assert!(first.status.success(), "{}", stderr(&first));
     let text = stdout(&first);
@@ -218,7 +174,7 @@ fn agent_key_is_created_once_and_printed_for_agents_d() {
 
 #[test]
 fn agent_toml_with_unknown_key_is_rejected() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     fs::create_dir_all(dir.path("config/nod")).unwrap();
     fs::write(
         dir.path("config/nod/agent.toml"),
@@ -237,7 +193,7 @@ fn agent_toml_with_unknown_key_is_rejected() {
 
 #[test]
 fn audit_verify_reports_ok_and_the_broken_line() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     let o = run(&dir, &["audit", "verify"]);
     assert!(o.status.success());
     assert_eq!(stdout(&o).trim(), "ok: 0 entries");
@@ -265,16 +221,6 @@ fn audit_verify_reports_ok_and_the_broken_line() {
     assert!(stderr(&o).contains("line 3"), "{}", stderr(&o));
 }
 
-/// A running `nod agent`, killed if the test fails.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_agent(dir: &TempDir, args: &[&str]) -> Agent {
     let child = nod(dir)
         .arg("agent")
@@ -283,15 +229,7 @@ fn start_agent(dir: &TempDir, args: &[&str]) -> Agent {
         .spawn()
         .unwrap();
     let agent = Agent(child);
-    let socket = dir.path("run/nod/approval.sock");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Ready = the socket accepts connections (a stale socket file may exist before).
-    while !(fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket())
-        && UnixStream::connect(&socket).is_ok())
-    {
-        assert!(Instant::now() < deadline, "agent never created its socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_socket(&dir.path("run/nod/approval.sock"), "its socket");
     agent
 }
 
@@ -349,7 +287,7 @@ fn setup_host(dir: &TempDir) {
 
 #[test]
 fn agent_approves_through_the_command_approver_and_cleans_up_on_sigterm() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     setup_host(&dir);
     write_script(&dir.path("approve.sh"), "cat >/dev/null\nexit 0");
     let pinned = parse_public_key_file(&stdout(&run(&dir, &["agent-key"]))).unwrap();
@@ -390,7 +328,7 @@ fn agent_approves_through_the_command_approver_and_cleans_up_on_sigterm() {
 
 #[test]
 fn agent_without_any_approver_answers_unavailable() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     setup_host(&dir);
     let mut agent = start_agent(&dir, &[]);
     let resp = ask(&dir.path("run/nod/approval.sock"), &request("cli-headless"));
@@ -402,7 +340,7 @@ fn agent_without_any_approver_answers_unavailable() {
 
 #[test]
 fn agent_replaces_a_stale_socket_but_not_a_file() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     fs::create_dir_all(dir.path("run/nod")).unwrap();
     let socket = dir.path("run/nod/approval.sock");
     drop(UnixListener::bind(&socket).unwrap());
@@ -425,7 +363,7 @@ fn agent_replaces_a_stale_socket_but_not_a_file() {
 
 #[test]
 fn agent_rejects_an_unknown_approver_kind() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     let o = run(&dir, &["agent", "--approver", "always"]);
     assert_eq!(o.status.code(), Some(2));
     let o = run(&dir, &["agent", "--approver", "command"]);
@@ -435,7 +373,7 @@ fn agent_rejects_an_unknown_approver_kind() {
 
 #[test]
 fn xdg_fallbacks_use_home_and_ignore_relative_values() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-cli", &[]);
     fs::write(
         dir.path("web.pub"),
         openssh_public_line(&host_key().verifying_key(), ""),

@@ -15,55 +15,15 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use nod_client::Client;
 use nod_client::proto::{Action, Reason, Request, SecretValue, Status};
 
-struct TempDir(PathBuf);
+mod common;
 
-impl TempDir {
-    fn new() -> Self {
-        let mut r = [0u8; 6];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-secrets-{}", hex::encode(r)));
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn socket(&self) -> PathBuf {
-        self.path("run/nod/secrets.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn nod_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_nod"))
-}
-
-/// `program` with a clean environment: no terminal, no display, XDG dirs under `dir`.
-fn cmd(dir: &TempDir, program: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", dir.path("home"))
-        .env("XDG_CONFIG_HOME", dir.path("config"))
-        .env("XDG_DATA_HOME", dir.path("data"))
-        .env("XDG_STATE_HOME", dir.path("state"))
-        .env("XDG_RUNTIME_DIR", dir.path("run"))
-        .stdin(Stdio::null());
-    cmd
-}
+use common::{Agent, TempDir, command as cmd, nod_bin};
 
 fn run(dir: &TempDir, args: &[&str]) -> Output {
     cmd(dir, &nod_bin()).args(args).output().unwrap()
@@ -109,23 +69,6 @@ fn fails(o: Output) -> Output {
     o
 }
 
-/// A running `nod agent`; its stderr goes to `agent.log`. Killed if the test fails.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Agent {
-    fn stop(mut self) {
-        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
-        assert!(self.0.wait().unwrap().success());
-    }
-}
-
 /// Starts the agent with an approver that records each prompt to `prompt.json` and answers
 /// with `exit_code` (0 approve, 1 deny).
 fn start_agent(dir: &TempDir, exit_code: i32) -> Agent {
@@ -140,22 +83,7 @@ fn start_agent(dir: &TempDir, exit_code: i32) -> Agent {
     )
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o700)).unwrap();
-    let log = fs::File::create(dir.path("agent.log")).unwrap();
-    let child = cmd(dir, &nod_bin())
-        .args(["agent", "--approver-command", script.to_str().unwrap()])
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let agent = Agent(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(dir.socket()).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "agent never created secrets.sock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    agent
+    Agent::start_waiting_for(dir, Some(&script), &dir.secrets_socket(), "secrets.sock")
 }
 
 fn prompt(dir: &TempDir) -> serde_json::Value {
@@ -203,7 +131,7 @@ fn register_self(dir: &TempDir, grants: &[&str]) {
 }
 
 fn client(dir: &TempDir) -> Client {
-    let c = Client::connect(&dir.socket()).unwrap();
+    let c = Client::connect(&dir.secrets_socket()).unwrap();
     c.set_timeout(Some(Duration::from_secs(10))).unwrap();
     c
 }
@@ -231,10 +159,14 @@ const READ_PROD: &str = r#"{"type":"REQUEST","action":"read","service":"aws","ta
 
 #[test]
 fn registered_binary_reads_and_writes_and_an_unregistered_copy_is_pending() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let agent = start_agent(&dir, 0);
     assert_eq!(
-        fs::metadata(dir.socket()).unwrap().permissions().mode() & 0o777,
+        fs::metadata(dir.secrets_socket())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
     let o = ok(register(
@@ -309,14 +241,17 @@ fn registered_binary_reads_and_writes_and_an_unregistered_copy_is_pending() {
     assert!(err(&o).contains("unregistered_binary"), "{}", err(&o));
 
     agent.stop();
-    assert!(!dir.socket().exists(), "secrets.sock removed on shutdown");
+    assert!(
+        !dir.secrets_socket().exists(),
+        "secrets.sock removed on shutdown"
+    );
     let o = ok(run(&dir, &["audit", "verify"]));
     assert!(out(&o).starts_with("ok:"), "{}", out(&o));
 }
 
 #[test]
 fn a_person_saying_no_registers_nothing() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 1);
     let o = fails(register(&dir, &nod_bin(), &["--read", "aws"]));
     assert!(err(&o).contains("not_approved"), "{}", err(&o));
@@ -329,7 +264,7 @@ fn a_person_saying_no_registers_nothing() {
 #[test]
 fn registering_an_interpreter_warns() {
     let Some(python) = python() else { return };
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     let o = ok(register(&dir, &python, &["--read", "aws"]));
     assert!(err(&o).contains("interpreter"), "{}", err(&o));
@@ -340,7 +275,7 @@ fn registering_an_interpreter_warns() {
 
 #[test]
 fn upgrade_moves_the_grants_to_the_new_hash_after_approval() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     let tool = dir.path("tool");
     copy_exe(&nod_bin(), &tool, false);
@@ -365,7 +300,7 @@ fn upgrade_moves_the_grants_to_the_new_hash_after_approval() {
 #[test]
 fn fork_attack_requests_from_the_other_process_are_denied() {
     let Some(python) = python() else { return };
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     let sleeper = dir.path("registered-sleep");
     copy_exe(Path::new("/bin/sleep"), &sleeper, false);
@@ -395,7 +330,7 @@ os.execv(sys.argv[2], [sys.argv[2], "2"])
         .args([
             "-c",
             script,
-            dir.socket().to_str().unwrap(),
+            dir.secrets_socket().to_str().unwrap(),
             sleeper.to_str().unwrap(),
             READ_PROD,
         ])
@@ -414,7 +349,7 @@ os.execv(sys.argv[2], [sys.argv[2], "2"])
 /// process is still granted (its inode is the registered one); the new file is not.
 #[test]
 fn renaming_over_the_registered_path_after_start_changes_nothing() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     let tool = dir.path("tool");
     copy_exe(&nod_bin(), &tool, false);
@@ -459,7 +394,7 @@ fn a_caller_with_another_uid_is_refused() {
         return;
     }
     let Some(python) = python() else { return };
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     let script = r#"
 import os, socket, sys
@@ -471,7 +406,12 @@ s.sendall((sys.argv[2] + "\n").encode())
 sys.stdout.write(s.makefile().readline())
 "#;
     let o = ok(Command::new(&python)
-        .args(["-c", script, dir.socket().to_str().unwrap(), READ_PROD])
+        .args([
+            "-c",
+            script,
+            dir.secrets_socket().to_str().unwrap(),
+            READ_PROD,
+        ])
         .output()
         .unwrap());
     let resp: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
@@ -482,7 +422,7 @@ sys.stdout.write(s.makefile().readline())
 
 #[test]
 fn a_hand_edited_policy_is_refused_with_a_repair_hint() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     ok(register(&dir, &nod_bin(), &["--read", "aws"]));
     let policy = dir.path("state/nod/secrets-policy.json");
@@ -505,7 +445,7 @@ fn a_hand_edited_policy_is_refused_with_a_repair_hint() {
 
 #[test]
 fn batches_are_all_or_nothing_and_write_alignment_is_checked() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     register_self(&dir, &["--read", "aws", "--write", "aws", "--search"]);
     let mut c = client(&dir);
@@ -552,7 +492,7 @@ fn batches_are_all_or_nothing_and_write_alignment_is_checked() {
 
 #[test]
 fn prefix_reads_and_search_need_can_search_and_services_match_exactly() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     register_self(&dir, &["--read", "a", "--write", "a", "--write", "a:b"]);
     let mut c = client(&dir);
@@ -596,9 +536,9 @@ fn prefix_reads_and_search_need_can_search_and_services_match_exactly() {
 
 #[test]
 fn an_oversized_line_is_malformed_and_closes_the_connection() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
-    let mut s = UnixStream::connect(dir.socket()).unwrap();
+    let mut s = UnixStream::connect(dir.secrets_socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let big = vec![b'x'; 64 * 1024 + 10];
     // The agent answers and closes once the cap is passed; it may close before reading all.
@@ -619,7 +559,7 @@ fn an_oversized_line_is_malformed_and_closes_the_connection() {
 #[test]
 fn a_thousand_idle_connections_do_not_block_a_real_client() {
     nod_agent::agent::raise_nofile_limit();
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     register_self(&dir, &["--read", "aws", "--write", "aws"]);
     client(&dir)
@@ -627,7 +567,7 @@ fn a_thousand_idle_connections_do_not_block_a_real_client() {
         .unwrap();
     let mut idle = Vec::new();
     for i in 0..1000 {
-        let mut s = UnixStream::connect(dir.socket()).unwrap();
+        let mut s = UnixStream::connect(dir.secrets_socket()).unwrap();
         if i % 2 == 0 {
             // Half of them stall mid-line.
             s.write_all(b"{\"type\":\"REQ").unwrap();
@@ -647,7 +587,7 @@ fn a_thousand_idle_connections_do_not_block_a_real_client() {
 
 #[test]
 fn no_secret_value_reaches_the_audit_log_or_the_agent_log() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let agent = start_agent(&dir, 0);
     register_self(&dir, &["--read", "aws", "--write", "aws", "--search"]);
     let marker = "VALUE-d41d8cd98f00b204";
@@ -696,7 +636,7 @@ fn secret_service_backend_with_a_real_gnome_keyring() {
         eprintln!("SKIPPED: needs {tools:?} (packages dbus, gnome-keyring, libsecret-tools)");
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     fs::create_dir_all(dir.path("config/nod")).unwrap();
     fs::write(
         dir.path("config/nod/agent.toml"),
@@ -736,7 +676,7 @@ echo "AGENT-EXIT=$?"
         .args(["--", "sh", "-c", script])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("D", &dir.0)
+        .env("D", dir.root())
         .env("NOD", nod_bin())
         .env("HOME", dir.path("home"))
         .env("XDG_CONFIG_HOME", dir.path("config"))
@@ -773,10 +713,10 @@ echo "AGENT-EXIT=$?"
 /// the same socket as its stdout) has no single sender and is refused.
 #[test]
 fn a_line_written_by_two_processes_is_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     register_self(&dir, &["--read", "aws"]);
-    let mut s = UnixStream::connect(dir.socket()).unwrap();
+    let mut s = UnixStream::connect(dir.secrets_socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(br#"{"type":"REQUEST","action":"read","#)
         .unwrap();

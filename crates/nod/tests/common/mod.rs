@@ -31,6 +31,9 @@ impl TempDir {
         }
         Self(dir)
     }
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
     pub fn path(&self, rel: &str) -> PathBuf {
         self.0.join(rel)
     }
