@@ -26,7 +26,7 @@ mod common;
 use common::{Agent, TempDir, command as cmd, nod_bin};
 
 fn run(dir: &TempDir, args: &[&str]) -> Output {
-    cmd(dir, &nod_bin()).args(args).output().unwrap()
+    cmd(dir, nod_bin()).args(args).output().unwrap()
 }
 
 fn run_with_stdin(dir: &TempDir, program: &Path, args: &[&str], input: &str) -> Output {
