@@ -48,10 +48,7 @@ fn ssh_login_asks_with_destination_purpose_and_chain_and_denial_refuses() {
     let scratch = Scratch::new("sshlogin");
     let agent = Agent::start(&scratch);
     let sshd = Sshd::start(&scratch, &user);
-    let socket = agent.home.join("runtime/nod/ssh-agent.sock");
-    wait_for("the SSH agent socket", Duration::from_secs(10), || {
-        socket.exists()
-    });
+    let socket = agent.wait_for_ssh_socket();
     run_ok(
         Command::new("ssh-add")
             .arg("-c")
@@ -211,10 +208,7 @@ fn destination_constrained_key_logs_in_only_where_permitted() {
     let scratch = Scratch::new("sshdest");
     let agent = Agent::start(&scratch);
     let sshd = Sshd::start(&scratch, &user);
-    let socket = agent.home.join("runtime/nod/ssh-agent.sock");
-    wait_for("the SSH agent socket", Duration::from_secs(10), || {
-        socket.exists()
-    });
+    let socket = agent.wait_for_ssh_socket();
     let host_pub = fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).unwrap();
     let host_pub = host_pub.trim();
     // What ssh checks the server against, and what ssh-add -h looks the name up in (by name
@@ -316,10 +310,7 @@ fn destination_constrained_key_follows_permitted_forwarding_hops() {
     let scratch = Scratch::new("sshdestfwd");
     let agent = Agent::start(&scratch);
     let sshd = Sshd::start(&scratch, &user);
-    let socket = agent.home.join("runtime/nod/ssh-agent.sock");
-    wait_for("the SSH agent socket", Duration::from_secs(10), || {
-        socket.exists()
-    });
+    let socket = agent.wait_for_ssh_socket();
     let host_pub = fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).unwrap();
     let host_pub = host_pub.trim();
     let ssh_known = scratch.file(

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nod_e2e::{Agent, Scratch, TestUser, free_port, require, run_ok, wait_for, which};
+use nod_e2e::{Agent, Scratch, TestUser, require, run_ok, spawn_sshd};
 
 fn out(o: &Output) -> String {
     format!(
@@ -31,25 +31,13 @@ struct CertSshd {
 impl CertSshd {
     fn start(scratch: &Scratch, user: &TestUser, ca_line: &str) -> Self {
         let dir = scratch.dir("sshd-cert", 0o755);
-        let host_key = dir.join("ssh_host_ed25519_key");
-        run_ok(
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(&host_key),
-        );
         let ca = dir.join("trusted_user_ca.pub");
         fs::write(&ca, ca_line).unwrap();
         fs::set_permissions(&ca, fs::Permissions::from_mode(0o644)).unwrap();
-        let port = free_port();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\n\
-                 ListenAddress 127.0.0.1\n\
-                 HostKey {}\n\
-                 PidFile {}\n\
-                 AuthorizedKeysFile none\n\
+        let (child, port) = spawn_sshd(
+            &dir,
+            &format!(
+                "AuthorizedKeysFile none\n\
                  TrustedUserCAKeys {}\n\
                  AllowUsers {}\n\
                  PubkeyAuthentication yes\n\
@@ -58,25 +46,10 @@ impl CertSshd {
                  UsePAM no\n\
                  StrictModes no\n\
                  LogLevel ERROR\n",
-                host_key.display(),
-                dir.join("sshd.pid").display(),
                 ca.display(),
                 user.name,
             ),
-        )
-        .unwrap();
-        fs::create_dir_all("/run/sshd").unwrap();
-        let sshd = which("sshd").expect("sshd");
-        run_ok(Command::new(&sshd).arg("-t").arg("-f").arg(&config));
-        let child = Command::new(&sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sshd");
-        wait_for("sshd to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        );
         Self { child, port }
     }
 
@@ -86,10 +59,7 @@ impl CertSshd {
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", &agent.home)
-            .env(
-                "SSH_AUTH_SOCK",
-                agent.home.join("runtime/nod/ssh-agent.sock"),
-            )
+            .env("SSH_AUTH_SOCK", agent.ssh_socket())
             .args([
                 "-F",
                 "/dev/null",

@@ -292,6 +292,20 @@ impl Agent {
         cmd
     }
 
+    /// The agent's SSH agent socket.
+    pub fn ssh_socket(&self) -> PathBuf {
+        self.home.join("runtime/nod/ssh-agent.sock")
+    }
+
+    /// Waits (10 s at most) until the SSH agent socket exists; returns its path.
+    pub fn wait_for_ssh_socket(&self) -> PathBuf {
+        let socket = self.ssh_socket();
+        wait_for("the SSH agent socket", Duration::from_secs(10), || {
+            socket.exists()
+        });
+        socket
+    }
+
     pub fn answer(&self, a: Answer) {
         fs::write(&self.answer_file, a.exit_code().to_string()).unwrap();
     }
@@ -548,6 +562,47 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `sshd -D` on a free loopback port with a fresh ed25519 host key
+/// (`<dir>/ssh_host_ed25519_key`) and `<dir>/sshd_config`: port, address, host key and pid
+/// file, then `settings`. Checks the config with `sshd -t` first and waits until it listens.
+pub fn spawn_sshd(dir: &Path, settings: &str) -> (Child, u16) {
+    let host_key = dir.join("ssh_host_ed25519_key");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key),
+    );
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    fs::write(
+        &config,
+        format!(
+            "Port {port}\n\
+             ListenAddress 127.0.0.1\n\
+             HostKey {}\n\
+             PidFile {}\n\
+             {settings}",
+            host_key.display(),
+            dir.join("sshd.pid").display(),
+        ),
+    )
+    .unwrap();
+    // Privilege separation directory, as the Debian unit creates it.
+    fs::create_dir_all("/run/sshd").unwrap();
+    let sshd = which("sshd").expect("sshd");
+    run_ok(Command::new(&sshd).arg("-t").arg("-f").arg(&config));
+    let child = Command::new(&sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sshd");
+    wait_for("sshd to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (child, port)
+}
+
 /// `sshd` on loopback with a throwaway config: public-key login for one user, no PAM, Unix
 /// socket remote forwards allowed and stale sockets unlinked (`StreamLocalBindUnlink yes`).
 #[derive(Debug)]
@@ -560,28 +615,19 @@ pub struct Sshd {
 impl Sshd {
     pub fn start(scratch: &Scratch, user: &TestUser) -> Self {
         let dir = scratch.dir("sshd", 0o755);
-        let host_key = dir.join("ssh_host_ed25519_key");
         let client_key = dir.join("client_ed25519");
-        for key in [&host_key, &client_key] {
-            run_ok(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(key),
-            );
-        }
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&client_key),
+        );
         let authorized = dir.join("authorized_keys");
         fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
         fs::set_permissions(&authorized, fs::Permissions::from_mode(0o644)).unwrap();
-        let port = free_port();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\n\
-                 ListenAddress 127.0.0.1\n\
-                 HostKey {}\n\
-                 PidFile {}\n\
-                 AuthorizedKeysFile {}\n\
+        let (child, port) = spawn_sshd(
+            &dir,
+            &format!(
+                "AuthorizedKeysFile {}\n\
                  AllowUsers {}\n\
                  PubkeyAuthentication yes\n\
                  PasswordAuthentication no\n\
@@ -591,26 +637,10 @@ impl Sshd {
                  AllowStreamLocalForwarding yes\n\
                  StreamLocalBindUnlink yes\n\
                  LogLevel ERROR\n",
-                host_key.display(),
-                dir.join("sshd.pid").display(),
                 authorized.display(),
                 user.name,
             ),
-        )
-        .unwrap();
-        // Privilege separation directory, as the Debian unit creates it.
-        fs::create_dir_all("/run/sshd").unwrap();
-        let sshd = which("sshd").expect("sshd");
-        run_ok(Command::new(&sshd).arg("-t").arg("-f").arg(&config));
-        let child = Command::new(&sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sshd");
-        wait_for("sshd to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        );
         Self {
             child,
             port,

@@ -185,7 +185,7 @@ struct Figures {
 /// Runs the SSH section and prints its tables.
 pub fn run(scratch: &Scratch) {
     let nod = Agent::start_with(scratch, Some(Path::new("/bin/true")), None);
-    let nod_socket = nod.home.join("runtime/nod/ssh-agent.sock");
+    let nod_socket = nod.ssh_socket();
     wait_for("nod's SSH agent socket", Duration::from_secs(10), || {
         nod_socket.exists()
     });
