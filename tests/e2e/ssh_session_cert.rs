@@ -36,19 +36,12 @@ impl CertSshd {
         fs::set_permissions(&ca, fs::Permissions::from_mode(0o644)).unwrap();
         let (child, port) = spawn_sshd(
             &dir,
+            user,
             &format!(
-                "AuthorizedKeysFile none\n\
-                 TrustedUserCAKeys {}\n\
-                 AllowUsers {}\n\
-                 PubkeyAuthentication yes\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 LogLevel ERROR\n",
-                ca.display(),
-                user.name,
+                "AuthorizedKeysFile none\nTrustedUserCAKeys {}\n",
+                ca.display()
             ),
+            "",
         );
         Self { child, port }
     }

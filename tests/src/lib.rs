@@ -563,9 +563,10 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts `sshd -D` on a free loopback port with a fresh ed25519 host key
-/// (`<dir>/ssh_host_ed25519_key`) and `<dir>/sshd_config`: port, address, host key and pid
-/// file, then `settings`. Checks the config with `sshd -t` first and waits until it listens.
-pub fn spawn_sshd(dir: &Path, settings: &str) -> (Child, u16) {
+/// (`<dir>/ssh_host_ed25519_key`) and `<dir>/sshd_config`: public-key login for `user` only, no
+/// PAM, with `auth` (how keys are authorized) and `extra` as further config lines. Checks the
+/// config with `sshd -t` first and waits until it listens.
+pub fn spawn_sshd(dir: &Path, user: &TestUser, auth: &str, extra: &str) -> (Child, u16) {
     let host_key = dir.join("ssh_host_ed25519_key");
     run_ok(
         Command::new("ssh-keygen")
@@ -581,9 +582,18 @@ pub fn spawn_sshd(dir: &Path, settings: &str) -> (Child, u16) {
              ListenAddress 127.0.0.1\n\
              HostKey {}\n\
              PidFile {}\n\
-             {settings}",
+             {auth}\
+             AllowUsers {}\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             UsePAM no\n\
+             StrictModes no\n\
+             {extra}\
+             LogLevel ERROR\n",
             host_key.display(),
             dir.join("sshd.pid").display(),
+            user.name,
         ),
     )
     .unwrap();
@@ -626,20 +636,9 @@ impl Sshd {
         fs::set_permissions(&authorized, fs::Permissions::from_mode(0o644)).unwrap();
         let (child, port) = spawn_sshd(
             &dir,
-            &format!(
-                "AuthorizedKeysFile {}\n\
-                 AllowUsers {}\n\
-                 PubkeyAuthentication yes\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 AllowStreamLocalForwarding yes\n\
-                 StreamLocalBindUnlink yes\n\
-                 LogLevel ERROR\n",
-                authorized.display(),
-                user.name,
-            ),
+            user,
+            &format!("AuthorizedKeysFile {}\n", authorized.display()),
+            "AllowStreamLocalForwarding yes\nStreamLocalBindUnlink yes\n",
         );
         Self {
             child,
