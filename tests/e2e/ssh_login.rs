@@ -5,13 +5,36 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use nod_e2e::{Agent, Answer, Scratch, Sshd, TestUser, require, run, run_ok, wait_for};
 
 const PASSWORD: &str = "nod-e2e-password";
+
+/// What every test here needs (skipped without, failed under `CI=true`).
+const LOGIN_TOOLS: [&str; 6] = [
+    "sshd",
+    "ssh",
+    "ssh-add",
+    "ssh-keygen",
+    "useradd",
+    "chpasswd",
+];
+
+/// `sshd`'s host key line, trimmed, and a known_hosts file (`known_hosts_ssh` in the scratch
+/// dir) that pins it for `[127.0.0.1]:<port>`.
+fn host_key_and_known_hosts(scratch: &Scratch, sshd: &Sshd) -> (String, PathBuf) {
+    let host_pub = fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).unwrap();
+    let host_pub = host_pub.trim().to_owned();
+    let ssh_known = scratch.file(
+        "known_hosts_ssh",
+        0o600,
+        &format!("[127.0.0.1]:{} {host_pub}\n", sshd.port),
+    );
+    (host_pub, ssh_known)
+}
 
 fn ssh(agent_socket: &Path, known_hosts: &Path, port: u16, user: &TestUser) -> Command {
     let mut cmd = Command::new("ssh");
@@ -34,14 +57,7 @@ fn ssh(agent_socket: &Path, known_hosts: &Path, port: u16, user: &TestUser) -> C
 
 #[test]
 fn ssh_login_asks_with_destination_purpose_and_chain_and_denial_refuses() {
-    if !require(&[
-        "sshd",
-        "ssh",
-        "ssh-add",
-        "ssh-keygen",
-        "useradd",
-        "chpasswd",
-    ]) {
+    if !require(&LOGIN_TOOLS) {
         return;
     }
     let user = TestUser::ensure("nodtest", PASSWORD);
@@ -130,14 +146,7 @@ fn ssh_login_asks_with_destination_purpose_and_chain_and_denial_refuses() {
 
 #[test]
 fn drop_in_agent_after_eval_serves_an_ssh_login_and_stops_with_k() {
-    if !require(&[
-        "sshd",
-        "ssh",
-        "ssh-add",
-        "ssh-keygen",
-        "useradd",
-        "chpasswd",
-    ]) {
+    if !require(&LOGIN_TOOLS) {
         return;
     }
     let user = TestUser::ensure("nodtest", PASSWORD);
@@ -194,14 +203,7 @@ fn drop_in_agent_after_eval_serves_an_ssh_login_and_stops_with_k() {
 /// name, it is hidden from the bound connection and the login fails.
 #[test]
 fn destination_constrained_key_logs_in_only_where_permitted() {
-    if !require(&[
-        "sshd",
-        "ssh",
-        "ssh-add",
-        "ssh-keygen",
-        "useradd",
-        "chpasswd",
-    ]) {
+    if !require(&LOGIN_TOOLS) {
         return;
     }
     let user = TestUser::ensure("nodtest", PASSWORD);
@@ -209,15 +211,9 @@ fn destination_constrained_key_logs_in_only_where_permitted() {
     let agent = Agent::start(&scratch);
     let sshd = Sshd::start(&scratch, &user);
     let socket = agent.wait_for_ssh_socket();
-    let host_pub = fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).unwrap();
-    let host_pub = host_pub.trim();
     // What ssh checks the server against, and what ssh-add -h looks the name up in (by name
     // only, without the port).
-    let ssh_known = scratch.file(
-        "known_hosts_ssh",
-        0o600,
-        &format!("[127.0.0.1]:{} {host_pub}\n", sshd.port),
-    );
+    let (host_pub, ssh_known) = host_key_and_known_hosts(&scratch, &sshd);
     let right = scratch.file(
         "known_hosts_right",
         0o600,
@@ -296,14 +292,7 @@ fn destination_constrained_key_logs_in_only_where_permitted() {
 /// with only the first hop permitted, the second login fails.
 #[test]
 fn destination_constrained_key_follows_permitted_forwarding_hops() {
-    if !require(&[
-        "sshd",
-        "ssh",
-        "ssh-add",
-        "ssh-keygen",
-        "useradd",
-        "chpasswd",
-    ]) {
+    if !require(&LOGIN_TOOLS) {
         return;
     }
     let user = TestUser::ensure("nodtest", PASSWORD);
@@ -311,13 +300,7 @@ fn destination_constrained_key_follows_permitted_forwarding_hops() {
     let agent = Agent::start(&scratch);
     let sshd = Sshd::start(&scratch, &user);
     let socket = agent.wait_for_ssh_socket();
-    let host_pub = fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).unwrap();
-    let host_pub = host_pub.trim();
-    let ssh_known = scratch.file(
-        "known_hosts_ssh",
-        0o600,
-        &format!("[127.0.0.1]:{} {host_pub}\n", sshd.port),
-    );
+    let (host_pub, ssh_known) = host_key_and_known_hosts(&scratch, &sshd);
     let for_add = scratch.file("known_hosts_add", 0o600, &format!("127.0.0.1 {host_pub}\n"));
     let add = |hops: &[&str]| {
         run_ok(
