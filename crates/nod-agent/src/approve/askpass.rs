@@ -6,11 +6,10 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::time::Instant;
 
+use super::child::{GroupChild, by_deadline};
 use super::{ApprovalFuture, Approver, Outcome, Prompt};
 use crate::log::event;
 
@@ -42,29 +41,20 @@ impl AskpassApprover {
     }
 
     async fn run(&self, prompt: &Prompt) -> Outcome {
-        let mut child = match Command::new(&self.program)
-            .arg(prompt.text())
+        let mut cmd = Command::new(&self.program);
+        cmd.arg(prompt.text())
             .env("SSH_ASKPASS_PROMPT", "confirm")
             .env("NOD_PROMPT_KIND", prompt.kind())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-        {
+            .stdout(Stdio::null());
+        let mut child = match GroupChild::spawn(&mut cmd) {
             Ok(child) => child,
             Err(e) => {
                 event!("askpass {} could not start: {e}", self.program.display());
                 return Outcome::Failed;
             }
         };
-        let pid = child.id().and_then(|p| i32::try_from(p).ok());
-        // If we are dropped at the deadline, take the whole dialog down, not just its wrapper.
-        let mut guard = KillGroupOnDrop(pid);
-        let status = child.wait().await;
-        // Reaped: the pid may be reused from now on, so never signal it.
-        guard.0 = None;
-        match status {
+        match child.wait().await {
             Ok(s) if s.success() => Outcome::Approved,
             Ok(s) if s.code().is_some() => Outcome::Denied,
             Ok(s) => {
@@ -79,31 +69,15 @@ impl AskpassApprover {
     }
 }
 
-struct KillGroupOnDrop(Option<i32>);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
 impl Approver for AskpassApprover {
     fn name(&self) -> &'static str {
         "askpass"
     }
 
     fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a> {
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, self.run(prompt)).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    event!("askpass was not answered in time; closed it");
-                    Outcome::Failed
-                }
-            }
-        })
+        Box::pin(by_deadline(deadline, self.run(prompt), || {
+            event!("askpass was not answered in time; closed it");
+        }))
     }
 }
 
@@ -112,20 +86,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::approve::PamPrompt;
 
     fn prompt() -> Prompt {
-        Prompt::Pam(PamPrompt {
-            host: "h".into(),
-            host_id: "h".into(),
-            service: "sudo".into(),
-            user: "u".into(),
-            ruser: None,
-            tty: None,
-            rhost: None,
-            command: Some("id".into()),
-            request_id: "r".into(),
-        })
+        crate::approve::sample_prompt()
     }
 
     /// A fake askpass: a script that checks the OpenSSH convention and exits with `code`.
@@ -136,7 +99,7 @@ mod tests {
         let p = dir.join(format!("askpass-{code}"));
         let script = format!(
             "#!/bin/sh\n[ \"$SSH_ASKPASS_PROMPT\" = confirm ] || exit 9\n\
-             case \"$1\" in *'allow sudo as u on h'*) exit {code};; esac\nexit 8\n"
+             case \"$1\" in *'allow sudo as alice on web-1.example.com'*) exit {code};; esac\nexit 8\n"
         );
         let status = std::process::Command::new("/bin/sh")
             .args(["-c", r#"printf '%s' "$1" > "$2" && chmod 700 "$2""#, "sh"])

@@ -3,19 +3,17 @@
 //! 0 approve, 1 deny, 2 cancel; anything else, a signal, a spawn failure or the deadline is
 //! `Failed`.
 //!
-//! The program runs in its own process group, and the whole group is killed when the answer is
-//! no longer wanted (deadline, agent shutdown, helper gone), so a `sh -c` wrapper cannot leave
-//! a prompt window behind.
+//! The program runs in its own process group, killed as a whole when the answer is no longer
+//! wanted (see `child.rs`).
 
 use std::io::ErrorKind;
 use std::process::{ExitStatus, Stdio};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 
+use super::child::{GroupChild, by_deadline};
 use super::{ApprovalFuture, Approver, Outcome, Prompt};
 use crate::log::event;
 
@@ -44,45 +42,21 @@ pub fn outcome_of(status: ExitStatus) -> Outcome {
     }
 }
 
-/// A child in its own process group; dropping it before it was reaped kills the group.
-struct GroupChild {
-    child: Child,
-    reaped: bool,
-}
-
-impl Drop for GroupChild {
-    fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        // Not reaped yet, so the pid (= the group id) cannot have been reused.
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
 impl CommandApprover {
     async fn run(&self, prompt: &Prompt) -> Outcome {
         let mut cmd = Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..])
             .env("NOD_PROMPT_KIND", prompt.kind())
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = match cmd.spawn() {
+            .stdout(Stdio::null());
+        let mut child = match GroupChild::spawn(&mut cmd) {
             Ok(child) => child,
             Err(e) => {
                 event!("command approver {:?} could not start: {e}", self.argv[0]);
                 return Outcome::Failed;
             }
         };
-        let mut child = GroupChild {
-            child,
-            reaped: false,
-        };
-        let stdin = child.child.stdin.take();
+        let stdin = child.take_stdin();
         let json = prompt.to_json();
         let write = async move {
             let Some(mut stdin) = stdin else { return };
@@ -94,8 +68,7 @@ impl CommandApprover {
             }
             drop(stdin);
         };
-        let ((), status) = tokio::join!(write, child.child.wait());
-        child.reaped = true;
+        let ((), status) = tokio::join!(write, child.wait());
         match status {
             Ok(status) => {
                 let outcome = outcome_of(status);
@@ -118,18 +91,12 @@ impl Approver for CommandApprover {
     }
 
     fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a> {
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, self.run(prompt)).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    event!(
-                        "command approver {:?} did not answer in time; killed",
-                        self.argv[0]
-                    );
-                    Outcome::Failed
-                }
-            }
-        })
+        Box::pin(by_deadline(deadline, self.run(prompt), || {
+            event!(
+                "command approver {:?} did not answer in time; killed",
+                self.argv[0]
+            );
+        }))
     }
 }
 
@@ -139,20 +106,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::approve::PamPrompt;
 
     fn prompt() -> Prompt {
-        Prompt::Pam(PamPrompt {
-            host: "h".into(),
-            host_id: "h".into(),
-            service: "sudo".into(),
-            user: "u".into(),
-            ruser: None,
-            tty: None,
-            rhost: None,
-            command: None,
-            request_id: "r".into(),
-        })
+        crate::approve::sample_prompt()
     }
 
     fn sh(script: &str) -> CommandApprover {

@@ -9,6 +9,7 @@
 //! and [`Unavailable`] when none can reach the person.
 
 pub mod askpass;
+mod child;
 pub mod command;
 pub mod tty;
 
@@ -344,22 +345,28 @@ pub fn select(
     })
 }
 
+/// The PAM prompt the approver tests ask with.
+#[cfg(test)]
+pub(crate) fn sample_prompt() -> Prompt {
+    Prompt::Pam(PamPrompt {
+        host: "web-1.example.com".into(),
+        host_id: "web-1".into(),
+        service: "sudo".into(),
+        user: "alice".into(),
+        ruser: Some("alice".into()),
+        tty: Some("/dev/pts/3".into()),
+        rhost: Some("10.0.0.5".into()),
+        command: Some("/usr/bin/apt upgrade".into()),
+        request_id: "r1".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn prompt() -> Prompt {
-        Prompt::Pam(PamPrompt {
-            host: "web-1.example.com".into(),
-            host_id: "web-1".into(),
-            service: "sudo".into(),
-            user: "alice".into(),
-            ruser: Some("alice".into()),
-            tty: Some("/dev/pts/3".into()),
-            rhost: Some("10.0.0.5".into()),
-            command: Some("/usr/bin/apt upgrade".into()),
-            request_id: "r1".into(),
-        })
+        sample_prompt()
     }
 
     #[test]
