@@ -672,15 +672,10 @@ impl SshAgentService {
                 "forwarded login request names no host key",
             ));
         }
-        if let Some(blob) = hostbound_key {
-            let bound = ssh_key::PublicKey::from(last.host_key.clone())
-                .to_bytes()
-                .map_err(|_| SshError::BadKey("host key"))?;
-            if *blob != bound {
-                return Err(SshError::SessionMismatch);
-            }
+        match hostbound_key {
+            Some(blob) => check_hostbound(blob, last),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn destination(&self, caller: &Caller, bindings: &Bindings) -> Option<SshDestination> {
@@ -727,15 +722,23 @@ fn check_login_binding(purpose: &purpose::Purpose, bindings: &Bindings) -> Resul
     if *session_id != last.session_id {
         return Err(SshError::SessionMismatch);
     }
-    if let Some(blob) = hostbound_key {
-        let bound = ssh_key::PublicKey::from(last.host_key.clone())
-            .to_bytes()
-            .map_err(|_| SshError::BadKey("host key"))?;
-        if *blob != bound {
-            return Err(SshError::SessionMismatch);
-        }
+    match hostbound_key {
+        Some(blob) => check_hostbound(blob, last),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// A host-bound login request (`publickey-hostbound-v00@openssh.com`) must name the host key
+/// of the last verified bind, or it could be replayed to another server.
+fn check_hostbound(blob: &[u8], last: &bind::Binding) -> Result<(), SshError> {
+    let bound = ssh_key::PublicKey::from(last.host_key.clone())
+        .to_bytes()
+        .map_err(|_| SshError::BadKey("host key"))?;
+    if blob == bound.as_slice() {
+        Ok(())
+    } else {
+        Err(SshError::SessionMismatch)
+    }
 }
 
 /// The audit log's `decision` word for an approver outcome.
