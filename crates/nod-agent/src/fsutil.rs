@@ -92,3 +92,13 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     }
     result
 }
+
+/// A fresh, uniquely named scratch directory under the system temp dir, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_dir(tag: &str) -> std::path::PathBuf {
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).unwrap();
+    let dir = std::env::temp_dir().join(format!("nod-{tag}-{}", hex::encode(r)));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}

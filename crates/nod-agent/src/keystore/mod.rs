@@ -380,11 +380,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn tempdir(name: &str) -> PathBuf {
-        let mut r = [0u8; 8];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-ks-{name}-{}", hex::encode(r)));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::fsutil::test_dir(&format!("ks-{name}"))
     }
 
     pub(crate) fn store(root: &Path) -> Keystore {

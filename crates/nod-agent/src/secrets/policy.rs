@@ -303,11 +303,7 @@ mod tests {
     use super::*;
 
     fn tempdir() -> PathBuf {
-        let mut r = [0u8; 8];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-policy-{}", hex::encode(r)));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::fsutil::test_dir("policy")
     }
 
     fn entry(hash: &str) -> PolicyEntry {

@@ -220,11 +220,7 @@ mod tests {
     use super::*;
 
     fn tempdir() -> PathBuf {
-        let mut r = [0u8; 8];
-        getrandom::getrandom(&mut r).unwrap();
-        let dir = std::env::temp_dir().join(format!("nod-store-{}", hex::encode(r)));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::fsutil::test_dir("store")
     }
 
     fn write(targets: &[(&str, &str)]) -> Change {
