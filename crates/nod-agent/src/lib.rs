@@ -64,6 +64,13 @@ pub mod ssh;
 
 pub use agent::{AgentError, AgentOptions, run_agent};
 
+/// Locks a mutex, carrying on past poisoning. Every mutex in the agent guards plain data (maps,
+/// lists, the audit writer) that a panic elsewhere cannot leave half-changed, and a
+/// half-made decision is never stored behind one, so continuing is safe.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Milliseconds since the Unix epoch, the clock of protocol v1.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

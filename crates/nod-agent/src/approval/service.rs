@@ -17,7 +17,7 @@
 //! written to the audit log before the reply is sent.
 
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -36,6 +36,7 @@ use crate::approve::{Approver, Outcome, PamPrompt, Prompt};
 use crate::audit::{AuditEvent, AuditLog, clip};
 use crate::config::ApprovalConfig;
 use crate::keystore::AgentKey;
+use crate::lock;
 use crate::log::event;
 use crate::now_ms;
 
@@ -149,12 +150,6 @@ pub struct ApprovalService {
     /// One prompt at a time: a person answers one question, and a flood of requests must not
     /// stack dialogs until one is approved by mistake.
     prompt_turn: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind, never a half-made
-    // decision, so continuing is safe.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn audit_base(body: &RequestBody) -> AuditEvent {

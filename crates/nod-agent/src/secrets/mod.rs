@@ -23,7 +23,7 @@ pub mod policy;
 pub mod store;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
@@ -45,6 +45,7 @@ use self::store::{Change, FileStore, StoreError};
 use crate::approve::{Approver, Outcome, Prompt, SecretsPrompt};
 use crate::audit::{AuditLog, clip};
 use crate::config::SecretsBackend;
+use crate::lock;
 use crate::log::event;
 use crate::now_ms;
 use crate::paths::Paths;
@@ -279,10 +280,6 @@ fn check_policy(entry: &PolicyEntry, req: &CheckedRequest) -> Result<(), Refusal
         return Err(Refusal::ActionNotInPolicy);
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why the broker did not do what a line asked: the one mapping from cause to the wire's

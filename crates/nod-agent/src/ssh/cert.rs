@@ -17,7 +17,7 @@
 //! (no CA, bad request, not approved). The certificate is valid from one minute before minting
 //! (clock skew) to the end of the validity; its key id names the principals and the time.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -30,9 +30,8 @@ use tokio::time::Instant;
 use super::policy::{CallerScope, GrantScope, format_duration};
 use super::{PROMPT_TIMEOUT, SshAgentService, SshError, decision_word};
 use crate::approve::{Outcome, Prompt, display_safe};
-use crate::audit::{AuditEvent, clip};
+use crate::lock;
 use crate::log::event;
-use crate::now_ms;
 
 /// The extension's name.
 pub const EXTENSION: &str = "session-cert@nod";
@@ -42,10 +41,6 @@ pub const MAX_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
 const MAX_PRINCIPALS: usize = 32;
 /// How far `valid_after` is set back, for servers whose clock is a little behind.
 const BACKDATE: Duration = Duration::from_secs(60);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// What `nod ssh session` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,20 +334,15 @@ impl SshAgentService {
         };
         let decision = decision_word(outcome);
         event!("ssh agent: {summary} for {exe:?} (pid {pid:?}): {decision}");
-        let logged = super::lock(&self.audit)
-            .append(
-                &AuditEvent {
-                    service: "ssh",
-                    key_comment: Some(clip(&summary)),
-                    key_fingerprint: Some(ca_fingerprint),
-                    caller_pid: pid,
-                    caller_exe: exe.as_deref().map(clip),
-                    decision: decision.to_owned(),
-                    ..Default::default()
-                },
-                now_ms(),
-            )
-            .inspect_err(|e| event!("{e}"))
+        let logged = self
+            .audit_ssh(super::SshAudit {
+                comment: &summary,
+                fingerprint: ca_fingerprint,
+                caller_pid: pid,
+                caller_exe: exe.as_deref(),
+                decision,
+                reason: None,
+            })
             .is_ok();
         if outcome != Outcome::Approved {
             return Err(SshError::NotApproved(outcome));

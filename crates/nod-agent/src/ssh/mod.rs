@@ -59,6 +59,7 @@ use zeroize::Zeroizing;
 
 use crate::approve::{Approver, Outcome, Prompt};
 use crate::audit::{AuditEvent, AuditLog, clip};
+use crate::lock;
 use crate::log::event;
 use crate::now_ms;
 use bind::{BindError, Bindings};
@@ -287,11 +288,6 @@ impl Keyring {
             None => Ok(self),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The keyring is plain data; a panic elsewhere cannot leave it half-changed.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The SSH agent: keys in memory, the approver for confirm keys, the shared audit log.
@@ -554,24 +550,14 @@ impl SshAgentService {
                     // No prompt, but the signature is on record like an approved one (never
                     // with the data signed).
                     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-                    lock(&self.audit)
-                        .append(
-                            &AuditEvent {
-                                service: "ssh",
-                                key_comment: Some(clip(&comment)),
-                                key_fingerprint: Some(fingerprint),
-                                caller_pid: caller.pid,
-                                caller_exe: caller.exe.as_deref().map(clip),
-                                decision: "approved".to_owned(),
-                                reason: Some("remembered grant".to_owned()),
-                                ..Default::default()
-                            },
-                            now_ms(),
-                        )
-                        .map_err(|e| {
-                            event!("{e}");
-                            SshError::Audit
-                        })?;
+                    self.audit_ssh(SshAudit {
+                        comment: &comment,
+                        fingerprint,
+                        caller_pid: caller.pid,
+                        caller_exe: caller.exe.as_deref(),
+                        decision: "approved",
+                        reason: Some("remembered grant"),
+                    })?;
                     None
                 }
                 stored::Need::Ask(auth) => Some(auth),
@@ -603,20 +589,15 @@ impl SshAgentService {
                 "ssh agent: signature with {comment:?} {fingerprint} for {}: {decision}",
                 caller.describe()
             );
-            let logged = lock(&self.audit)
-                .append(
-                    &AuditEvent {
-                        service: "ssh",
-                        key_comment: Some(clip(&comment)),
-                        key_fingerprint: Some(fingerprint),
-                        caller_pid: caller.pid,
-                        caller_exe: caller.exe.as_deref().map(clip),
-                        decision: decision.to_owned(),
-                        ..Default::default()
-                    },
-                    now_ms(),
-                )
-                .inspect_err(|e| event!("{e}"))
+            let logged = self
+                .audit_ssh(SshAudit {
+                    comment: &comment,
+                    fingerprint,
+                    caller_pid: caller.pid,
+                    caller_exe: caller.exe.as_deref(),
+                    decision,
+                    reason: None,
+                })
                 .is_ok();
             if outcome != Outcome::Approved {
                 return Err(SshError::NotApproved(outcome));
@@ -631,7 +612,40 @@ impl SshAgentService {
     }
 }
 
+/// What one SSH audit line says: never the data that was signed.
+struct SshAudit<'a> {
+    comment: &'a str,
+    fingerprint: String,
+    caller_pid: Option<i32>,
+    caller_exe: Option<&'a str>,
+    decision: &'a str,
+    reason: Option<&'a str>,
+}
+
 impl SshAgentService {
+    /// Appends one SSH decision to the shared audit chain. A decision that cannot be recorded
+    /// must not be acted on, so callers refuse the signature on `Err`.
+    fn audit_ssh(&self, a: SshAudit<'_>) -> Result<(), SshError> {
+        lock(&self.audit)
+            .append(
+                &AuditEvent {
+                    service: "ssh",
+                    key_comment: Some(clip(a.comment)),
+                    key_fingerprint: Some(a.fingerprint),
+                    caller_pid: a.caller_pid,
+                    caller_exe: a.caller_exe.map(clip),
+                    decision: a.decision.to_owned(),
+                    reason: a.reason.map(str::to_owned),
+                    ..Default::default()
+                },
+                now_ms(),
+            )
+            .map_err(|e| {
+                event!("{e}");
+                SshError::Audit
+            })
+    }
+
     /// The destination constraints of a key added with `ssh-add -h`, enforced as OpenSSH's
     /// agent does for a sign request: only on a bound connection, only a login request for the
     /// session last bound, along a permitted chain of hops and for a permitted user.

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::approval::rate::RateLimiter;
 use crate::approve::Outcome;
+use crate::lock;
 
 /// A `remember` grant's lifetime when none is given.
 pub const DEFAULT_REMEMBER_TTL: Duration = Duration::from_secs(10 * 60);
@@ -35,11 +36,6 @@ const PROMPTS_PER_MINUTE: u32 = 20;
 
 /// Grants kept before expired ones are swept.
 const MAX_GRANTS: usize = 4096;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain maps; a panic elsewhere cannot leave them half-changed.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A key's approval policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use ssh_agent_lib::proto::{Identity, PublicCredential};
 use ssh_key::PrivateKey;
@@ -21,11 +21,8 @@ use super::policy::{Approvals, CallerScope, GrantScope, Policy, Turn, follow, re
 use super::{SshAgentService, SshError};
 use crate::approve::Outcome;
 use crate::keystore::{Keystore, SSH_KEYS_FILE};
+use crate::lock;
 use crate::log::event;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// One persistent key as the agent holds it.
 #[derive(Debug)]
