@@ -38,7 +38,9 @@ fuzz-smoke:
 		if [ "$$CI" = "true" ]; then echo "cargo-fuzz is missing (CI=true: not skipping)"; exit 1; fi; \
 		echo "SKIPPED fuzz-smoke: cargo install cargo-fuzz"; exit 0; \
 	fi; \
-	set -e; cd fuzz; for t in $$($(CARGO) fuzz list); do \
+	set -eo pipefail; cd fuzz; targets=$$($(CARGO) fuzz list); \
+	if [ -z "$$targets" ]; then echo "cargo fuzz list found no fuzz targets"; exit 1; fi; \
+	for t in $$targets; do \
 		tmp=$$(mktemp -d); cp -r corpus/$$t/. $$tmp/; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t $$tmp -- -max_total_time=$(FUZZ_SECONDS) -max_len=8192 2>&1 | tail -n 2; \
 		rm -rf $$tmp; \
