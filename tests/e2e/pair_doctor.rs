@@ -430,6 +430,7 @@ fn helper_doctor_reports_socket_sshd_key_mismatch_config_and_pam_problems() {
         };
 
     // Everything right, with root's forwarded socket in place.
+    nod_e2e::sshd_privsep_dir();
     let _root_socket = UnixListener::bind(scratch.join("fwd-root.sock")).unwrap();
     let (rc, report) = helper_doctor("root", &agent_pub, &sshd_good, &good_pam.name);
     assert_eq!(rc, 0, "a healthy host failed:\n{report}");

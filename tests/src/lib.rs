@@ -597,8 +597,7 @@ pub fn spawn_sshd(dir: &Path, user: &TestUser, auth: &str, extra: &str) -> (Chil
         ),
     )
     .unwrap();
-    // Privilege separation directory, as the Debian unit creates it.
-    fs::create_dir_all("/run/sshd").unwrap();
+    sshd_privsep_dir();
     let sshd = which("sshd").expect("sshd");
     run_ok(Command::new(&sshd).arg("-t").arg("-f").arg(&config));
     let child = Command::new(&sshd)
@@ -737,4 +736,10 @@ impl TamperProxy {
             h.join().unwrap();
         }
     }
+}
+
+/// sshd's privilege separation directory, as the Debian unit creates it: without it, `sshd -t`
+/// and `sshd -T` fail (on machines without systemd, nothing else makes it).
+pub fn sshd_privsep_dir() {
+    fs::create_dir_all("/run/sshd").unwrap();
 }
