@@ -4,7 +4,8 @@
 //!
 //! For each key type and 1 or 4 concurrent clients (one connection each, signing back to back
 //! for [`RUN`]): signatures per second, and p50/p99 latency of one request → response. Idle
-//! RSS is read from `/proc/<pid>/status` after the keys are added and before any signing.
+//! RSS is read from `/proc/<pid>/status` after the keys are added and one signature with each,
+//! so it counts the signers' set-up and code, and before the timed runs.
 
 use std::fs;
 use std::io::{Read, Write};
