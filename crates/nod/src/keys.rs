@@ -9,11 +9,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use nod_agent::keystore::Keystore;
-use nod_agent::keystore::ssh::{KeyType, StoredKey, ca_line, generate, parse_import};
+use nod_agent::keystore::ssh::{
+    KeyType, StoredKey, ca_line, decrypt_import, generate, parse_import,
+};
 use nod_agent::paths::Paths;
 use nod_agent::ssh::cert::{self, SessionCertRequest};
 use nod_agent::ssh::policy::{Policy, format_duration, parse_duration};
 use zeroize::Zeroizing;
+
+use crate::passphrase;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -35,10 +39,14 @@ pub enum KeysCommand {
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
     },
-    /// Import an unencrypted OpenSSH private key file into the keystore. The file is left as
-    /// it is: delete it yourself once the import is done.
+    /// Import an OpenSSH private key file into the keystore. A passphrase-protected file is
+    /// decrypted in memory (the passphrase is asked on the terminal). The file is left as it
+    /// is.
     Import {
         file: PathBuf,
+        /// Read the passphrase of a protected key as one line from stdin, not the terminal.
+        #[arg(long)]
+        passphrase_stdin: bool,
         /// Default: the key's comment, else the file name.
         #[arg(long)]
         name: Option<String>,
@@ -123,6 +131,7 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
         }
         KeysCommand::Import {
             file,
+            passphrase_stdin,
             name,
             policy: word,
             ttl,
@@ -132,7 +141,13 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
                 std::fs::read(&file)
                     .with_context(|| format!("cannot read the key file {}", file.display()))?,
             );
-            let key = parse_import(&pem).with_context(|| format!("{}", file.display()))?;
+            let mut key = parse_import(&pem).with_context(|| format!("{}", file.display()))?;
+            if key.is_encrypted() {
+                let prompt = format!("Enter passphrase for {}: ", file.display());
+                let passphrase = passphrase::read(&prompt, passphrase_stdin)?;
+                key = decrypt_import(&key, &passphrase)
+                    .with_context(|| format!("{}", file.display()))?;
+            }
             let name = match name {
                 Some(name) => name,
                 None if !key.comment().is_empty() => key.comment().to_owned(),

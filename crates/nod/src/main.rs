@@ -7,6 +7,7 @@ mod assets;
 mod doctor;
 mod keys;
 mod pair;
+mod passphrase;
 mod secrets;
 mod ssh_agent;
 

@@ -23,27 +23,14 @@ use nod_client::proto::{Action, Reason, Request, SecretValue, Status};
 
 mod common;
 
-use common::{Agent, TempDir, command as cmd, nod_bin};
+use common::{Agent, TempDir, command as cmd, nod_bin, output_with_stdin};
 
 fn run(dir: &TempDir, args: &[&str]) -> Output {
     cmd(dir, nod_bin()).args(args).output().unwrap()
 }
 
 fn run_with_stdin(dir: &TempDir, program: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = cmd(dir, program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    output_with_stdin(cmd(dir, program).args(args), input)
 }
 
 fn out(o: &Output) -> String {

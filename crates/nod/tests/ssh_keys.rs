@@ -7,7 +7,9 @@
 //! where they fail.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +18,10 @@ use base64::Engine as _;
 
 mod common;
 
-use common::{Agent, TempDir, have_openssh, nod, out, ssh_add, stdout, tool};
+use common::{
+    Agent, TempDir, command, have_openssh, nod, nod_bin, out, output_with_stdin, ssh_add, stderr,
+    stdout, tool,
+};
 
 fn nod_ok(dir: &TempDir, args: &[&str]) -> String {
     let o = nod(dir).args(args).output().unwrap();
@@ -183,24 +188,116 @@ fn keys_generate_import_list_policy_remove_round_trip_sealed() {
         let o = nod(&dir).args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", out(&o));
     }
-    let encrypted = dir.path("id_encrypted");
-    let o = tool(&dir, "ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "secret", "-f"])
-        .arg(&encrypted)
-        .output()
-        .unwrap();
+}
+
+/// Runs `line` with `sh` on a pseudo-terminal (`script`, from util-linux), types `keys` and a
+/// newline after the passphrase prompt shows, and returns everything the terminal showed.
+fn on_terminal(dir: &TempDir, line: &str, keys: &[u8]) -> String {
+    let mut child = command(dir, "timeout")
+        .args(["20", "script", "-qec", line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("timeout and script (coreutils, util-linux) run");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut terminal = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("Enter passphrase") {
+        let mut buf = [0u8; 256];
+        let n = terminal.read(&mut buf).unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stdin.write_all(keys).unwrap();
+    if keys != b"\x03" {
+        stdin.write_all(b"\n").unwrap();
+    }
+    terminal.read_to_end(&mut seen).unwrap();
+    drop(stdin);
+    child.wait().unwrap();
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A passphrase-protected key imports with the passphrase from stdin or typed on the terminal
+/// (without echo); a wrong one or no way to ask refuses and leaves the keystore as it was.
+#[test]
+fn passphrase_protected_keys_import_from_stdin_or_the_terminal() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new("nod-keys", &["home"]);
+    let pass = "hunter2-horse";
+    let keys: Vec<PathBuf> = ["id_protected", "id_typed"]
+        .iter()
+        .map(|name| {
+            let path = dir.path(name);
+            let o = tool(&dir, "ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", pass, "-C", name, "-f"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", out(&o));
+            path
+        })
+        .collect();
+    let public = |p: &Path| {
+        let line = fs::read_to_string(p.with_extension("pub")).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    let import_stdin = |file: &Path, input: &str| {
+        let mut cmd = nod(&dir);
+        cmd.args(["keys", "import", "--passphrase-stdin"]).arg(file);
+        output_with_stdin(&mut cmd, input)
+    };
+
+    let o = import_stdin(&keys[0], "wrong horse\n");
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(stderr(&o).contains("wrong passphrase"), "{}", out(&o));
+    // No terminal (a new session has none) and no --passphrase-stdin: refused, with the way out.
+    let mut detached = nod(&dir);
+    detached.args(["keys", "import"]).arg(&keys[0]);
+    // SAFETY: setsid is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        detached.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let o = detached.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(stderr(&o).contains("--passphrase-stdin"), "{}", out(&o));
+    assert_eq!(nod_ok(&dir, &["keys", "list"]), "");
+
+    let o = import_stdin(&keys[0], &format!("{pass}\n"));
     assert!(o.status.success(), "{}", out(&o));
-    let o = nod(&dir)
-        .args(["keys", "import"])
-        .arg(&encrypted)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("not supported yet"),
-        "{}",
-        out(&o)
+    assert!(stdout(&o).contains(&public(&keys[0])), "{}", out(&o));
+
+    // Typed on a terminal. Ctrl-C at the prompt leaves the echo on and imports nothing.
+    let import = format!(
+        "'{}' keys import '{}'",
+        nod_bin().display(),
+        keys[1].display()
     );
+    let shown = on_terminal(
+        &dir,
+        &format!("trap true INT; {import}; echo rc=$?; stty -a"),
+        b"\x03",
+    );
+    assert!(shown.contains("rc=130"), "{shown}");
+    assert!(
+        shown.contains(" echo ") && !shown.contains("-echo "),
+        "echo left off: {shown}"
+    );
+    let shown = on_terminal(&dir, &format!("{import} && echo IMPORTED"), pass.as_bytes());
+    assert!(shown.contains("IMPORTED"), "{shown}");
+    assert!(shown.contains(&public(&keys[1])), "{shown}");
+    assert!(!shown.contains(pass), "the passphrase was echoed: {shown}");
+
+    let list = nod_ok(&dir, &["keys", "list"]);
+    assert!(list.starts_with("id_protected\tssh-ed25519"), "{list}");
+    assert!(list.contains("\nid_typed\tssh-ed25519"), "{list}");
 }
 
 #[test]

@@ -121,22 +121,25 @@ pub fn generate(
     Ok(key)
 }
 
-/// Parses an OpenSSH private key file for import. Encrypted keys are refused with advice.
+/// Parses an OpenSSH private key file for import. A passphrase-protected key comes back still
+/// encrypted (`is_encrypted()`); [`decrypt_import`] opens it.
 pub fn parse_import(pem: &[u8]) -> Result<PrivateKey, KeystoreError> {
-    let key = PrivateKey::from_openssh(pem).map_err(|e| {
+    PrivateKey::from_openssh(pem).map_err(|e| {
         KeystoreError::Refused(format!(
             "not an OpenSSH private key ({e}); convert it with `ssh-keygen -p -f FILE` (which \
              rewrites it in the OpenSSH format)"
         ))
-    })?;
-    if key.is_encrypted() {
-        return Err(KeystoreError::Refused(
-            "passphrase-protected keys are not supported yet: make an unencrypted copy with \
-             `cp KEY /tmp/k && ssh-keygen -p -N '' -f /tmp/k`, import /tmp/k, then delete it"
-                .into(),
-        ));
-    }
-    Ok(key)
+    })
+}
+
+/// Decrypts a passphrase-protected key read by [`parse_import`]. The decrypted copy is the
+/// caller's to zeroize (`PrivateKey` does so on drop).
+pub fn decrypt_import(key: &PrivateKey, passphrase: &[u8]) -> Result<PrivateKey, KeystoreError> {
+    key.decrypt(passphrase).map_err(|e| match e {
+        // The check integers inside did not match: the passphrase is wrong.
+        ssh_key::Error::Crypto => KeystoreError::Refused("wrong passphrase".into()),
+        e => KeystoreError::Refused(format!("cannot decrypt the key: {e}")),
+    })
 }
 
 fn valid_name(name: &str) -> Result<(), KeystoreError> {
@@ -457,12 +460,21 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_imports_are_refused_with_advice() {
+    fn imports_parse_and_passphrase_protected_keys_decrypt() {
         let key = generate(KeyType::Ed25519, None, "k").unwrap();
         let pem = to_pem(&key).unwrap();
-        assert!(parse_import(pem.as_bytes()).is_ok());
+        assert!(!parse_import(pem.as_bytes()).unwrap().is_encrypted());
         let err = parse_import(b"-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n").unwrap_err();
         assert!(err.to_string().contains("ssh-keygen"), "{err}");
+
+        let locked = key.encrypt(&mut OsRng, "right horse").unwrap();
+        let pem = locked.to_openssh(ssh_key::LineEnding::LF).unwrap();
+        let parsed = parse_import(pem.as_bytes()).unwrap();
+        assert!(parsed.is_encrypted());
+        let err = decrypt_import(&parsed, b"wrong horse").unwrap_err();
+        assert_eq!(err.to_string(), "wrong passphrase");
+        let opened = decrypt_import(&parsed, b"right horse").unwrap();
+        assert_eq!(opened.key_data(), key.key_data());
     }
 
     #[test]
