@@ -21,6 +21,16 @@ fn out(o: &Output) -> String {
     )
 }
 
+/// What both tests run; they need root too, for the login user and sshd.
+const TOOLS: &[&str] = &[
+    "sshd",
+    "ssh",
+    "ssh-keygen",
+    "ssh-add",
+    "useradd",
+    "chpasswd",
+];
+
 /// sshd on a free loopback port that trusts `ca_line` for user certificates and has no
 /// authorized_keys at all, so only a certificate can log in.
 struct CertSshd {
@@ -86,14 +96,7 @@ impl Drop for CertSshd {
 
 #[test]
 fn session_certificate_logs_in_to_sshd_with_trusted_user_ca_keys_until_it_expires() {
-    if !require(&[
-        "sshd",
-        "ssh",
-        "ssh-keygen",
-        "ssh-add",
-        "useradd",
-        "chpasswd",
-    ]) {
+    if !require(TOOLS) {
         return;
     }
     let scratch = Scratch::new("cert");
@@ -133,4 +136,91 @@ fn session_certificate_logs_in_to_sshd_with_trusted_user_ca_keys_until_it_expire
         out(&o)
     );
     assert_eq!(agent.prompts().len(), 1);
+}
+
+/// `ssh-add` of a key that has a `-cert.pub` next to it adds both identities, as with
+/// OpenSSH's agent; the certificate logs in to an sshd that trusts only its CA, and leaves
+/// `ssh-add -l` when it expires.
+#[test]
+fn a_certificate_added_with_ssh_add_logs_in_and_leaves_when_it_expires() {
+    if !require(TOOLS) {
+        return;
+    }
+    let scratch = Scratch::new("addcert");
+    let user = TestUser::ensure("nod-e2e-cert", "Unused-pw-4711");
+    let agent = Agent::start(&scratch);
+    let keys = scratch.dir("keys", 0o700);
+    let (ca, key) = (keys.join("ca"), keys.join("id_ed25519"));
+    for path in [&ca, &key] {
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "added", "-f"])
+                .arg(path),
+        );
+    }
+    let validity = Duration::from_secs(12);
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(&ca)
+            .args(["-I", "e2e", "-n", &user.name, "-V"])
+            .arg(format!("-1m:+{}s", validity.as_secs()))
+            .arg(key.with_extension("pub")),
+    );
+    let issued = Instant::now();
+    let ca_line = fs::read_to_string(ca.with_extension("pub")).unwrap();
+    let sshd = CertSshd::start(&scratch, &user, &ca_line);
+
+    let ssh_add = |args: &[&str]| {
+        Command::new("ssh-add")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("SSH_AUTH_SOCK", agent.ssh_socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = ssh_add(&[key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Certificate added"),
+        "{}",
+        out(&o)
+    );
+    let listed = ssh_add(&["-l"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.contains("(ED25519-CERT)"), "{listed}");
+    let cert_blob = fs::read_to_string(keys.join("id_ed25519-cert.pub")).unwrap();
+    let cert_blob = cert_blob.split_whitespace().nth(1).unwrap().to_owned();
+    let o = ssh_add(&["-L"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&cert_blob),
+        "{}",
+        out(&o)
+    );
+
+    // No authorized_keys on the server: only the certificate can log in.
+    let o = sshd.login(&user, &agent);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cert-login-ok"));
+
+    // ssh-add -d removes the certificate with its key; adding back restores both.
+    let o = ssh_add(&["-d", key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = ssh_add(&["-l"]);
+    assert!(!o.status.success(), "still listed: {}", out(&o));
+    assert!(ssh_add(&[key.to_str().unwrap()]).status.success());
+
+    std::thread::sleep((validity + Duration::from_secs(1)).saturating_sub(issued.elapsed()));
+    let listed = ssh_add(&["-l"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        !listed.contains("CERT"),
+        "expired certificate still listed: {listed}"
+    );
+    let o = sshd.login(&user, &agent);
+    assert!(!o.status.success(), "{}", out(&o));
 }

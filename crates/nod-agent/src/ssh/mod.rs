@@ -3,11 +3,13 @@
 //! `PROTOCOL.agent`) through ssh-agent-lib 0.6's message types.
 //!
 //! Supported: list, sign (Ed25519, ECDSA P-256/P-384, RSA ≥ 2048 with `rsa-sha2-256/512`),
-//! add (with the lifetime, confirm and destination constraints, [`destination`]), remove, remove
-//! all, lock/unlock, the `query` and `session-bind@openssh.com` extensions. Keys added with
-//! confirm (`ssh-add -c`) ask the agent's approver before every signature; other keys sign
-//! without asking, as with OpenSSH's agent. Everything else (other extensions and constraints,
-//! certificates, smartcards) gets FAILURE and a "not supported yet" log line.
+//! add (keys and OpenSSH certificates, with the lifetime, confirm and destination constraints,
+//! [`destination`]), remove, remove all, lock/unlock, the `query` and
+//! `session-bind@openssh.com` extensions. Keys added with confirm (`ssh-add -c`) ask the
+//! agent's approver before every signature; other keys sign without asking, as with OpenSSH's
+//! agent. A certificate is an identity of its own next to its plain key, as in OpenSSH, and
+//! leaves the agent when it expires. Everything else (other extensions and constraints,
+//! smartcards) gets FAILURE and a "not supported yet" log line.
 //!
 //! # Threat model
 //!
@@ -45,12 +47,13 @@ use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::error::AgentError;
 use ssh_agent_lib::proto::extension::SessionBind;
 use ssh_agent_lib::proto::{
-    AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, Extension, Identity,
-    KeyConstraint, PrivateCredential, PublicCredential, RemoveIdentity, Response, SignRequest,
-    SmartcardKey,
+    AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, EcdsaPrivateKey, Extension,
+    Identity, KeyConstraint, PrivateCredential, PrivateKeyData, PublicCredential, RemoveIdentity,
+    Response, SignRequest, SmartcardKey,
 };
-use ssh_key::public::KeyData;
-use ssh_key::{HashAlg, PrivateKey, Signature};
+use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
+use ssh_key::public::{EcdsaPublicKey, KeyData};
+use ssh_key::{Certificate, HashAlg, PrivateKey, Signature};
 use subtle::ConstantTimeEq;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Instant;
@@ -222,6 +225,9 @@ impl SshDestination {
 #[derive(Debug)]
 struct HeldKey {
     key: Arc<PrivateKey>,
+    /// Set when added as a certificate (`ssh-add` of a key with its `-cert.pub`): a separate
+    /// identity from the plain key, with its own constraints, as in OpenSSH.
+    cert: Option<Box<Certificate>>,
     comment: String,
     expires: Option<Instant>,
     confirm: bool,
@@ -232,6 +238,23 @@ struct HeldKey {
 impl HeldKey {
     fn public(&self) -> &KeyData {
         self.key.public_key().key_data()
+    }
+
+    /// What `ssh-add -l` lists for it: the key, or the certificate.
+    fn credential(&self) -> PublicCredential {
+        match &self.cert {
+            Some(cert) => PublicCredential::Cert(cert.clone()),
+            None => PublicCredential::Key(self.public().clone()),
+        }
+    }
+
+    /// Whether `credential` names this identity: the same plain key, or the same certificate.
+    fn is(&self, credential: &PublicCredential) -> bool {
+        match (credential, &self.cert) {
+            (PublicCredential::Key(public), None) => public == self.public(),
+            (PublicCredential::Cert(theirs), Some(mine)) => theirs == mine,
+            _ => false,
+        }
     }
 }
 
@@ -366,15 +389,11 @@ impl SshAgentService {
         let added: Vec<Identity> = ring
             .keys
             .iter()
-            .filter(|k| {
-                !identities
-                    .iter()
-                    .any(|i| matches!(&i.credential, PublicCredential::Key(p) if p == k.public()))
-            })
+            .filter(|k| !identities.iter().any(|i| k.is(&i.credential)))
             // As OpenSSH: a destination-constrained key is listed only where it may be used.
             .filter(|k| destination::permitted(&k.destinations, bindings, None))
             .map(|k| Identity {
-                credential: PublicCredential::Key(k.public().clone()),
+                credential: k.credential(),
                 comment: k.comment.clone(),
             })
             .collect();
@@ -387,11 +406,18 @@ impl SshAgentService {
         credential: PrivateCredential,
         constraints: &[KeyConstraint],
     ) -> Result<(), SshError> {
-        let (keypair, comment) = match credential {
-            PrivateCredential::Key { privkey, comment } => (privkey, comment),
-            PrivateCredential::Cert { .. } => {
-                return Err(SshError::Unsupported("certificates".into()));
-            }
+        let (keypair, cert, comment) = match credential {
+            PrivateCredential::Key { privkey, comment } => (privkey, None, comment),
+            PrivateCredential::Cert {
+                certificate,
+                privkey,
+                comment,
+                ..
+            } => (
+                cert_keypair(&certificate, privkey)?,
+                Some(certificate),
+                comment,
+            ),
         };
         let mut expires = self.default_lifetime.map(|d| Instant::now() + d);
         let mut confirm = false;
@@ -420,9 +446,20 @@ impl SshAgentService {
             }
         }
         sign::check_key(&keypair)?;
+        if let Some(cert) = &cert {
+            // A certificate is useless once it has expired: it leaves with its validity.
+            let ends = until_unix(cert.valid_before());
+            if ends.is_some_and(|end| end <= Instant::now()) {
+                return Err(SshError::BadKey("certificate has expired"));
+            }
+            expires = [expires, ends].into_iter().flatten().min();
+        }
         let key = PrivateKey::new(keypair, comment.clone()).map_err(|_| SshError::BadKey("key"))?;
+        // The private half must be the one the certificate (or key) names.
+        self.signers.check(&key)?;
         let held = HeldKey {
             key: Arc::new(key),
+            cert,
             comment,
             expires,
             confirm,
@@ -431,9 +468,14 @@ impl SshAgentService {
         let mut ring = self.keyring();
         let ring = ring.unlocked()?;
         // Adding a key again replaces it, with the new constraints, as in OpenSSH.
-        ring.keys.retain(|k| k.public() != held.public());
+        ring.keys.retain(|k| !k.is(&held.credential()));
         event!(
-            "ssh agent: added key {:?} {}{}{}{}",
+            "ssh agent: added {} {:?} {}{}{}{}",
+            if held.cert.is_some() {
+                "certificate"
+            } else {
+                "key"
+            },
             held.comment,
             held.key.fingerprint(HashAlg::Sha256),
             if confirm { ", confirm" } else { "" },
@@ -455,13 +497,10 @@ impl SshAgentService {
     }
 
     fn remove(&self, credential: &PublicCredential) -> Result<(), SshError> {
-        let PublicCredential::Key(public) = credential else {
-            return Err(SshError::Unsupported("certificates".into()));
-        };
         let mut ring = self.keyring();
         let ring = ring.unlocked()?;
         let before = ring.keys.len();
-        ring.keys.retain(|k| k.public() != public);
+        ring.keys.retain(|k| !k.is(credential));
         if ring.keys.len() == before {
             return Err(SshError::UnknownKey);
         }
@@ -504,13 +543,16 @@ impl SshAgentService {
         Ok(())
     }
 
-    /// The key for `public`, if the agent is unlocked and holds it.
-    fn find(&self, public: &KeyData) -> Result<(Arc<PrivateKey>, String, bool), SshError> {
+    /// The key behind `credential`, if the agent is unlocked and holds that identity.
+    fn find(
+        &self,
+        credential: &PublicCredential,
+    ) -> Result<(Arc<PrivateKey>, String, bool), SshError> {
         let mut ring = self.keyring();
         let ring = ring.unlocked()?;
         ring.keys
             .iter()
-            .find(|k| k.public() == public)
+            .find(|k| k.is(credential))
             .map(|k| (Arc::clone(&k.key), k.comment.clone(), k.confirm))
             .ok_or(SshError::UnknownKey)
     }
@@ -530,12 +572,12 @@ impl SshAgentService {
         }
         let purpose = purpose::decode(&request.data);
         check_login_binding(&purpose, bindings)?;
-        self.check_destination(public, &purpose, bindings)?;
+        self.check_destination(&request.credential, &purpose, bindings)?;
         // A live session certificate signs without asking: it was approved when minted.
         if let Some(key) = self.session_key(&request.credential)? {
             return self.signers.sign(&key, &request.data, request.flags).await;
         }
-        let (key, comment, policy) = self.find_with_policy(public)?;
+        let (key, comment, policy) = self.find_with_policy(&request.credential)?;
         // `never` asks nobody, so skip building a grant scope (it reads `/proc`): this is the
         // hot path of an agent used like ssh-agent.
         let auth = if matches!(policy, policy::Policy::Never) {
@@ -606,7 +648,7 @@ impl SshAgentService {
                 return Err(SshError::Audit);
             }
             // The key may have been removed, or the agent locked, while the prompt was open.
-            self.find_with_policy(public)?;
+            self.find_with_policy(&request.credential)?;
         }
         self.signers.sign(&key, &request.data, request.flags).await
     }
@@ -651,13 +693,13 @@ impl SshAgentService {
     /// session last bound, along a permitted chain of hops and for a permitted user.
     fn check_destination(
         &self,
-        public: &KeyData,
+        credential: &PublicCredential,
         purpose: &purpose::Purpose,
         bindings: &Bindings,
     ) -> Result<(), SshError> {
         let constraints = {
             let ring = self.keyring();
-            match ring.keys.iter().find(|k| k.public() == public) {
+            match ring.keys.iter().find(|k| k.is(credential)) {
                 Some(k) if !k.destinations.is_empty() => Arc::clone(&k.destinations),
                 _ => return Ok(()),
             }
@@ -939,6 +981,56 @@ impl Session for SshSession {
     }
 }
 
+/// The key pair of a certificate identity: the certificate's public key with the private half
+/// the client sent. Whether the halves belong together is checked when the key is prepared.
+fn cert_keypair(cert: &Certificate, private: PrivateKeyData) -> Result<KeypairData, SshError> {
+    let mismatch = || SshError::BadKey("certificate and private key of different types");
+    Ok(match (cert.public_key(), private) {
+        (KeyData::Ed25519(public), PrivateKeyData::Ed25519(pair)) => {
+            if pair.public != *public {
+                return Err(SshError::BadKey("certificate of another key"));
+            }
+            KeypairData::Ed25519(pair)
+        }
+        (
+            KeyData::Ecdsa(EcdsaPublicKey::NistP256(public)),
+            PrivateKeyData::Ecdsa(EcdsaPrivateKey::NistP256(private)),
+        ) => KeypairData::Ecdsa(EcdsaKeypair::NistP256 {
+            public: *public,
+            private,
+        }),
+        (
+            KeyData::Ecdsa(EcdsaPublicKey::NistP384(public)),
+            PrivateKeyData::Ecdsa(EcdsaPrivateKey::NistP384(private)),
+        ) => KeypairData::Ecdsa(EcdsaKeypair::NistP384 {
+            public: *public,
+            private,
+        }),
+        (KeyData::Rsa(public), PrivateKeyData::Rsa(private)) => KeypairData::Rsa(RsaKeypair {
+            public: public.clone(),
+            private,
+        }),
+        (_, PrivateKeyData::Dsa(_)) => return Err(SshError::Unsupported("DSA keys".into())),
+        (KeyData::Ecdsa(EcdsaPublicKey::NistP521(_)), _) => {
+            return Err(SshError::Unsupported("ECDSA P-521 keys".into()));
+        }
+        _ => return Err(mismatch()),
+    })
+}
+
+/// The instant a Unix time (seconds) comes, or `None` for OpenSSH's "forever" and times too
+/// far off to matter.
+fn until_unix(at: u64) -> Option<Instant> {
+    const FOREVER: u64 = u64::MAX;
+    if at == FOREVER {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Instant::now().checked_add(Duration::from_secs(at.saturating_sub(now)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1016,6 +1108,7 @@ mod tests {
         for (expires, comment) in [(Some(now), "old"), (None, "kept")] {
             ring.keys.push(HeldKey {
                 key: Arc::new(key.clone()),
+                cert: None,
                 comment: comment.into(),
                 expires,
                 confirm: false,
@@ -1025,5 +1118,65 @@ mod tests {
         ring.purge_expired(now);
         assert_eq!(ring.keys.len(), 1);
         assert_eq!(ring.keys[0].comment, "kept");
+    }
+
+    #[test]
+    fn a_certificate_goes_with_its_own_private_key_only() {
+        use ssh_key::certificate::{Builder, CertType};
+        let mut rng = ssh_key::rand_core::OsRng;
+        let ed25519 = |rng: &mut ssh_key::rand_core::OsRng| {
+            PrivateKey::random(rng, ssh_key::Algorithm::Ed25519).unwrap()
+        };
+        let (ca, user, other) = (ed25519(&mut rng), ed25519(&mut rng), ed25519(&mut rng));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut builder =
+            Builder::new_with_random_nonce(&mut rng, user.public_key(), 0, now + 3600).unwrap();
+        builder.cert_type(CertType::User).unwrap();
+        builder.valid_principal("me").unwrap();
+        let cert = builder.sign(&ca).unwrap();
+        let private = |k: &PrivateKey| match k.key_data() {
+            KeypairData::Ed25519(pair) => PrivateKeyData::Ed25519(pair.clone()),
+            _ => unreachable!(),
+        };
+        let pair = cert_keypair(&cert, private(&user)).unwrap();
+        assert_eq!(
+            &KeyData::try_from(&pair).unwrap(),
+            user.public_key().key_data()
+        );
+        assert!(matches!(
+            cert_keypair(&cert, private(&other)),
+            Err(SshError::BadKey(_))
+        ));
+        let p256 = PrivateKey::random(
+            &mut rng,
+            ssh_key::Algorithm::Ecdsa {
+                curve: ssh_key::EcdsaCurve::NistP256,
+            },
+        )
+        .unwrap();
+        let KeypairData::Ecdsa(EcdsaKeypair::NistP256 { private: ec, .. }) = p256.key_data() else {
+            unreachable!()
+        };
+        let wrong_type = PrivateKeyData::Ecdsa(EcdsaPrivateKey::NistP256(ec.clone()));
+        assert!(matches!(
+            cert_keypair(&cert, wrong_type),
+            Err(SshError::BadKey(_))
+        ));
+    }
+
+    #[test]
+    fn certificate_validity_becomes_a_lifetime() {
+        assert_eq!(until_unix(u64::MAX), None);
+        assert!(until_unix(0).unwrap() <= Instant::now());
+        let in_an_hour = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let left = until_unix(in_an_hour).unwrap() - Instant::now();
+        assert!(left > Duration::from_secs(3590) && left <= Duration::from_secs(3600));
     }
 }

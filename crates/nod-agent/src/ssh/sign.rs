@@ -215,6 +215,12 @@ impl Signers {
         Ok(prepared)
     }
 
+    /// Checks that `key` can sign: its public half is the one its private half gives, and
+    /// its parts are sound. The signer is not kept; it is prepared again on first use.
+    pub fn check(&self, key: &PrivateKey) -> Result<(), SshError> {
+        Prepared::new(key).map(drop)
+    }
+
     /// Drops the prepared signers of keys no longer held.
     pub fn purge(&self) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -160,28 +160,26 @@ impl SshAgentService {
         credential: &PublicCredential,
     ) -> Result<Option<Arc<PrivateKey>>, SshError> {
         self.keyring().unlocked()?;
-        match credential {
-            PublicCredential::Cert(cert) => self
-                .stored
-                .sessions
-                .find(cert)
-                .map(Some)
-                .ok_or(SshError::UnknownKey),
-            PublicCredential::Key(public) => Ok(self.stored.sessions.find_by_key(public)),
-        }
+        Ok(match credential {
+            // Not a session certificate: perhaps one added with ssh-add.
+            PublicCredential::Cert(cert) => self.stored.sessions.find(cert),
+            PublicCredential::Key(public) => self.stored.sessions.find_by_key(public),
+        })
     }
 
-    /// The key for `public`: a persistent key (with its policy) first, else one added with
-    /// `ssh-add` (`never`, or `always` if added with `-c`).
+    /// The key behind `credential`: a persistent key (with its policy) first, else a key or
+    /// certificate added with `ssh-add` (`never`, or `always` if added with `-c`).
     pub(super) fn find_with_policy(
         &self,
-        public: &KeyData,
+        credential: &PublicCredential,
     ) -> Result<(Arc<PrivateKey>, String, Policy), SshError> {
         self.keyring().unlocked()?;
-        if let Some(found) = self.stored.find(public) {
+        if let PublicCredential::Key(public) = credential
+            && let Some(found) = self.stored.find(public)
+        {
             return Ok(found);
         }
-        let (key, comment, confirm) = self.find(public)?;
+        let (key, comment, confirm) = self.find(credential)?;
         Ok((
             key,
             comment,
