@@ -1,5 +1,6 @@
 //! `nod ssh-agent`: OpenSSH `ssh-agent`'s flags, mapped onto `nod_agent::ssh::dropin`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -47,6 +48,16 @@ pub struct SshAgentArgs {
     daemon_child: bool,
     #[arg(long = "remove-dir", hide = true)]
     remove_dir: Option<PathBuf>,
+    #[arg(long = "command-pid", hide = true)]
+    command_pid: Option<i32>,
+    /// Run this command with the agent: it gets SSH_AUTH_SOCK and SSH_AGENT_PID, and the
+    /// agent stops when it ends.
+    #[arg(
+        value_name = "command",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
 }
 
 fn parse_kind(s: &str) -> Result<ApproverKind, String> {
@@ -66,6 +77,7 @@ pub fn run(args: SshAgentArgs) -> Result<()> {
     let options = DropInOptions {
         bind_address: args.bind_address,
         shell: Shell::choose(args.csh, args.bourne, shell_env.as_deref()),
+        shell_given: args.csh || args.bourne,
         foreground: args.foreground,
         debug: args.debug,
         kill: args.kill,
@@ -76,6 +88,8 @@ pub fn run(args: SshAgentArgs) -> Result<()> {
         },
         daemon_child: args.daemon_child,
         remove_dir: args.remove_dir,
+        command: args.command,
+        command_pid: args.command_pid,
         args: std::env::args_os().skip(1).collect(),
     };
     Ok(dropin::run(options, &mut std::io::stdout().lock())?)

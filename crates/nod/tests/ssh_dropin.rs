@@ -274,6 +274,56 @@ fn keystore_keys_show_in_the_drop_in_agent() {
     assert!(child.wait().unwrap().success());
 }
 
+/// `nod ssh-agent command …`: the command runs with the agent's variables, as the process
+/// that ran `nod` (same pid, its exit status), and the agent stops when it ends.
+#[test]
+fn a_command_runs_with_the_agent_which_ends_with_it() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = TempDir::new("nod-dropin", &["home", "tmp"]);
+    let key = keygen(&dir, "id_ed25519");
+    let script = format!(
+        "echo \"sock=$SSH_AUTH_SOCK\"; echo \"agent=$SSH_AGENT_PID\"; echo \"self=$$\"\n\
+         ssh-add -q '{}' && ssh-add -l\n\
+         exit 7",
+        key.display()
+    );
+    let child = command(&dir, env!("CARGO_BIN_EXE_nod"))
+        .args(["ssh-agent", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let nod_pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(7), "{}", out(&o));
+    assert_eq!(field(&text, "self="), nod_pid.to_string(), "{text}");
+    assert!(text.contains("dropin@nod-test"), "{}", out(&o));
+    let socket = PathBuf::from(field(&text, "sock="));
+    let agent: i32 = field(&text, "agent=").parse().unwrap();
+    wait_until("the agent to stop after the command", || !alive(agent));
+    wait_until("the socket directory to go", || {
+        !socket.parent().unwrap().exists()
+    });
+
+    // A command that cannot run: an error, and no agent left behind.
+    let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
+        .args(["ssh-agent", "/nonexistent/program"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/nonexistent/program"),
+        "{}",
+        out(&o)
+    );
+    wait_until("no socket directory left", || {
+        fs::read_dir(dir.path("tmp")).unwrap().next().is_none()
+    });
+}
+
 #[test]
 fn bad_flags_are_usage_errors() {
     let dir = TempDir::new("nod-dropin", &["home", "tmp"]);
@@ -281,6 +331,8 @@ fn bad_flags_are_usage_errors() {
         &["ssh-agent", "-t", "soon"][..],
         &["ssh-agent", "-E", "sha1"],
         &["ssh-agent", "-c", "-s"],
+        &["ssh-agent", "-s", "sh"],
+        &["ssh-agent", "-D", "true"],
     ] {
         let o = command(&dir, env!("CARGO_BIN_EXE_nod"))
             .args(args)

@@ -10,17 +10,25 @@
 //! `--approver…`), and removes the socket, and the `ssh-XXXXXXXXXXXX` directory it made, on
 //! SIGTERM (`-k`), SIGINT or SIGHUP.
 //!
-//! Not supported: a command to run (`ssh-agent bash`), `-O` options, `-P` (no PKCS#11).
+//! With a command (`nod ssh-agent bash`, `exec nod ssh-agent startx`), the background agent is
+//! started the same way, and the process then becomes the command (`exec`) with
+//! `SSH_AUTH_SOCK` and `SSH_AGENT_PID` set, so it keeps the pid its parent knows. The agent
+//! watches that pid through a pidfd and stops as soon as the command ends, as ssh-agent does
+//! (which polls its parent every ten seconds).
+//!
+//! Not supported: `-O` options, `-P` (no PKCS#11).
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::Pid;
@@ -40,6 +48,8 @@ use crate::ssh::SshAgentService;
 pub const DAEMON_CHILD_FLAG: &str = "--daemon-child";
 /// The hidden flag naming the directory the background process removes on exit.
 pub const REMOVE_DIR_FLAG: &str = "--remove-dir";
+/// The hidden flag naming the process (the command) whose end stops the background agent.
+pub const COMMAND_PID_FLAG: &str = "--command-pid";
 
 /// How long the foreground waits for the background agent's socket.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +98,8 @@ pub struct DropInOptions {
     /// `-a bind_address`.
     pub bind_address: Option<PathBuf>,
     pub shell: Shell,
+    /// Whether `-c` or `-s` chose the shell (not allowed with a command).
+    pub shell_given: bool,
     /// `-D`: stay in the foreground.
     pub foreground: bool,
     /// `-d`: stay in the foreground (debug); nod logs to stderr either way.
@@ -101,6 +113,10 @@ pub struct DropInOptions {
     pub daemon_child: bool,
     /// The directory the background process made for its socket and removes on exit.
     pub remove_dir: Option<PathBuf>,
+    /// `ssh-agent command [arg …]`: what to run with the agent; empty for none.
+    pub command: Vec<OsString>,
+    /// Set in the background process only: the command's pid, whose end stops the agent.
+    pub command_pid: Option<i32>,
     /// The arguments after `nod`, to start the background process with.
     pub args: Vec<OsString>,
 }
@@ -143,6 +159,15 @@ pub enum DropInError {
     Runtime(io::Error),
     #[error("cannot write the environment lines: {0}")]
     Output(io::Error),
+    #[error("a command to run cannot go with -c, -s, -k, -d or -D")]
+    CommandWithFlags,
+    #[error("cannot run {command:?}: {source}")]
+    Exec {
+        command: OsString,
+        source: io::Error,
+    },
+    #[error("cannot watch the command's process {pid}: {source}")]
+    Watch { pid: i32, source: io::Error },
 }
 
 /// ssh-agent's time format (`sshd_config(5)` TIME FORMATS): seconds, or a sequence of
@@ -219,6 +244,12 @@ pub fn kill_lines(shell: Shell, pid: i32) -> String {
 
 /// Runs `nod ssh-agent` with `options`; the environment lines go to `out`.
 pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInError> {
+    if !options.command.is_empty() && !options.daemon_child {
+        // ssh-agent takes no shell syntax or mode flags with a command either.
+        if options.shell_given || options.kill || options.debug || options.foreground {
+            return Err(DropInError::CommandWithFlags);
+        }
+    }
     if options.kill {
         let pid = std::env::var("SSH_AGENT_PID").map_err(|_| DropInError::NoAgentPid)?;
         let pid: i32 = pid
@@ -251,14 +282,90 @@ pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInErro
         let _ = nix::unistd::setsid();
         // Keep no directory busy (an unmount must not wait for the agent), as ssh-agent does.
         let _ = std::env::set_current_dir("/");
-        return serve(&options, &socket, made_dir.as_deref(), None);
+        // Watched from before the socket exists: the command's process is still waiting
+        // for it then, so the pid is not yet anyone else's.
+        let command = options
+            .command_pid
+            .map(|pid| watch(pid).map_err(|source| DropInError::Watch { pid, source }))
+            .transpose()?;
+        return serve(&options, &socket, made_dir.as_deref(), None, command);
     }
     if options.foreground || options.debug {
         let lines = foreground_lines(options.shell, &socket, std::process::id());
-        return serve(&options, &socket, made_dir.as_deref(), Some((out, lines)));
+        return serve(
+            &options,
+            &socket,
+            made_dir.as_deref(),
+            Some((out, lines)),
+            None,
+        );
     }
     let pid = start_background(&options, &socket, made_dir.as_deref())?;
-    write_out(out, &start_lines(options.shell, &socket, pid))
+    if options.command.is_empty() {
+        return write_out(out, &start_lines(options.shell, &socket, pid));
+    }
+    Err(exec_command(&options.command, &socket, pid))
+}
+
+/// Becomes `command` with the agent's variables set; returns only if that fails, after
+/// stopping the agent started for it.
+fn exec_command(command: &[OsString], socket: &Path, agent_pid: u32) -> DropInError {
+    use std::os::unix::process::CommandExt as _;
+    let source = Command::new(&command[0])
+        .args(&command[1..])
+        .env("SSH_AUTH_SOCK", socket)
+        .env("SSH_AGENT_PID", agent_pid.to_string())
+        .exec();
+    if let Ok(pid) = i32::try_from(agent_pid) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    DropInError::Exec {
+        command: command[0].clone(),
+        source,
+    }
+}
+
+/// A pidfd for `pid`: it becomes readable once that process has ended.
+fn watch(pid: i32) -> io::Result<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::NONBLOCK,
+    )?)
+}
+
+/// Resolves once the process behind `pidfd` has ended (or it can no longer be watched). A
+/// thread waits in `poll`, so the runtime needs no raw-fd registration.
+async fn until_ended(pidfd: OwnedFd) {
+    let (ended, wait) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+        let _ = ended.send(());
+    });
+    let _ = wait.await;
+}
+
+/// The arguments before the command (and before a `--` that ends them).
+fn own_args(options: &DropInOptions) -> &[OsString] {
+    let args = &options.args;
+    let own = &args[..args.len().saturating_sub(options.command.len())];
+    match own.split_last() {
+        Some((last, rest)) if !options.command.is_empty() && last == "--" => rest,
+        _ => own,
+    }
+}
+
+/// The arguments for the background process: ours without the command, plus the command's
+/// pid when there is one.
+fn background_args(options: &DropInOptions) -> Vec<OsString> {
+    let mut args = own_args(options).to_vec();
+    if !options.command.is_empty() {
+        args.push(COMMAND_PID_FLAG.into());
+        args.push(std::process::id().to_string().into());
+    }
+    args
 }
 
 fn write_out(out: &mut dyn Write, text: &str) -> Result<(), DropInError> {
@@ -310,7 +417,7 @@ fn start_background(
 ) -> Result<u32, DropInError> {
     let exe = std::env::current_exe().map_err(DropInError::Spawn)?;
     let mut cmd = Command::new(exe);
-    cmd.args(&options.args).arg(DAEMON_CHILD_FLAG);
+    cmd.args(background_args(options)).arg(DAEMON_CHILD_FLAG);
     if options.bind_address.is_none() {
         cmd.arg("-a").arg(socket);
     }
@@ -403,6 +510,7 @@ fn serve(
     socket: &Path,
     made_dir: Option<&Path>,
     announce: Option<(&mut dyn Write, String)>,
+    command: Option<OwnedFd>,
 ) -> Result<(), DropInError> {
     umask(Mode::from_bits_truncate(0o077));
     raise_nofile_limit();
@@ -430,6 +538,12 @@ fn serve(
         let mut sigint = signal(SignalKind::interrupt()).map_err(DropInError::Runtime)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(DropInError::Runtime)?;
         let mut sighup = signal(SignalKind::hangup()).map_err(DropInError::Runtime)?;
+        let command_ended = async {
+            match command {
+                Some(pidfd) => until_ended(pidfd).await,
+                None => std::future::pending().await,
+            }
+        };
         let listener = bind_at(socket)?;
         event!("ssh agent socket {} ready", socket.display());
         if let Some((out, lines)) = announce {
@@ -440,6 +554,7 @@ fn serve(
             _ = sigint.recv() => event!("SIGINT: shutting down"),
             _ = sigterm.recv() => event!("SIGTERM: shutting down"),
             _ = sighup.recv() => event!("SIGHUP: shutting down"),
+            () = command_ended => event!("the command ended: shutting down"),
         }
         Ok::<(), DropInError>(())
     })?;
@@ -450,6 +565,46 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_background_agent_gets_the_flags_but_not_the_command() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let options = |args: &[&str], command: &[&str]| DropInOptions {
+            bind_address: None,
+            shell: Shell::Bourne,
+            shell_given: false,
+            foreground: false,
+            debug: false,
+            kill: false,
+            lifetime: None,
+            approver: ApproverChoice::default(),
+            daemon_child: false,
+            remove_dir: None,
+            command: os(command),
+            command_pid: None,
+            args: os(args),
+        };
+        let pid = std::process::id().to_string();
+        for (args, command) in [
+            (
+                &["ssh-agent", "-t", "1h", "sh", "-c", "x"][..],
+                &["sh", "-c", "x"][..],
+            ),
+            (
+                &["ssh-agent", "-t", "1h", "--", "sh", "-c", "x"],
+                &["sh", "-c", "x"],
+            ),
+        ] {
+            assert_eq!(
+                background_args(&options(args, command)),
+                os(&["ssh-agent", "-t", "1h", COMMAND_PID_FLAG, &pid])
+            );
+        }
+        assert_eq!(
+            background_args(&options(&["ssh-agent", "-a", "/s"], &[])),
+            os(&["ssh-agent", "-a", "/s"])
+        );
+    }
 
     #[test]
     fn prints_ssh_agents_lines() {
