@@ -17,8 +17,9 @@ const MAX_LEN: usize = 1024;
 /// Reads a passphrase. With `from_stdin`, one line from standard input (for scripts); else
 /// `prompt` is written to the controlling terminal and the answer read from it without echo.
 ///
-/// Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT) at the prompt puts the echo back before the signal
-/// takes effect: those signals are held while the echo is off and watched through a signalfd.
+/// Ctrl-C or Ctrl-Z (or SIGTERM, SIGHUP, SIGQUIT) at the prompt cancels it and puts the echo
+/// back before the signal takes effect: those signals are held while the echo is off and
+/// watched through a signalfd. (After Ctrl-Z and `fg`, nod exits with "cancelled".)
 pub fn read(prompt: &str, from_stdin: bool) -> Result<Zeroizing<Vec<u8>>> {
     if from_stdin {
         return read_line(&mut std::io::stdin().lock());
@@ -34,6 +35,7 @@ pub fn read(prompt: &str, from_stdin: bool) -> Result<Zeroizing<Vec<u8>>> {
         Signal::SIGTERM,
         Signal::SIGHUP,
         Signal::SIGQUIT,
+        Signal::SIGTSTP,
     ] {
         held.add(signal);
     }
