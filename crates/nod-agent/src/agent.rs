@@ -17,12 +17,12 @@ use crate::approval::hosts::HostAllowlist;
 use crate::approval::{ApprovalService, ApprovalSettings};
 use crate::approve::{self, ApproverChoice, Environment, SelectError};
 use crate::audit::{AuditError, AuditLog};
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, SecretsBackend};
 use crate::fsutil::ensure_private_dir;
 use crate::keystore::{Keystore, KeystoreError};
 use crate::log::event;
 use crate::paths::{Paths, PathsError};
-use crate::secrets::{Backend, SecretsError, SecretsFiles, SecretsService, SecretsSettings};
+use crate::secrets::{SecretsError, SecretsFiles, SecretsService, SecretsSettings};
 use crate::ssh::SshAgentService;
 
 /// What `nod agent` was asked to do.
@@ -186,15 +186,23 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         .build()
         .map_err(AgentError::Runtime)?;
     runtime.block_on(async move {
-        let backend = Backend::choose(config.secrets.backend, &secrets_files).await?;
-        event!("secrets backend: {}", backend.name());
         let secrets = Arc::new(SecretsService::new(
             &secrets_files,
-            backend,
+            config.secrets.backend,
             service.audit_log(),
             approver,
             SecretsSettings::default(),
         ));
+        match config.secrets.backend {
+            // A backend named in agent.toml must work from the start: the agent refuses to
+            // start without it, rather than fail every request later.
+            SecretsBackend::File | SecretsBackend::SecretService => {
+                secrets.backend().await?;
+            }
+            SecretsBackend::Auto => {
+                event!("secrets backend: chosen on the first secrets request (auto)");
+            }
+        }
         let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
         let (listener, socket) = bind_socket(&socket_path)?;

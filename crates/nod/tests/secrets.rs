@@ -598,6 +598,10 @@ fn no_secret_value_reaches_the_audit_log_or_the_agent_log() {
     assert!(!audit.contains(marker), "{audit}");
     let log = fs::read_to_string(dir.path("agent.log")).unwrap();
     assert!(!log.contains(marker), "{log}");
+    // `auto` (no agent.toml) decides on the first request; with no session bus, the file.
+    let deferred = log.find("secrets backend: chosen on the first secrets request");
+    let chosen = log.find("secrets backend: file");
+    assert!(deferred.is_some() && deferred < chosen, "{log}");
     let store = fs::read(dir.path("data/nod/secrets.enc")).unwrap();
     assert!(!store.windows(marker.len()).any(|w| w == marker.as_bytes()));
 }
@@ -607,6 +611,35 @@ fn tool(name: &str) -> Option<PathBuf> {
         .iter()
         .map(|d| Path::new(d).join(name))
         .find(|p| p.exists())
+}
+
+/// `backend = "secret-service"` with no Secret Service to reach: the agent refuses to start and
+/// says what to do, rather than fail every request later.
+#[test]
+fn a_secret_service_backend_that_is_not_there_stops_the_agent_at_start() {
+    let dir = TempDir::new("nod-secrets", &["run"]);
+    fs::create_dir_all(dir.path("config/nod")).unwrap();
+    fs::write(
+        dir.path("config/nod/agent.toml"),
+        "[secrets]\nbackend = \"secret-service\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(dir.path("run"), fs::Permissions::from_mode(0o700)).unwrap();
+    let o = cmd(&dir, nod_bin())
+        .args(["agent", "--approver-command", "/bin/false"])
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            format!("unix:path={}", dir.path("no-bus").display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains("no Secret Service is usable"),
+        "{}",
+        err(&o)
+    );
+    assert!(!dir.secrets_socket().exists());
 }
 
 /// The Secret Service backend against a real gnome-keyring in its own D-Bus session

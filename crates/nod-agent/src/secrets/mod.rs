@@ -358,7 +358,10 @@ pub struct SecretsService {
     audit: Arc<Mutex<AuditLog>>,
     policy: Mutex<PolicyStore>,
     pending: Mutex<PendingQueue>,
-    backend: Backend,
+    /// Chosen on first use (see [`SecretsService::backend`]).
+    backend: tokio::sync::OnceCell<Backend>,
+    choice: SecretsBackend,
+    files: SecretsFiles,
     hashes: Arc<HashCache>,
     connections: Arc<Semaphore>,
     /// One policy prompt at a time.
@@ -367,10 +370,11 @@ pub struct SecretsService {
 }
 
 impl SecretsService {
-    /// Opens the policy and the pending queue, and serves from `backend`.
+    /// Opens the policy and the pending queue; the backend `choice` names is opened by
+    /// [`SecretsService::backend`].
     pub fn new(
         files: &SecretsFiles,
-        backend: Backend,
+        choice: SecretsBackend,
         audit: Arc<Mutex<AuditLog>>,
         approver: Arc<dyn Approver>,
         settings: SecretsSettings,
@@ -388,16 +392,27 @@ impl SecretsService {
             audit,
             policy: Mutex::new(policy),
             pending: Mutex::new(PendingQueue::open(&files.pending)),
-            backend,
+            backend: tokio::sync::OnceCell::new(),
+            choice,
+            files: files.clone(),
             hashes: Arc::new(HashCache::default()),
             prompt_turn: tokio::sync::Mutex::new(()),
             uid: getuid().as_raw(),
         }
     }
 
-    /// Which backend serves.
-    pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+    /// The backend, opened on the first call ([`Backend::choose`]); a failure is retried on
+    /// the next. Under `auto` the agent makes the first call on the first request that needs
+    /// a backend, so a Secret Service that starts after the agent (a login race) is still
+    /// found, and an agent whose secrets are never asked for never connects to D-Bus.
+    pub async fn backend(&self) -> Result<&Backend, SecretsError> {
+        self.backend
+            .get_or_try_init(|| async {
+                let backend = Backend::choose(self.choice, &self.files).await?;
+                event!("secrets backend: {}", backend.name());
+                Ok(backend)
+            })
+            .await
     }
 
     /// Turns on `SO_PASSCRED` (inherited by accepted sockets) and serves for ever, one task per
@@ -586,9 +601,13 @@ impl SecretsService {
             self.audit(&audit);
             return refusal.response();
         }
-        let resp = match &self.backend {
-            Backend::File(store) => Self::execute_file(&mut lock(store), checked),
-            Backend::SecretService(keyring) => Self::execute_keyring(keyring, checked).await,
+        let resp = match self.backend().await {
+            Ok(Backend::File(store)) => Self::execute_file(&mut lock(store), checked),
+            Ok(Backend::SecretService(keyring)) => Self::execute_keyring(keyring, checked).await,
+            Err(e) => {
+                event!("secrets: {e}");
+                Refusal::Internal(e.to_string()).response()
+            }
         };
         audit.decision = match resp.status {
             Status::Success => "granted",
