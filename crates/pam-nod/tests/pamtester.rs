@@ -153,10 +153,9 @@ struct Case {
 
 impl Case {
     fn new(name: &str) -> Self {
-        let base = PathBuf::from(format!("/run/nod-pam-tests-{}", std::process::id()));
-        fs::create_dir_all(&base).unwrap();
-        set_mode(&base, 0o755);
-        let dir = base.join(name);
+        // A directory of its own per case: with a shared parent, one case's clean-up could
+        // remove the parent while another case was about to make its directory in it.
+        let dir = PathBuf::from(format!("/run/nod-pam-tests-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).unwrap();
         set_mode(&dir, 0o755);
@@ -280,10 +279,6 @@ impl Drop for Case {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.service_file);
         let _ = fs::remove_dir_all(&self.dir);
-        // Succeeds only for the last case to finish.
-        if let Some(base) = self.dir.parent() {
-            let _ = fs::remove_dir(base);
-        }
     }
 }
 
