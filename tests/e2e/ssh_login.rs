@@ -135,6 +135,38 @@ fn ssh_login_asks_with_destination_purpose_and_chain_and_denial_refuses() {
         "{p}"
     );
 
+    // Through an ssh_config alias, the command line names only "nod-alias": the hashed entry
+    // is found through what `ssh -G` resolves the alias to.
+    let config = scratch.file(
+        "ssh_config_alias",
+        0o600,
+        &format!(
+            "Host nod-alias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  \
+             IdentityAgent {}\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
+             UserKnownHostsFile {}\n  LogLevel ERROR\n",
+            sshd.port,
+            user.name,
+            socket.display(),
+            known_hosts.display()
+        ),
+    );
+    let out = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["nod-alias", "echo nod-login-ok"]));
+    assert!(
+        out.status.success(),
+        "alias login failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prompts = agent.prompts();
+    let p = prompts.last().expect("the approver was asked");
+    let names = p["destination"]["names"].as_array().unwrap();
+    assert!(
+        names.contains(&serde_json::json!(format!("[127.0.0.1]:{}", sshd.port))),
+        "hashed entry matched through the alias: {p}"
+    );
+
     agent.answer(Answer::Deny);
     let before = agent.prompts().len();
     let out = run(&mut ssh(&socket, &known_hosts, sshd.port, &user));

@@ -188,6 +188,80 @@ pub fn ssh_destination_candidates(argv: &[String]) -> Vec<String> {
     out
 }
 
+/// Longest `ssh -G` output read, in bytes.
+const MAX_SSH_CONFIG: u64 = 64 * 1024;
+
+/// How long `ssh -G` may take.
+const SSH_CONFIG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The names the caller's `ssh` resolves its destination to through `ssh_config` (`Host`
+/// aliases, `HostName`, `Port`, `HostKeyAlias`): what `ssh -G` with the caller's own arguments
+/// prints. These are the names ssh itself looks up in `known_hosts`, which the command line
+/// alone does not give when it names an alias.
+///
+/// Only a root-owned `ssh` that only root can write is run (the caller's own binary, from
+/// `/proc/<pid>/exe`), without a shell, with stdin closed and a 2 s limit; `ssh -G` connects
+/// nowhere, but it does run `Match exec` commands of the user's config, as the login did.
+pub async fn ssh_config_candidates(exe: Option<&str>, argv: &[String]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    use tokio::io::AsyncReadExt as _;
+    let Some(exe) = exe.filter(|e| e.rsplit('/').next() == Some("ssh")) else {
+        return Vec::new();
+    };
+    let trusted = fs::metadata(exe).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    if !trusted || argv.len() < 2 {
+        return Vec::new();
+    }
+    let child = tokio::process::Command::new(exe)
+        .arg("-G")
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let Ok(mut child) = child else {
+        return Vec::new();
+    };
+    let Some(stdout) = child.stdout.take() else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    let mut stdout = stdout.take(MAX_SSH_CONFIG);
+    let read = stdout.read_to_string(&mut text);
+    if !matches!(
+        tokio::time::timeout(SSH_CONFIG_TIMEOUT, read).await,
+        Ok(Ok(_))
+    ) {
+        return Vec::new();
+    }
+    let _ = tokio::time::timeout(SSH_CONFIG_TIMEOUT, child.wait()).await;
+    resolved_names(&text)
+}
+
+/// From `ssh -G` output: the name ssh checks in `known_hosts` (`hostkeyalias`, else
+/// `hostname`), as `[name]:port` when the port is not 22, and bare.
+fn resolved_names(config: &str) -> Vec<String> {
+    let value = |key: &str| {
+        config.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().to_owned())
+        })
+    };
+    let Some(name) = value("hostkeyalias").or_else(|| value("hostname")) else {
+        return Vec::new();
+    };
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if let Some(port) = value("port").filter(|p| p != "22") {
+        out.push(format!("[{name}]:{port}"));
+    }
+    out.push(name);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +299,39 @@ mod tests {
         let me = std::process::id() as i32;
         let other = nix::unistd::getuid().as_raw().wrapping_add(12345);
         assert!(process_chain(me, other).is_empty());
+    }
+
+    #[test]
+    fn names_from_ssh_config_output() {
+        let g = "user me\nhostname 10.0.0.5\nport 2222\nidentityfile ~/.ssh/id\n";
+        assert_eq!(resolved_names(g), ["[10.0.0.5]:2222", "10.0.0.5"]);
+        let g = "hostname 10.0.0.5\nport 22\nhostkeyalias prod.example\n";
+        assert_eq!(resolved_names(g), ["prod.example"]);
+        assert!(resolved_names("port 22\n").is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_a_root_owned_ssh_is_asked() {
+        let argv = vec!["ssh".to_owned(), "host".to_owned()];
+        assert!(
+            ssh_config_candidates(Some("/bin/sh"), &argv)
+                .await
+                .is_empty()
+        );
+        assert!(ssh_config_candidates(None, &argv).await.is_empty());
+        let fake = std::env::temp_dir().join(format!("nod-fake-{}/ssh", std::process::id()));
+        fs::create_dir_all(fake.parent().unwrap()).unwrap();
+        fs::write(&fake, "#!/bin/sh\necho hostname evil\n").unwrap();
+        // Runnable, but group-writable (and, unless the tests run as root, not root's).
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o775)).unwrap();
+        let fake_str = fake.to_str().unwrap();
+        assert!(
+            ssh_config_candidates(Some(fake_str), &argv)
+                .await
+                .is_empty()
+        );
+        fs::remove_dir_all(fake.parent().unwrap()).unwrap();
     }
 
     #[test]

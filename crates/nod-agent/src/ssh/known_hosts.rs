@@ -3,8 +3,9 @@
 //! A name is shown only when an entry of the user's own `known_hosts` lists it with the very
 //! host key the server proved it holds (`session-bind@openssh.com`). Plain entries give their
 //! names directly. Hashed entries (`|1|salt|HMAC-SHA1(salt, name)`, `HashKnownHosts yes`) cannot
-//! be reversed, so candidate names (the caller's `ssh` command line) are hashed and compared;
-//! a candidate the file does not confirm is never shown.
+//! be reversed, so candidate names (the caller's `ssh` command line, or what its `ssh -G`
+//! resolves an alias to) are hashed and compared; a candidate the file does not confirm is
+//! never shown.
 
 use std::fs;
 use std::io::Read as _;
@@ -23,6 +24,13 @@ const MAX_NAMES: usize = 8;
 
 /// The names `files` give to `host_key`, plain ones in file order, then confirmed candidates.
 pub fn names_for(host_key: &KeyData, files: &[&Path], candidates: &[String]) -> Vec<String> {
+    lookup(host_key, files, candidates).0
+}
+
+/// [`names_for`], and whether a hashed entry for `host_key` matched none of the candidates
+/// (so better candidates might name it).
+pub fn lookup(host_key: &KeyData, files: &[&Path], candidates: &[String]) -> (Vec<String>, bool) {
+    let mut unmatched_hashed = false;
     let mut names: Vec<String> = Vec::new();
     let push = |name: &str, names: &mut Vec<String>| {
         if names.len() < MAX_NAMES && !names.iter().any(|n| n == name) {
@@ -64,16 +72,18 @@ pub fn names_for(host_key: &KeyData, files: &[&Path], candidates: &[String]) -> 
                     }
                 }
                 HostPatterns::HashedName { salt, hash } => {
-                    for c in candidates {
-                        if hashed_name_matches(salt, hash, c) {
-                            push(c, &mut names);
-                        }
+                    match candidates
+                        .iter()
+                        .find(|c| hashed_name_matches(salt, hash, c))
+                    {
+                        Some(c) => push(c, &mut names),
+                        None => unmatched_hashed = true,
                     }
                 }
             }
         }
     }
-    names
+    (names, unmatched_hashed)
 }
 
 /// Whether `name` is the one hashed as `|1|salt|hash`.
@@ -137,6 +147,9 @@ mod tests {
         assert_eq!(names, ["plain.example", "10.0.0.1", "[127.0.0.1]:2222"]);
         assert_eq!(names_for(&other, &[&file], &candidates), ["other.example"]);
         assert!(names_for(&key(), &[&file], &candidates).is_empty());
+        // The decoy entry is hashed and matches no candidate.
+        assert!(lookup(&host, &[&file], &candidates).1);
+        assert!(!lookup(&other, &[&file], &candidates).1);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -613,7 +613,7 @@ impl SshAgentService {
                 caller_pid: caller.pid,
                 caller_exe: caller.exe.clone(),
                 process_chain: caller.chain.clone(),
-                destination: self.destination(caller, bindings),
+                destination: self.destination(caller, bindings).await,
                 forwarded: bindings.forwarded(),
                 purpose: purpose.to_string(),
             });
@@ -734,12 +734,25 @@ impl SshAgentService {
         }
     }
 
-    fn destination(&self, caller: &Caller, bindings: &Bindings) -> Option<SshDestination> {
+    /// The bound server, named by `known_hosts`. Hashed entries are matched against the
+    /// caller's command line and, if that names none of them (an `ssh_config` alias), against
+    /// what the caller's `ssh -G` resolves it to.
+    async fn destination(&self, caller: &Caller, bindings: &Bindings) -> Option<SshDestination> {
         let last = bindings.last()?;
         let files: Vec<&std::path::Path> = self.known_hosts.iter().map(PathBuf::as_path).collect();
-        let candidates = caller::ssh_destination_candidates(&caller.argv);
+        let mut candidates = caller::ssh_destination_candidates(&caller.argv);
+        let (mut names, unmatched_hashed) =
+            known_hosts::lookup(&last.host_key, &files, &candidates);
+        if unmatched_hashed {
+            candidates = caller::ssh_config_candidates(caller.exe.as_deref(), &caller.argv).await;
+            for name in known_hosts::names_for(&last.host_key, &files, &candidates) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
         Some(SshDestination {
-            names: known_hosts::names_for(&last.host_key, &files, &candidates),
+            names,
             host_key_fingerprint: last.host_fingerprint(),
         })
     }
