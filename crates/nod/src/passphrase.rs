@@ -22,7 +22,10 @@ const MAX_LEN: usize = 1024;
 /// watched through a signalfd. (After Ctrl-Z and `fg`, nod exits with "cancelled".)
 pub fn read(prompt: &str, from_stdin: bool) -> Result<Zeroizing<Vec<u8>>> {
     if from_stdin {
-        return read_line(&mut std::io::stdin().lock());
+        // Unbuffered: `Stdin`'s own buffer would keep a copy of the passphrase that nothing
+        // wipes.
+        let fd = std::io::stdin().as_fd().try_clone_to_owned();
+        return read_line(&mut std::fs::File::from(fd.context("standard input")?));
     }
     let mut tty = OpenOptions::new()
         .read(true)

@@ -601,7 +601,10 @@ fn no_secret_value_reaches_the_audit_log_or_the_agent_log() {
     // `auto` (no agent.toml) decides on the first request; with no session bus, the file.
     let deferred = log.find("secrets backend: chosen on the first secrets request");
     let chosen = log.find("secrets backend: file");
-    assert!(deferred.is_some() && deferred < chosen, "{log}");
+    let (Some(deferred), Some(chosen)) = (deferred, chosen) else {
+        panic!("no backend lines: {log}");
+    };
+    assert!(deferred < chosen, "{log}");
     let store = fs::read(dir.path("data/nod/secrets.enc")).unwrap();
     assert!(!store.windows(marker.len()).any(|w| w == marker.as_bytes()));
 }

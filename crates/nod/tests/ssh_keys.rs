@@ -190,8 +190,8 @@ fn keys_generate_import_list_policy_remove_round_trip_sealed() {
     }
 }
 
-/// Runs `line` with `sh` on a pseudo-terminal (`script`, from util-linux), types `keys` and a
-/// newline after the passphrase prompt shows, and returns everything the terminal showed.
+/// Runs `line` with `sh` on a pseudo-terminal (`script`, from util-linux), types `keys` after
+/// the passphrase prompt shows, and returns everything the terminal showed.
 fn on_terminal(dir: &TempDir, line: &str, keys: &[u8]) -> String {
     let mut child = command(dir, "timeout")
         .args(["20", "script", "-qec", line, "/dev/null"])
@@ -210,9 +210,6 @@ fn on_terminal(dir: &TempDir, line: &str, keys: &[u8]) -> String {
         seen.extend_from_slice(&buf[..n]);
     }
     stdin.write_all(keys).unwrap();
-    if keys != b"\x03" {
-        stdin.write_all(b"\n").unwrap();
-    }
     terminal.read_to_end(&mut seen).unwrap();
     drop(stdin);
     child.wait().unwrap();
@@ -290,7 +287,11 @@ fn passphrase_protected_keys_import_from_stdin_or_the_terminal() {
         shown.contains(" echo ") && !shown.contains("-echo "),
         "echo left off: {shown}"
     );
-    let shown = on_terminal(&dir, &format!("{import} && echo IMPORTED"), pass.as_bytes());
+    let shown = on_terminal(
+        &dir,
+        &format!("{import} && echo IMPORTED"),
+        format!("{pass}\n").as_bytes(),
+    );
     assert!(shown.contains("IMPORTED"), "{shown}");
     assert!(shown.contains(&public(&keys[1])), "{shown}");
     assert!(!shown.contains(pass), "the passphrase was echoed: {shown}");

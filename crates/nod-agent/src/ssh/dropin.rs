@@ -244,11 +244,10 @@ pub fn kill_lines(shell: Shell, pid: i32) -> String {
 
 /// Runs `nod ssh-agent` with `options`; the environment lines go to `out`.
 pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInError> {
-    if !options.command.is_empty() && !options.daemon_child {
-        // ssh-agent takes no shell syntax or mode flags with a command either.
-        if options.shell_given || options.kill || options.debug || options.foreground {
-            return Err(DropInError::CommandWithFlags);
-        }
+    // ssh-agent takes no shell syntax or mode flags with a command either.
+    let mode_flags = options.shell_given || options.kill || options.debug || options.foreground;
+    if !options.command.is_empty() && mode_flags {
+        return Err(DropInError::CommandWithFlags);
     }
     if options.kill {
         let pid = std::env::var("SSH_AGENT_PID").map_err(|_| DropInError::NoAgentPid)?;

@@ -24,19 +24,56 @@ const MAX_NAMES: usize = 8;
 
 /// The names `files` give to `host_key`, plain ones in file order, then confirmed candidates.
 pub fn names_for(host_key: &KeyData, files: &[&Path], candidates: &[String]) -> Vec<String> {
-    lookup(host_key, files, candidates).0
+    lookup(host_key, files, candidates).names
 }
 
-/// [`names_for`], and whether a hashed entry for `host_key` matched none of the candidates
-/// (so better candidates might name it).
-pub fn lookup(host_key: &KeyData, files: &[&Path], candidates: &[String]) -> (Vec<String>, bool) {
-    let mut unmatched_hashed = false;
-    let mut names: Vec<String> = Vec::new();
-    let push = |name: &str, names: &mut Vec<String>| {
-        if names.len() < MAX_NAMES && !names.iter().any(|n| n == name) {
-            names.push(name.to_owned());
+/// What the `known_hosts` files say of one host key.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Plain names in file order, then confirmed candidates.
+    pub names: Vec<String>,
+    /// Hashed entries (salt, HMAC) for the key that no candidate matched yet.
+    unmatched: Vec<(Vec<u8>, [u8; 20])>,
+}
+
+impl Known {
+    /// Whether a hashed entry for the key is still unnamed (better candidates might name it).
+    pub fn has_unmatched(&self) -> bool {
+        !self.unmatched.is_empty()
+    }
+
+    /// Tries `candidates` against the entries still unnamed, without reading the files again.
+    pub fn confirm(&mut self, candidates: &[String]) {
+        let mut unmatched = std::mem::take(&mut self.unmatched);
+        unmatched.retain(|(salt, hash)| !self.match_hashed(salt, hash, candidates));
+        self.unmatched = unmatched;
+    }
+
+    /// Adds the candidate a hashed entry names, if one does; says whether one did.
+    fn match_hashed(&mut self, salt: &[u8], hash: &[u8; 20], candidates: &[String]) -> bool {
+        match candidates
+            .iter()
+            .find(|c| hashed_name_matches(salt, hash, c))
+        {
+            Some(c) => {
+                self.push(c);
+                true
+            }
+            None => false,
         }
-    };
+    }
+
+    fn push(&mut self, name: &str) {
+        if self.names.len() < MAX_NAMES && !self.names.iter().any(|n| n == name) {
+            self.names.push(name.to_owned());
+        }
+    }
+}
+
+/// Reads `files` once for `host_key`: its plain names, and its hashed entries matched against
+/// `candidates` (those left unmatched are kept for [`Known::confirm`]).
+pub fn lookup(host_key: &KeyData, files: &[&Path], candidates: &[String]) -> Known {
+    let mut known = Known::default();
     for file in files {
         let mut text = String::new();
         match fs::File::open(file) {
@@ -67,23 +104,19 @@ pub fn lookup(host_key: &KeyData, files: &[&Path], candidates: &[String]) -> (Ve
                 HostPatterns::Patterns(patterns) => {
                     for p in patterns {
                         if !p.starts_with('!') && !p.contains(['*', '?']) {
-                            push(p, &mut names);
+                            known.push(p);
                         }
                     }
                 }
                 HostPatterns::HashedName { salt, hash } => {
-                    match candidates
-                        .iter()
-                        .find(|c| hashed_name_matches(salt, hash, c))
-                    {
-                        Some(c) => push(c, &mut names),
-                        None => unmatched_hashed = true,
+                    if !known.match_hashed(salt, hash, candidates) {
+                        known.unmatched.push((salt.clone(), *hash));
                     }
                 }
             }
         }
     }
-    (names, unmatched_hashed)
+    known
 }
 
 /// Whether `name` is the one hashed as `|1|salt|hash`.
@@ -147,9 +180,18 @@ mod tests {
         assert_eq!(names, ["plain.example", "10.0.0.1", "[127.0.0.1]:2222"]);
         assert_eq!(names_for(&other, &[&file], &candidates), ["other.example"]);
         assert!(names_for(&key(), &[&file], &candidates).is_empty());
-        // The decoy entry is hashed and matches no candidate.
-        assert!(lookup(&host, &[&file], &candidates).1);
-        assert!(!lookup(&other, &[&file], &candidates).1);
+        // The decoy entry is hashed and matches no candidate; a later candidate can name it
+        // without the file being read again.
+        let mut known = lookup(&host, &[&file], &candidates);
+        assert!(known.has_unmatched());
+        assert!(!lookup(&other, &[&file], &candidates).has_unmatched());
+        fs::remove_file(&file).unwrap();
+        known.confirm(&["decoy".to_owned()]);
+        assert!(!known.has_unmatched());
+        assert_eq!(
+            known.names,
+            ["plain.example", "10.0.0.1", "[127.0.0.1]:2222", "decoy"]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -455,10 +455,11 @@ impl SshAgentService {
             expires = [expires, ends].into_iter().flatten().min();
         }
         let key = PrivateKey::new(keypair, comment.clone()).map_err(|_| SshError::BadKey("key"))?;
+        let key = Arc::new(key);
         // The private half must be the one the certificate (or key) names.
-        self.signers.check(&key)?;
+        self.signers.prepare(&key)?;
         let held = HeldKey {
-            key: Arc::new(key),
+            key,
             cert,
             comment,
             expires,
@@ -740,19 +741,14 @@ impl SshAgentService {
     async fn destination(&self, caller: &Caller, bindings: &Bindings) -> Option<SshDestination> {
         let last = bindings.last()?;
         let files: Vec<&std::path::Path> = self.known_hosts.iter().map(PathBuf::as_path).collect();
-        let mut candidates = caller::ssh_destination_candidates(&caller.argv);
-        let (mut names, unmatched_hashed) =
-            known_hosts::lookup(&last.host_key, &files, &candidates);
-        if unmatched_hashed {
-            candidates = caller::ssh_config_candidates(caller.exe.as_deref(), &caller.argv).await;
-            for name in known_hosts::names_for(&last.host_key, &files, &candidates) {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
+        let candidates = caller::ssh_destination_candidates(&caller.argv);
+        let mut known = known_hosts::lookup(&last.host_key, &files, &candidates);
+        if known.has_unmatched() {
+            known
+                .confirm(&caller::ssh_config_candidates(caller.exe.as_deref(), &caller.argv).await);
         }
         Some(SshDestination {
-            names,
+            names: known.names,
             host_key_fingerprint: last.host_fingerprint(),
         })
     }

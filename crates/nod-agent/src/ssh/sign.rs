@@ -215,10 +215,11 @@ impl Signers {
         Ok(prepared)
     }
 
-    /// Checks that `key` can sign: its public half is the one its private half gives, and
-    /// its parts are sound. The signer is not kept; it is prepared again on first use.
-    pub fn check(&self, key: &PrivateKey) -> Result<(), SshError> {
-        Prepared::new(key).map(drop)
+    /// Prepares `key`'s signer now, for a key just added: this checks that its public half is
+    /// the one its private half gives and that its parts are sound, and the first signature
+    /// then finds the signer ready.
+    pub fn prepare(&self, key: &Arc<PrivateKey>) -> Result<(), SshError> {
+        self.prepared(key).map(drop)
     }
 
     /// Drops the prepared signers of keys no longer held.
