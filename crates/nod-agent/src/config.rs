@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::fsutil::check_not_writable_by_others;
+use crate::files::check_not_writable_by_others;
 
 /// Which approver backend asks the person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -49,20 +49,22 @@
 
 #![forbid(unsafe_code)]
 
-pub mod agent;
-pub mod approval;
-pub mod approve;
+pub mod approvers;
 pub mod audit;
+pub mod caller;
 pub mod config;
-mod fsutil;
+pub mod daemon;
+pub mod decision;
+pub mod duration;
+mod files;
 pub mod keystore;
 mod log;
+pub mod pam;
 pub mod paths;
-pub mod peer;
 pub mod secrets;
 pub mod ssh;
 
-pub use agent::{AgentError, AgentOptions, run_agent};
+pub use daemon::agent::{AgentError, AgentOptions, run_agent};
 
 /// Locks a mutex, carrying on past poisoning. Every mutex in the agent guards plain data (maps,
 /// lists, the audit writer) that a panic elsewhere cannot leave half-changed, and a

@@ -6,10 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nod_agent::approval::ApprovalSettings;
-use nod_agent::approval::hosts::HostsFile;
 use nod_agent::audit::{self, Verdict};
 use nod_agent::now_ms;
+use nod_agent::pam::ApprovalSettings;
+use nod_agent::pam::hosts::HostsFile;
 use nod_proto::keys::format_public_key_file;
 use nod_proto::{AuthMethod, Decision, KeyId, MAX_FRAME_LEN, SigningKey, frame};
 
@@ -177,7 +177,7 @@ async fn rate_limit_answers_unavailable() {
 /// request must still be approved, without waiting for the idle ones' read deadline.
 #[tokio::test]
 async fn valid_request_is_approved_after_1000_garbage_connections() {
-    nod_agent::agent::raise_nofile_limit();
+    nod_agent::daemon::agent::raise_nofile_limit();
     let h = start("exit 0").await;
     let mut idle = Vec::new();
     for _ in 0..50 {

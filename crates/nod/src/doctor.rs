@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use nod_agent::approval::hosts::HostsFile;
 use nod_agent::keystore::{AGENT_KEY_SEALED, Keystore, WRAP_KEY_FILE};
+use nod_agent::pam::hosts::HostsFile;
 use nod_agent::paths::Paths;
 
 use crate::pair::shell_quote;

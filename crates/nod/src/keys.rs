@@ -127,7 +127,7 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
         } => {
             let policy = parse_policy(&word, ttl)?;
             let key = generate(kind, bits, &name)?;
-            print_added(&store.add_ssh_key(&name, key, policy)?);
+            print_added(&add_key(&store, &name, key, policy)?);
         }
         KeysCommand::Import {
             file,
@@ -156,7 +156,7 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
                     .map(|n| n.to_string_lossy().into_owned())
                     .context("give the key a --name")?,
             };
-            print_added(&store.add_ssh_key(&name, key, policy)?);
+            print_added(&add_key(&store, &name, key, policy)?);
         }
         KeysCommand::List => {
             let keys = store.ssh_keys()?;
@@ -225,4 +225,16 @@ pub fn run_ssh(paths: &Paths, command: SshCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Adds a key the agent can sign with: its type and size are checked first (the keystore only
+/// stores).
+fn add_key(
+    store: &Keystore,
+    name: &str,
+    key: nod_agent::keystore::ssh::PrivateKey,
+    policy: Policy,
+) -> Result<nod_agent::keystore::ssh::StoredKey> {
+    nod_agent::ssh::sign::check_key(key.key_data()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(store.add_ssh_key(name, key, policy)?)
 }

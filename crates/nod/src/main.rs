@@ -16,11 +16,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
-use nod_agent::approval::hosts::{AddOutcome, HostsFile};
-use nod_agent::approve::ApproverChoice;
+use nod_agent::approvers::ApproverChoice;
 use nod_agent::audit::{self, Verdict};
 use nod_agent::config::ApproverKind;
 use nod_agent::keystore::Keystore;
+use nod_agent::pam::hosts::{AddOutcome, HostsFile};
 use nod_agent::paths::Paths;
 use nod_agent::{AgentOptions, run_agent};
 use nod_proto::keys::format_public_key_file;

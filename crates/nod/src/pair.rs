@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, anyhow, bail};
-use nod_agent::approval::hosts::HostsFile;
 use nod_agent::keystore::Keystore;
+use nod_agent::pam::hosts::HostsFile;
 use nod_agent::paths::Paths;
 use nod_proto::keys::format_public_key_file;
 use nod_proto::parse_public_key_file;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use nod_agent::caller::identity::is_interpreter;
 use nod_agent::paths::Paths;
-use nod_agent::peer::is_interpreter;
 use nod_client::proto::{Control, SecretValue};
 use nod_client::{Client, default_socket};
 

@@ -1,13 +1,13 @@
-//! `nod ssh-agent`: OpenSSH `ssh-agent`'s flags, mapped onto `nod_agent::ssh::dropin`.
+//! `nod ssh-agent`: OpenSSH `ssh-agent`'s flags, mapped onto `nod_agent::daemon::ssh_agent`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use nod_agent::approve::ApproverChoice;
+use nod_agent::approvers::ApproverChoice;
 use nod_agent::config::ApproverKind;
-use nod_agent::ssh::dropin::{self, DropInOptions, Shell};
+use nod_agent::daemon::ssh_agent::{self as ssh_agent_daemon, DropInOptions, Shell};
 
 /// ssh-agent's own flags (see `ssh-agent(1)`), plus nod's approver choice.
 #[derive(Debug, Args)]
@@ -68,10 +68,10 @@ pub fn run(args: SshAgentArgs) -> Result<()> {
     let lifetime = args
         .life
         .as_deref()
-        .map(dropin::parse_lifetime)
+        .map(ssh_agent_daemon::parse_lifetime)
         .transpose()?;
     if let Some(hash) = &args.fingerprint_hash {
-        dropin::check_fingerprint_hash(hash)?;
+        ssh_agent_daemon::check_fingerprint_hash(hash)?;
     }
     let shell_env = std::env::var("SHELL").ok();
     let options = DropInOptions {
@@ -92,5 +92,8 @@ pub fn run(args: SshAgentArgs) -> Result<()> {
         command_pid: args.command_pid,
         args: std::env::args_os().skip(1).collect(),
     };
-    Ok(dropin::run(options, &mut std::io::stdout().lock())?)
+    Ok(ssh_agent_daemon::run(
+        options,
+        &mut std::io::stdout().lock(),
+    )?)
 }

@@ -103,7 +103,7 @@ fn nod_copy(dir: &TempDir, name: &str) -> PathBuf {
 }
 
 fn hash_of(path: &Path) -> String {
-    nod_agent::peer::hash_path(path).unwrap()
+    nod_agent::caller::identity::hash_path(path).unwrap()
 }
 
 fn register(dir: &TempDir, path: &Path, grants: &[&str]) -> Output {
@@ -545,7 +545,7 @@ fn an_oversized_line_is_malformed_and_closes_the_connection() {
 
 #[test]
 fn a_thousand_idle_connections_do_not_block_a_real_client() {
-    nod_agent::agent::raise_nofile_limit();
+    nod_agent::daemon::agent::raise_nofile_limit();
     let dir = TempDir::new("nod-secrets", &[]);
     let _agent = start_agent(&dir, 0);
     register_self(&dir, &["--read", "aws", "--write", "aws"]);

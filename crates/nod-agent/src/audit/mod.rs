@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::fsutil::ensure_private_dir;
+use crate::files::ensure_private_dir;
 
 /// `prev` of the first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -277,7 +277,7 @@ mod tests {
     use super::*;
 
     fn tempdir() -> PathBuf {
-        crate::fsutil::test_dir("audit")
+        crate::files::test_dir("audit")
     }
 
     fn event(i: usize) -> AuditEvent {

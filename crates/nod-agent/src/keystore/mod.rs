@@ -30,7 +30,7 @@ use nod_proto::keys::parse_private_key_file;
 use nod_proto::{KeyId, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
-use crate::fsutil::{ensure_private_dir, write_atomic};
+use crate::files::{ensure_private_dir, write_atomic};
 use crate::log::event;
 use crate::paths::Paths;
 pub use seal::{FileWrapKey, WrapKey, WrapKeySource};
@@ -380,7 +380,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn tempdir(name: &str) -> PathBuf {
-        crate::fsutil::test_dir(&format!("ks-{name}"))
+        crate::files::test_dir(&format!("ks-{name}"))
     }
 
     pub(crate) fn store(root: &Path) -> Keystore {

@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::KeystoreError;
-use crate::fsutil::{ensure_private_dir, write_atomic};
+use crate::files::{ensure_private_dir, write_atomic};
 
 /// First bytes of every sealed file.
 pub const MAGIC: &[u8; 8] = b"nodseal1";

@@ -9,12 +9,75 @@
 use std::fmt;
 use std::time::Duration;
 
-use ssh_key::{Algorithm, EcdsaCurve, HashAlg, LineEnding, PrivateKey, rand_core::OsRng};
+pub use ssh_key::PrivateKey;
+use ssh_key::{Algorithm, EcdsaCurve, HashAlg, LineEnding, rand_core::OsRng};
 use zeroize::Zeroizing;
 
 use super::{Keystore, KeystoreError, SSH_KEYS_FILE, USER_CA_FILE};
-use crate::ssh::policy::Policy;
-use crate::ssh::sign::check_key;
+use crate::duration::format_duration;
+
+/// A `remember` grant's lifetime when none is given.
+pub const DEFAULT_REMEMBER_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// A key's approval policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Prompt for every signature.
+    Always,
+    /// Prompt once, then remember the approval for this long (key × caller × destination).
+    Remember(Duration),
+    /// Never prompt.
+    Never,
+}
+
+impl Policy {
+    /// `always`, `remember` or `never`; `ttl` only goes with `remember`.
+    pub fn parse(word: &str, ttl: Option<Duration>) -> Result<Self, String> {
+        match (word, ttl) {
+            ("always", None) => Ok(Self::Always),
+            ("never", None) => Ok(Self::Never),
+            ("remember", ttl) => {
+                let ttl = ttl.unwrap_or(DEFAULT_REMEMBER_TTL);
+                if ttl.is_zero() {
+                    return Err("a remember TTL must be longer than 0s".into());
+                }
+                Ok(Self::Remember(ttl))
+            }
+            ("always" | "never", Some(_)) => {
+                Err(format!("--ttl only goes with remember, not {word}"))
+            }
+            _ => Err(format!(
+                "unknown policy {word:?}: use always, remember or never"
+            )),
+        }
+    }
+
+    /// The policy's word, as stored.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Remember(_) => "remember",
+            Self::Never => "never",
+        }
+    }
+
+    /// The grant lifetime (`remember` only).
+    pub fn ttl(&self) -> Option<Duration> {
+        match self {
+            Self::Remember(ttl) => Some(*ttl),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Remember(ttl) => write!(f, "remember {}", format_duration(*ttl)),
+            other => f.write_str(other.word()),
+        }
+    }
+}
 
 const MAGIC: &[u8] = b"nod-ssh-keys-v1\0";
 const PURPOSE: &str = "ssh-keys";
@@ -264,7 +327,6 @@ impl Keystore {
         policy: Policy,
     ) -> Result<StoredKey, KeystoreError> {
         valid_name(name)?;
-        check_key(key.key_data()).map_err(|e| KeystoreError::Refused(e.to_string()))?;
         let _lock = self.exclusive()?;
         let mut keys = self.ssh_keys()?;
         if keys.iter().any(|k| k.name == name) {

@@ -14,7 +14,7 @@ use nod_client::proto::MAX_LINE;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use crate::peer::{Sender, boot_ns};
+use crate::caller::identity::{Sender, boot_ns};
 
 const CHUNK: usize = 16 * 1024;
 

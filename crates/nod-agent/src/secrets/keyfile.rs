@@ -8,7 +8,7 @@ use std::path::Path;
 use nix::unistd::getuid;
 use zeroize::Zeroizing;
 
-use crate::fsutil::{ensure_private_dir, write_atomic};
+use crate::files::{ensure_private_dir, write_atomic};
 
 /// A 32-byte key, zeroized on drop.
 pub type Key32 = Zeroizing<[u8; 32]>;

@@ -49,13 +49,13 @@ impl From<oo7::dbus::Error> for KeyringError {
 
 /// A connection to the Secret Service and its default collection.
 #[derive(Debug)]
-pub struct Keyring {
+pub struct SecretService {
     service: Service<'static>,
     /// Serializes batches, so two requests never interleave their items.
     turn: tokio::sync::Mutex<()>,
 }
 
-impl Keyring {
+impl SecretService {
     /// Connects, giving up after `timeout` (no session bus, or nothing owns the name).
     pub async fn connect(timeout: Duration) -> Result<Self, KeyringError> {
         let service = tokio::time::timeout(timeout, Service::new())

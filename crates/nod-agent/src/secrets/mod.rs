@@ -1,7 +1,7 @@
 //! The secrets broker on `$XDG_RUNTIME_DIR/nod/secrets.sock` (docs/design.md §3, protocol in
 //! `docs/protocol/secrets.md`, types in `nod_client::proto`).
 //!
-//! Each request line is judged by the process that sent *that line* (see [`crate::peer`]):
+//! Each request line is judged by the process that sent *that line* (see [`crate::caller::identity`]):
 //! another uid is refused, an unregistered binary gets `unregistered_binary` and is queued for
 //! `nod approve`, and a registered one gets exactly what its policy entry allows. The order is:
 //!
@@ -39,17 +39,17 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 
 use self::conn::{Line, LineReader, ReadError};
-use self::keyring::{Keyring, KeyringError};
+use self::keyring::{KeyringError, SecretService};
 use self::policy::{PendingQueue, PolicyError, PolicyStore};
 use self::store::{Change, FileStore, StoreError};
-use crate::approve::{Approver, Outcome, Prompt, SecretsPrompt};
+use crate::approvers::{Approver, Outcome, Prompt, SecretsPrompt};
 use crate::audit::{AuditLog, clip};
+use crate::caller::identity::{self as peer, Caller, HashCache, PeerError};
 use crate::config::SecretsBackend;
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
 use crate::paths::Paths;
-use crate::peer::{self, Caller, HashCache, PeerError};
 
 /// Longest service, target or attribute name, in bytes.
 pub const MAX_NAME: usize = 256;
@@ -132,7 +132,7 @@ pub enum Backend {
     /// The encrypted file ([`store`]).
     File(Mutex<FileStore>),
     /// The Secret Service on the session bus ([`keyring`]).
-    SecretService(Keyring),
+    SecretService(SecretService),
 }
 
 impl Backend {
@@ -150,11 +150,11 @@ impl Backend {
         };
         match choice {
             SecretsBackend::File => file(),
-            SecretsBackend::SecretService => Keyring::connect(Duration::from_secs(5))
+            SecretsBackend::SecretService => SecretService::connect(Duration::from_secs(5))
                 .await
                 .map(Self::SecretService)
                 .map_err(SecretsError::NoSecretService),
-            SecretsBackend::Auto => match Keyring::connect(Duration::from_secs(2)).await {
+            SecretsBackend::Auto => match SecretService::connect(Duration::from_secs(2)).await {
                 Ok(k) => Ok(Self::SecretService(k)),
                 Err(e) => {
                     event!("secrets: no Secret Service ({e}); using the encrypted file");
@@ -711,7 +711,7 @@ impl SecretsService {
     }
 
     /// Step 4, Secret Service backend.
-    async fn execute_keyring(keyring: &Keyring, req: CheckedRequest) -> Response {
+    async fn execute_keyring(keyring: &SecretService, req: CheckedRequest) -> Response {
         let CheckedRequest { request, prefix } = req;
         let service = request.service.as_str();
         let result = match (request.action, prefix) {

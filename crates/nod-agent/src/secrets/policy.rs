@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::keyfile::{self, Key32};
-use crate::fsutil::write_atomic;
+use crate::files::write_atomic;
 
 /// Pending entries kept at most.
 pub const MAX_PENDING: usize = 64;
@@ -291,7 +291,7 @@ impl PendingQueue {
 
     fn save(&self) -> io::Result<()> {
         if let Some(dir) = self.path.parent() {
-            crate::fsutil::ensure_private_dir(dir)?;
+            crate::files::ensure_private_dir(dir)?;
         }
         let text = serde_json::to_vec_pretty(&self.entries).map_err(io::Error::other)?;
         write_atomic(&self.path, &text)
@@ -303,7 +303,7 @@ mod tests {
     use super::*;
 
     fn tempdir() -> PathBuf {
-        crate::fsutil::test_dir("policy")
+        crate::files::test_dir("policy")
     }
 
     fn entry(hash: &str) -> PolicyEntry {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::keyfile::{self, Key32};
-use crate::fsutil::write_atomic;
+use crate::files::write_atomic;
 
 const MAGIC: &[u8] = b"nod-secrets-v1\n";
 const NONCE_LEN: usize = 24;
@@ -220,7 +220,7 @@ mod tests {
     use super::*;
 
     fn tempdir() -> PathBuf {
-        crate::fsutil::test_dir("store")
+        crate::files::test_dir("store")
     }
 
     fn write(targets: &[(&str, &str)]) -> Change {

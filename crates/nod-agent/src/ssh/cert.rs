@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::policy::{CallerScope, GrantScope, format_duration};
 use super::{PROMPT_TIMEOUT, SshAgentService, SshError, decision_word};
-use crate::approve::{Outcome, Prompt, display_safe};
+use crate::approvers::{Outcome, Prompt, display_safe};
 use crate::lock;
 use crate::log::event;
 

@@ -23,11 +23,10 @@
 //! exits and whose pid is reused before that could be misnamed.
 
 pub mod bind;
-pub mod caller;
 pub mod cert;
+pub mod client_argv;
 pub mod codec;
 pub mod destination;
-pub mod dropin;
 pub mod known_hosts;
 pub mod policy;
 pub mod purpose;
@@ -60,13 +59,13 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use zeroize::Zeroizing;
 
-use crate::approve::{Approver, Outcome, Prompt};
+use crate::approvers::{Approver, Outcome, Prompt};
 use crate::audit::{AuditEvent, AuditLog, clip};
+use crate::caller::chain::{self, ProcessLink};
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
 use bind::{BindError, Bindings};
-use caller::ProcessLink;
 use codec::{CappedCodec, CodecError, Frame};
 
 /// How long a confirm prompt may stay open before it counts as failed.
@@ -162,8 +161,8 @@ impl Caller {
                     pid: Some(pid),
                     uid: Some(cred.uid()),
                     exe,
-                    chain: caller::process_chain(pid, cred.uid()),
-                    argv: caller::cmdline(pid),
+                    chain: chain::process_chain(pid, cred.uid()),
+                    argv: chain::cmdline(pid),
                 }
             }
             Err(e) => {
@@ -289,12 +288,12 @@ impl LockHash {
 }
 
 #[derive(Debug, Default)]
-struct Keyring {
+struct HeldKeys {
     keys: Vec<HeldKey>,
     lock: Option<LockHash>,
 }
 
-impl Keyring {
+impl HeldKeys {
     fn purge_expired(&mut self, now: Instant) {
         self.keys.retain(|k| {
             let live = k.expires.is_none_or(|t| t > now);
@@ -316,7 +315,7 @@ impl Keyring {
 /// The SSH agent: keys in memory, the approver for confirm keys, the shared audit log.
 #[derive(Debug)]
 pub struct SshAgentService {
-    keyring: Mutex<Keyring>,
+    keyring: Mutex<HeldKeys>,
     approver: Arc<dyn Approver>,
     audit: Arc<Mutex<AuditLog>>,
     /// One confirm prompt at a time.
@@ -334,7 +333,7 @@ pub struct SshAgentService {
 impl SshAgentService {
     pub fn new(approver: Arc<dyn Approver>, audit: Arc<Mutex<AuditLog>>) -> Self {
         Self {
-            keyring: Mutex::new(Keyring::default()),
+            keyring: Mutex::new(HeldKeys::default()),
             approver,
             audit,
             prompt_turn: tokio::sync::Mutex::new(()),
@@ -371,7 +370,7 @@ impl SshAgentService {
         }
     }
 
-    fn keyring(&self) -> MutexGuard<'_, Keyring> {
+    fn keyring(&self) -> MutexGuard<'_, HeldKeys> {
         let mut ring = lock(&self.keyring);
         ring.purge_expired(Instant::now());
         self.signers.purge();
@@ -741,11 +740,12 @@ impl SshAgentService {
     async fn destination(&self, caller: &Caller, bindings: &Bindings) -> Option<SshDestination> {
         let last = bindings.last()?;
         let files: Vec<&std::path::Path> = self.known_hosts.iter().map(PathBuf::as_path).collect();
-        let candidates = caller::ssh_destination_candidates(&caller.argv);
+        let candidates = client_argv::ssh_destination_candidates(&caller.argv);
         let mut known = known_hosts::lookup(&last.host_key, &files, &candidates);
         if known.has_unmatched() {
-            known
-                .confirm(&caller::ssh_config_candidates(caller.exe.as_deref(), &caller.argv).await);
+            known.confirm(
+                &client_argv::ssh_config_candidates(caller.exe.as_deref(), &caller.argv).await,
+            );
         }
         Some(SshDestination {
             names: known.names,
@@ -1113,7 +1113,7 @@ mod tests {
         let key = PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
             .unwrap();
         let now = Instant::now();
-        let mut ring = Keyring::default();
+        let mut ring = HeldKeys::default();
         for (expires, comment) in [(Some(now), "old"), (None, "kept")] {
             ring.keys.push(HeldKey {
                 key: Arc::new(key.clone()),

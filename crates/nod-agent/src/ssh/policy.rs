@@ -15,7 +15,6 @@
 //! are rate-limited per key × caller, so a looping client cannot wear the person down.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,12 +22,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::approval::rate::RateLimiter;
-use crate::approve::Outcome;
+use crate::approvers::Outcome;
+use crate::decision::rate::RateLimiter;
+pub use crate::duration::{format_duration, parse_duration};
+pub use crate::keystore::ssh::{DEFAULT_REMEMBER_TTL, Policy};
 use crate::lock;
-
-/// A `remember` grant's lifetime when none is given.
-pub const DEFAULT_REMEMBER_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// Prompts per key × caller before the bucket runs dry, and its refill per minute.
 const PROMPT_BURST: u32 = 5;
@@ -36,96 +34,6 @@ const PROMPTS_PER_MINUTE: u32 = 20;
 
 /// Grants kept before expired ones are swept.
 const MAX_GRANTS: usize = 4096;
-
-/// A key's approval policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// Prompt for every signature.
-    Always,
-    /// Prompt once, then remember the approval for this long (key × caller × destination).
-    Remember(Duration),
-    /// Never prompt.
-    Never,
-}
-
-impl Policy {
-    /// `always`, `remember` or `never`; `ttl` only goes with `remember`.
-    pub fn parse(word: &str, ttl: Option<Duration>) -> Result<Self, String> {
-        match (word, ttl) {
-            ("always", None) => Ok(Self::Always),
-            ("never", None) => Ok(Self::Never),
-            ("remember", ttl) => {
-                let ttl = ttl.unwrap_or(DEFAULT_REMEMBER_TTL);
-                if ttl.is_zero() {
-                    return Err("a remember TTL must be longer than 0s".into());
-                }
-                Ok(Self::Remember(ttl))
-            }
-            ("always" | "never", Some(_)) => {
-                Err(format!("--ttl only goes with remember, not {word}"))
-            }
-            _ => Err(format!(
-                "unknown policy {word:?}: use always, remember or never"
-            )),
-        }
-    }
-
-    /// The policy's word, as stored.
-    pub fn word(&self) -> &'static str {
-        match self {
-            Self::Always => "always",
-            Self::Remember(_) => "remember",
-            Self::Never => "never",
-        }
-    }
-
-    /// The grant lifetime (`remember` only).
-    pub fn ttl(&self) -> Option<Duration> {
-        match self {
-            Self::Remember(ttl) => Some(*ttl),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Remember(ttl) => write!(f, "remember {}", format_duration(*ttl)),
-            other => f.write_str(other.word()),
-        }
-    }
-}
-
-/// `90`, `90s`, `10m`, `8h`, `1d`: a duration in whole units.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 30s, 10m, 8h or 1d"))?;
-    let secs = match unit {
-        "" | "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
-        _ => None,
-    }
-    .ok_or_else(|| format!("{s:?} is not a duration; use e.g. 30s, 10m, 8h or 1d"))?;
-    Ok(Duration::from_secs(secs))
-}
-
-/// The largest whole unit that divides `d`: `10m`, `8h`, `45s`.
-pub fn format_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => "0s".into(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
 
 /// Who asks, as far as a grant is concerned: the program and where it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

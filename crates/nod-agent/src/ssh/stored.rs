@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::cert::SessionCerts;
 use super::policy::{Approvals, CallerScope, GrantScope, Policy, Turn, follow, request_id};
 use super::{SshAgentService, SshError};
-use crate::approve::Outcome;
+use crate::approvers::Outcome;
 use crate::keystore::{Keystore, SSH_KEYS_FILE};
 use crate::lock;
 use crate::log::event;

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nod_agent::approval::hosts::{HostAllowlist, HostsFile};
-use nod_agent::approval::{ApprovalService, ApprovalSettings};
-use nod_agent::approve::command::CommandApprover;
+use nod_agent::approvers::command::CommandApprover;
 use nod_agent::audit::AuditLog;
 use nod_agent::keystore::Keystore;
 use nod_agent::now_ms;
+use nod_agent::pam::hosts::{HostAllowlist, HostsFile};
+use nod_agent::pam::{ApprovalService, ApprovalSettings};
 use nod_agent::paths::Paths;
 use nod_proto::keys::openssh_public_line;
 use nod_proto::{

@@ -35,8 +35,8 @@ use nix::unistd::Pid;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::agent::raise_nofile_limit;
-use crate::approve::{self, ApproverChoice, Environment, SelectError};
+use super::agent::raise_nofile_limit;
+use crate::approvers::{self, ApproverChoice, Environment, SelectError};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{AgentConfig, ConfigError};
 use crate::keystore::Keystore;
@@ -522,7 +522,7 @@ fn serve(
     };
     let paths = Paths::from_env()?;
     let config = AgentConfig::load(&paths.agent_config())?;
-    let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
+    let approver = approvers::select(&options.approver, &config.approver, &Environment::detect())?;
     let audit = Arc::new(std::sync::Mutex::new(AuditLog::open(&paths.audit_log())?));
     let service = Arc::new(
         SshAgentService::new(approver, audit)

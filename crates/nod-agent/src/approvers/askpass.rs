@@ -88,7 +88,7 @@ mod tests {
     use super::*;
 
     fn prompt() -> Prompt {
-        crate::approve::sample_prompt()
+        crate::approvers::sample_prompt()
     }
 
     /// A fake askpass: a script that checks the OpenSSH convention and exits with `code`.

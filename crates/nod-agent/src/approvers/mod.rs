@@ -187,7 +187,7 @@ impl Prompt {
                 if p.process_chain.len() > 1 {
                     text.push_str(&format!(
                         "\n  chain: {}",
-                        display_safe(&crate::ssh::caller::describe_chain(&p.process_chain))
+                        display_safe(&crate::caller::chain::describe_chain(&p.process_chain))
                     ));
                 }
                 text
@@ -420,12 +420,12 @@ mod tests {
             caller_pid: Some(42),
             caller_exe: Some("/usr/bin/ssh".into()),
             process_chain: vec![
-                crate::ssh::caller::ProcessLink {
+                crate::caller::chain::ProcessLink {
                     pid: 42,
                     comm: "ssh".into(),
                     exe: Some("/usr/bin/ssh".into()),
                 },
-                crate::ssh::caller::ProcessLink {
+                crate::caller::chain::ProcessLink {
                     pid: 41,
                     comm: "git".into(),
                     exe: None,

@@ -3,12 +3,10 @@
 //!
 //! - [`hosts`]: the allowlist of hosts and their pinned keys (`hosts.toml`).
 //! - [`replay`]: signatures seen, until their request expires.
-//! - [`rate`]: token buckets per host|service|user.
 //! - [`service`]: one exchange per connection, the checks in their fixed order, the prompt and
 //!   the signed reply.
 
 pub mod hosts;
-pub mod rate;
 pub mod replay;
 pub mod service;
 

@@ -108,7 +108,7 @@ mod tests {
     use super::*;
 
     fn prompt() -> Prompt {
-        crate::approve::sample_prompt()
+        crate::approvers::sample_prompt()
     }
 
     fn sh(script: &str) -> CommandApprover {

@@ -13,14 +13,14 @@ use nix::sys::stat::{Mode, umask};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::approval::hosts::HostAllowlist;
-use crate::approval::{ApprovalService, ApprovalSettings};
-use crate::approve::{self, ApproverChoice, Environment, SelectError};
+use crate::approvers::{self, ApproverChoice, Environment, SelectError};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{AgentConfig, ConfigError, SecretsBackend};
-use crate::fsutil::ensure_private_dir;
+use crate::files::ensure_private_dir;
 use crate::keystore::{Keystore, KeystoreError};
 use crate::log::event;
+use crate::pam::hosts::HostAllowlist;
+use crate::pam::{ApprovalService, ApprovalSettings};
 use crate::paths::{Paths, PathsError};
 use crate::secrets::{SecretsError, SecretsFiles, SecretsService, SecretsSettings};
 use crate::ssh::SshAgentService;
@@ -151,7 +151,7 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
     let ssh_socket_path = paths.ssh_agent_socket()?;
     let secrets_socket_path = paths.secrets_socket()?;
     let config = AgentConfig::load(&paths.agent_config())?;
-    let approver = approve::select(&options.approver, &config.approver, &Environment::detect())?;
+    let approver = approvers::select(&options.approver, &config.approver, &Environment::detect())?;
     let keystore = Keystore::open(&paths);
     let agent_key = keystore.agent_key()?;
     let hosts = HostAllowlist::open(&paths.hosts_file());

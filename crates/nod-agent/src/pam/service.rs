@@ -30,11 +30,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::hosts::HostAllowlist;
-use super::rate::RateLimiter;
 use super::replay::{self, ReplayCache, ReplayError};
-use crate::approve::{Approver, Outcome, PamPrompt, Prompt};
+use crate::approvers::{Approver, Outcome, PamPrompt, Prompt};
 use crate::audit::{AuditEvent, AuditLog, clip};
 use crate::config::ApprovalConfig;
+use crate::decision::rate::RateLimiter;
 use crate::keystore::AgentKey;
 use crate::lock;
 use crate::log::event;

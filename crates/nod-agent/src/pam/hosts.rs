@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use nod_proto::{KeyId, VerifyingKey, parse_public_key_file};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{check_not_writable_by_others, ensure_private_dir, write_atomic};
+use crate::files::{check_not_writable_by_others, ensure_private_dir, write_atomic};
 use crate::log::event;
 
 /// Longest host id accepted.

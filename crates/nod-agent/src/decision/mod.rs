@@ -1,0 +1,3 @@
+//! The decision core shared by the three services.
+
+pub mod rate;
