@@ -74,6 +74,10 @@ impl Approver for AskpassApprover {
         "askpass"
     }
 
+    fn presence(&self) -> super::Presence {
+        super::Presence::Click
+    }
+
     fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a> {
         Box::pin(by_deadline(deadline, self.run(prompt), || {
             event!("askpass was not answered in time; closed it");

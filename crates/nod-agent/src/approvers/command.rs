@@ -90,6 +90,10 @@ impl Approver for CommandApprover {
         "command"
     }
 
+    fn presence(&self) -> super::Presence {
+        super::Presence::Program
+    }
+
     fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a> {
         Box::pin(by_deadline(deadline, self.run(prompt), || {
             event!(

@@ -11,7 +11,13 @@
 pub mod askpass;
 mod child;
 pub mod command;
+mod prompt;
 pub mod tty;
+
+pub use prompt::{
+    PamPrompt, Prompt, SecretsPrompt, SessionCertPrompt, SshDestination, SshSignPrompt,
+    display_safe,
+};
 
 use std::fmt;
 use std::future::Future;
@@ -37,205 +43,69 @@ pub enum Outcome {
     Failed,
 }
 
-/// A remote-approval (PAM) prompt: what a Linux host asks for. Every field comes from the
-/// host's signed request, i.e. from a machine we trust to say who asks, but the strings may
-/// still hold anything the user on that host typed (the sudo command line), so renderings
-/// escape them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PamPrompt {
-    /// `linux_hostname`.
-    pub host: String,
-    /// `linux_host_id`, as in the allowlist.
-    pub host_id: String,
-    /// `pam_service`, e.g. `sudo`.
-    pub service: String,
-    pub user: String,
-    pub ruser: Option<String>,
-    pub tty: Option<String>,
-    pub rhost: Option<String>,
-    /// `sudo_command`, when sent.
-    pub command: Option<String>,
-    pub request_id: String,
+/// How the person proved they were there, as the approver that asked knows it. Recorded with
+/// every decision (the audit line, and for remote approval the response's `auth_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// A program decided (the `command` approver): whatever that program checks.
+    Program,
+    /// A key typed on the agent's terminal (`tty`).
+    Keypress,
+    /// A click on a dialog or notification (`desktop`, `askpass`).
+    Click,
+    /// The user's password, checked by the system (`polkit`, through its PAM stack).
+    Password,
+    /// An enrolled finger on this machine's reader (`fprintd`).
+    Fingerprint,
 }
 
-/// A secrets-broker policy change: a binary is to get (or keep, after an upgrade) access to
-/// secrets. The path and hash come from the agent's own look at the file, the grants from the
-/// `nod` command that asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SecretsPrompt {
-    pub path: String,
-    /// `sha256:<hex>` of the binary.
-    pub hash: String,
-    /// For an upgrade: the hash being replaced.
-    pub previous_hash: Option<String>,
-    pub read: Vec<String>,
-    pub write: Vec<String>,
-    pub search: bool,
-    /// The binary is an interpreter: the grant covers every script it runs.
-    pub interpreter: bool,
-}
-
-/// What an approver is asked. One variant per service; later services add their own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Prompt {
-    /// Remote approval of a PAM login or sudo on a Linux host.
-    Pam(PamPrompt),
-    /// One signature with an SSH key added with `ssh-add -c`.
-    SshSign(crate::ssh::SshSignPrompt),
-    /// Minting an SSH session certificate (`nod ssh session`).
-    SshSessionCert(crate::ssh::cert::SessionCertPrompt),
-    /// `nod register <path>`: a new binary gets access to secrets.
-    SecretsRegister(SecretsPrompt),
-    /// `nod approve <hash>`: a pending binary gets access to secrets.
-    SecretsApprove(SecretsPrompt),
-    /// `nod upgrade <path>`: a registered binary's grants move to its new hash.
-    SecretsUpgrade(SecretsPrompt),
-}
-
-/// Longest rendering of one field in a human-readable prompt.
-const MAX_FIELD_CHARS: usize = 300;
-
-/// Makes host-supplied text safe to show: control characters (including ESC, so no terminal
-/// escape sequences) and bidi overrides are escaped, and long values are cut.
-pub fn display_safe(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX_FIELD_CHARS {
-            out.push('…');
-            break;
-        }
-        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
-        if c.is_control() || bidi {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl Prompt {
-    /// The prompt's kind as in its JSON `kind` and the `NOD_PROMPT_KIND` variable.
-    pub fn kind(&self) -> &'static str {
+impl Presence {
+    /// The word in audit lines and `nod status`.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::Pam(_) => "pam",
-            Self::SshSign(_) => "ssh-sign",
-            Self::SshSessionCert(_) => "ssh-session-cert",
-            Self::SecretsRegister(_) => "secrets-register",
-            Self::SecretsApprove(_) => "secrets-approve",
-            Self::SecretsUpgrade(_) => "secrets-upgrade",
+            Self::Program => "program",
+            Self::Keypress => "keypress",
+            Self::Click => "click",
+            Self::Password => "password",
+            Self::Fingerprint => "fingerprint",
         }
     }
 
-    /// One JSON object, as the `command` approver receives it on stdin.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a prompt always serializes")
+    /// Whether it proves who is there, not only that someone is: a password or a finger.
+    pub fn is_verified(self) -> bool {
+        matches!(self, Self::Password | Self::Fingerprint)
     }
 
-    /// A few lines of text for a person, with every host-supplied value escaped.
-    pub fn text(&self) -> String {
-        match self {
-            Self::Pam(p) => {
-                let mut text = format!(
-                    "{} as {} on {} ({})",
-                    display_safe(&p.service),
-                    display_safe(&p.user),
-                    display_safe(&p.host),
-                    display_safe(&p.host_id),
-                );
-                if let Some(cmd) = &p.command {
-                    text.push_str(&format!("\n  command: {}", display_safe(cmd)));
-                }
-                let mut from = Vec::new();
-                if let Some(tty) = &p.tty {
-                    from.push(format!("tty {}", display_safe(tty)));
-                }
-                if let Some(rhost) = &p.rhost {
-                    from.push(format!("from {}", display_safe(rhost)));
-                }
-                if let Some(ruser) = &p.ruser {
-                    from.push(format!("by {}", display_safe(ruser)));
-                }
-                if !from.is_empty() {
-                    text.push_str(&format!("\n  {}", from.join(", ")));
-                }
-                format!("nod: allow {text}?")
-            }
-            Self::SshSessionCert(p) => p.text(),
-            Self::SshSign(p) => {
-                let by = match (&p.caller_exe, p.caller_pid) {
-                    (Some(exe), Some(pid)) => format!("{} (pid {pid})", display_safe(exe)),
-                    (None, Some(pid)) => format!("pid {pid}"),
-                    (Some(exe), None) => display_safe(exe),
-                    (None, None) => "an unknown program".to_owned(),
-                };
-                let mut text = format!(
-                    "nod: allow a signature with SSH key {} ({})?\n  for: {}",
-                    display_safe(&p.key_comment),
-                    p.fingerprint,
-                    display_safe(&p.purpose),
-                );
-                if let Some(dest) = &p.destination {
-                    text.push_str(&format!("\n  to: {}", display_safe(&dest.describe())));
-                }
-                if p.forwarded {
-                    text.push_str("\n  through agent forwarding");
-                }
-                text.push_str(&format!("\n  requested by {by}"));
-                if p.process_chain.len() > 1 {
-                    text.push_str(&format!(
-                        "\n  chain: {}",
-                        display_safe(&crate::caller::chain::describe_chain(&p.process_chain))
-                    ));
-                }
-                text
-            }
-            Self::SecretsRegister(p) | Self::SecretsApprove(p) => {
-                format!(
-                    "nod: let {} use secrets?\n{}",
-                    display_safe(&p.path),
-                    p.details()
-                )
-            }
-            Self::SecretsUpgrade(p) => format!(
-                "nod: {} changed; keep its access to secrets?\n{}",
-                display_safe(&p.path),
-                p.details()
-            ),
+    /// Whether it is enough for a request that needs `required`.
+    pub fn satisfies(self, required: Required) -> bool {
+        match required {
+            Required::Any => true,
+            Required::Verified => self.is_verified(),
         }
     }
 }
 
-impl SecretsPrompt {
-    fn details(&self) -> String {
-        let list = |v: &[String]| {
-            if v.is_empty() {
-                "none".to_owned()
-            } else {
-                v.iter()
-                    .map(|s| display_safe(s))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
-        let mut text = format!("  binary: {}", display_safe(&self.hash));
-        if let Some(prev) = &self.previous_hash {
-            text.push_str(&format!("\n  was: {}", display_safe(prev)));
+/// The least a host, key or secrets service asks of the person (`presence = "verified"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Required {
+    /// Any approver that reaches the person.
+    #[default]
+    Any,
+    /// A password or a fingerprint; a click or a keypress is not asked.
+    Verified,
+}
+
+impl std::str::FromStr for Required {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "any" => Ok(Self::Any),
+            "verified" => Ok(Self::Verified),
+            other => Err(format!("unknown presence {other:?}; use any or verified")),
         }
-        text.push_str(&format!(
-            "\n  read: {}\n  write: {}\n  search: {}",
-            list(&self.read),
-            list(&self.write),
-            if self.search { "yes" } else { "no" }
-        ));
-        if self.interpreter {
-            text.push_str(
-                "\n  WARNING: this is an interpreter; approving it approves every script it runs",
-            );
-        }
-        text
     }
 }
 
@@ -249,6 +119,9 @@ pub trait Approver: fmt::Debug + Send + Sync {
     /// Short name for logs: `tty`, `askpass`, `command`, `none`.
     fn name(&self) -> &'static str;
 
+    /// How a yes from this approver proves presence.
+    fn presence(&self) -> Presence;
+
     fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a>;
 }
 
@@ -260,6 +133,10 @@ pub struct Unavailable;
 impl Approver for Unavailable {
     fn name(&self) -> &'static str {
         "none"
+    }
+
+    fn presence(&self) -> Presence {
+        Presence::Program
     }
 
     fn approve<'a>(&'a self, _prompt: &'a Prompt, _deadline: Instant) -> ApprovalFuture<'a> {
@@ -370,104 +247,6 @@ mod tests {
     }
 
     #[test]
-    fn prompt_json_has_the_contract_fields() {
-        let v: serde_json::Value = serde_json::from_slice(&prompt().to_json()).unwrap();
-        assert_eq!(v["kind"], "pam");
-        for (k, want) in [
-            ("host", "web-1.example.com"),
-            ("host_id", "web-1"),
-            ("service", "sudo"),
-            ("user", "alice"),
-            ("ruser", "alice"),
-            ("tty", "/dev/pts/3"),
-            ("rhost", "10.0.0.5"),
-            ("command", "/usr/bin/apt upgrade"),
-            ("request_id", "r1"),
-        ] {
-            assert_eq!(v[k], want, "{k}");
-        }
-    }
-
-    #[test]
-    fn absent_command_is_json_null() {
-        let Prompt::Pam(mut p) = prompt() else {
-            unreachable!()
-        };
-        p.command = None;
-        let v: serde_json::Value = serde_json::from_slice(&Prompt::Pam(p).to_json()).unwrap();
-        assert!(v["command"].is_null());
-    }
-
-    #[test]
-    fn text_escapes_terminal_control_sequences() {
-        let Prompt::Pam(mut p) = prompt() else {
-            unreachable!()
-        };
-        p.command = Some("ls\x1b[2J\rApproved!\u{202e}".into());
-        let text = Prompt::Pam(p).text();
-        assert!(!text.contains('\x1b'));
-        assert!(!text.contains('\r'));
-        assert!(!text.contains('\u{202e}'));
-        assert!(text.contains("\\u{1b}[2J"));
-        assert!(text.contains("web-1.example.com") && text.contains("Approved!"));
-    }
-
-    #[test]
-    fn ssh_sign_prompt_json_has_kind_key_and_caller() {
-        let prompt = Prompt::SshSign(crate::ssh::SshSignPrompt {
-            key_comment: "me@laptop\x1b[2J".into(),
-            fingerprint: "SHA256:abc".into(),
-            caller_pid: Some(42),
-            caller_exe: Some("/usr/bin/ssh".into()),
-            process_chain: vec![
-                crate::caller::chain::ProcessLink {
-                    pid: 42,
-                    comm: "ssh".into(),
-                    exe: Some("/usr/bin/ssh".into()),
-                },
-                crate::caller::chain::ProcessLink {
-                    pid: 41,
-                    comm: "git".into(),
-                    exe: None,
-                },
-            ],
-            destination: Some(crate::ssh::SshDestination {
-                names: vec!["github.com".into()],
-                host_key_fingerprint: "SHA256:host".into(),
-            }),
-            forwarded: true,
-            purpose: "ssh login as git".into(),
-        });
-        let v: serde_json::Value = serde_json::from_slice(&prompt.to_json()).unwrap();
-        assert_eq!(v["kind"], "ssh-sign");
-        assert_eq!(prompt.kind(), "ssh-sign");
-        assert_eq!(v["fingerprint"], "SHA256:abc");
-        assert_eq!(v["caller_pid"], 42);
-        assert_eq!(v["caller_exe"], "/usr/bin/ssh");
-        let text = prompt.text();
-        assert!(!text.contains('\x1b'));
-        assert!(text.contains("SHA256:abc") && text.contains("/usr/bin/ssh (pid 42)"));
-        assert_eq!(v["purpose"], "ssh login as git");
-        assert_eq!(v["forwarded"], true);
-        assert_eq!(v["destination"]["names"][0], "github.com");
-        assert_eq!(v["destination"]["host_key_fingerprint"], "SHA256:host");
-        assert_eq!(v["process_chain"][0]["comm"], "ssh");
-        assert_eq!(v["process_chain"][1]["pid"], 41);
-        assert!(text.contains("for: ssh login as git"), "{text}");
-        assert!(text.contains("to: github.com (SHA256:host)"), "{text}");
-        assert!(text.contains("chain: ssh (42) ← git (41)"), "{text}");
-        assert!(text.contains("forwarding"), "{text}");
-    }
-
-    #[test]
-    fn text_cuts_long_values() {
-        assert_eq!(
-            display_safe(&"a".repeat(1000)).chars().count(),
-            MAX_FIELD_CHARS + 1
-        );
-    }
-
-    #[test]
     fn selection_prefers_cli_then_config_then_environment() {
         let cfg = ApproverConfig {
             kind: Some(ApproverKind::Command),
@@ -518,25 +297,6 @@ mod tests {
         };
         let err = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap_err();
         assert!(matches!(err, SelectError::NoAskpass));
-    }
-
-    #[test]
-    fn secrets_prompt_has_its_kind_and_warns_about_interpreters() {
-        let p = Prompt::SecretsRegister(SecretsPrompt {
-            path: "/usr/bin/python3".into(),
-            hash: "sha256:00".into(),
-            previous_hash: None,
-            read: vec!["aws".into()],
-            write: vec![],
-            search: false,
-            interpreter: true,
-        });
-        let v: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
-        assert_eq!(v["kind"], "secrets-register");
-        assert_eq!(v["hash"], "sha256:00");
-        assert_eq!(v["interpreter"], true);
-        assert!(p.text().contains("interpreter"));
-        assert_eq!(p.kind(), "secrets-register");
     }
 
     #[tokio::test]

@@ -201,6 +201,10 @@ impl Approver for TtyApprover {
         "tty"
     }
 
+    fn presence(&self) -> super::Presence {
+        super::Presence::Keypress
+    }
+
     fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a> {
         Box::pin(ask(prompt, deadline))
     }

@@ -20,7 +20,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use ssh_agent_lib::proto::{Identity, PublicCredential};
 use ssh_key::certificate::{Builder, CertType, Certificate};
 use ssh_key::rand_core::OsRng;
@@ -29,7 +28,7 @@ use tokio::time::Instant;
 
 use super::policy::{CallerScope, GrantScope, format_duration};
 use super::{PROMPT_TIMEOUT, SshAgentService, SshError, decision_word};
-use crate::approvers::{Outcome, Prompt, display_safe};
+use crate::approvers::{Outcome, Prompt, SessionCertPrompt};
 use crate::lock;
 use crate::log::event;
 
@@ -107,36 +106,6 @@ impl SessionCertRequest {
         Self::new(
             text.split(',').map(str::to_owned).collect(),
             Duration::from_secs(u64::from(secs)),
-        )
-    }
-}
-
-/// The prompt for minting a session certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SessionCertPrompt {
-    pub principals: Vec<String>,
-    pub validity_secs: u64,
-    /// `SHA256:…` of the user CA.
-    pub ca_fingerprint: String,
-    pub caller_pid: Option<i32>,
-    pub caller_exe: Option<String>,
-}
-
-impl SessionCertPrompt {
-    /// The human-readable prompt, every caller-supplied value escaped.
-    pub fn text(&self) -> String {
-        let by = match (&self.caller_exe, self.caller_pid) {
-            (Some(exe), Some(pid)) => format!("{} (pid {pid})", display_safe(exe)),
-            (None, Some(pid)) => format!("pid {pid}"),
-            (Some(exe), None) => display_safe(exe),
-            (None, None) => "an unknown program".to_owned(),
-        };
-        format!(
-            "nod: issue an SSH session certificate for {} valid {}?\n  signed by user CA {}; \
-             it signs without asking until it expires\n  requested by {by}",
-            display_safe(&self.principals.join(", ")),
-            format_duration(Duration::from_secs(self.validity_secs)),
-            self.ca_fingerprint,
         )
     }
 }

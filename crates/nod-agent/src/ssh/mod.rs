@@ -59,7 +59,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use zeroize::Zeroizing;
 
-use crate::approvers::{Approver, Outcome, Prompt};
+use crate::approvers::{Approver, Outcome, Prompt, SshDestination, SshSignPrompt};
 use crate::audit::{AuditEvent, AuditLog, clip};
 use crate::caller::chain::{self, ProcessLink};
 use crate::lock;
@@ -177,45 +177,6 @@ impl Caller {
         match self.pid {
             Some(pid) => format!("{exe:?} (pid {pid})"),
             None => format!("{exe:?}"),
-        }
-    }
-}
-
-/// A confirm prompt for one signature (`ssh-add -c` keys).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SshSignPrompt {
-    pub key_comment: String,
-    /// `SHA256:…`, as `ssh-add -l` prints it.
-    pub fingerprint: String,
-    pub caller_pid: Option<i32>,
-    pub caller_exe: Option<String>,
-    /// The caller and its ancestors, nearest first (`ssh ← git ← zsh`).
-    pub process_chain: Vec<ProcessLink>,
-    /// The server from the connection's last verified `session-bind`; `None` when unbound.
-    pub destination: Option<SshDestination>,
-    /// Whether the connection came through agent forwarding.
-    pub forwarded: bool,
-    /// What the data to sign says it is: `ssh login as <user>`, `sshsig namespace <ns>`, or
-    /// `unknown`.
-    pub purpose: String,
-}
-
-/// The server a signature is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SshDestination {
-    /// Names `known_hosts` gives the verified host key; empty when none.
-    pub names: Vec<String>,
-    /// `SHA256:…` of the host key.
-    pub host_key_fingerprint: String,
-}
-
-impl SshDestination {
-    /// The names, or the fingerprint when there are none.
-    pub fn describe(&self) -> String {
-        if self.names.is_empty() {
-            format!("unknown host with key {}", self.host_key_fingerprint)
-        } else {
-            format!("{} ({})", self.names.join(", "), self.host_key_fingerprint)
         }
     }
 }
