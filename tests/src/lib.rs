@@ -218,6 +218,28 @@ impl Agent {
         approver: Option<&Path>,
         agent_toml: Option<&str>,
     ) -> Self {
+        let mut agent = Self::prepare(scratch, agent_toml);
+        let script = agent.home.join("approver.sh");
+        let approver = approver.unwrap_or(&script).to_owned();
+        let mut cmd = agent.nod(["agent", "--approver", "command", "--approver-command"]);
+        cmd.arg(approver);
+        agent.spawn(cmd);
+        agent
+    }
+
+    /// Starts `nod agent` with no approver flags: what it asks through comes from
+    /// `agent_toml` and from `env` (added to the clean environment), as for the packaged unit.
+    pub fn start_configured(scratch: &Scratch, agent_toml: &str, env: &[(&str, &str)]) -> Self {
+        let mut agent = Self::prepare(scratch, Some(agent_toml));
+        let mut cmd = agent.nod(["agent"]);
+        cmd.envs(env.iter().copied());
+        agent.spawn(cmd);
+        agent
+    }
+
+    /// The agent's home with its XDG directories, the scripted approver and `agent_toml`;
+    /// the agent key is made up front so it can be pinned before start.
+    fn prepare(scratch: &Scratch, agent_toml: Option<&str>) -> Self {
         let home = scratch.dir("agent", 0o700);
         for d in ["config", "data", "state", "runtime"] {
             fs::create_dir_all(home.join(d)).unwrap();
@@ -238,36 +260,49 @@ impl Agent {
         )
         .unwrap();
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-        let approver = approver.unwrap_or(&script);
         if let Some(toml) = agent_toml {
             fs::create_dir_all(home.join("config/nod")).unwrap();
             fs::write(home.join("config/nod/agent.toml"), toml).unwrap();
         }
-        let mut agent = Self {
+        let agent = Self {
             child: None,
             socket: home.join("runtime/nod/approval.sock"),
             home,
             answer_file,
             prompts_file,
         };
-        // Create the agent key up front so its public key can be pinned before start.
         run_ok(&mut agent.nod(["agent-key"]));
-        let child = agent
-            .nod(["agent", "--approver", "command", "--approver-command"])
-            .arg(approver)
+        agent
+    }
+
+    fn spawn(&mut self, mut cmd: Command) {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(fs::File::create(self.home.join("agent.log")).unwrap())
             .spawn()
             .expect("spawn nod agent");
-        agent.child = Some(child);
-        let socket = agent.socket.clone();
+        self.child = Some(child);
+        let socket = self.socket.clone();
         wait_for(
             "the agent's approval socket",
             Duration::from_secs(10),
             || socket.exists(),
         );
-        agent
+    }
+
+    /// What the agent has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.home.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's audit log, one JSON value per line.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.home.join("state/nod/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
     }
 
     /// A `nod` command with this agent's environment.
@@ -350,6 +385,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
     }
 }
 

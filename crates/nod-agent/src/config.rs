@@ -3,8 +3,12 @@
 //!
 //! ```toml
 //! [approver]
-//! kind = "command"          # tty | askpass | command
+//! kind = "auto"             # auto | tty | askpass | command, or a list tried in order
 //! command = ["prog", "arg"]
+//! [presence]
+//! pam = "any"               # any | verified (a password or a fingerprint)
+//! ssh = "any"
+//! secrets = "any"
 //! [approval]
 //! allowed_future_skew_ms = 30000
 //! rate_limit_burst = 5
@@ -45,13 +49,84 @@ impl std::str::FromStr for ApproverKind {
     }
 }
 
+/// The least a host, key or secrets service asks of the person (`presence = "verified"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Required {
+    /// Any approver that reaches the person.
+    #[default]
+    Any,
+    /// A password or a fingerprint; a click or a keypress is not asked.
+    Verified,
+}
+
+impl std::str::FromStr for Required {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "any" => Ok(Self::Any),
+            "verified" => Ok(Self::Verified),
+            other => Err(format!("unknown presence {other:?}; use any or verified")),
+        }
+    }
+}
+
+/// `kind = "tty"` or `kind = ["desktop", "tty"]`: one approver, or a chain tried in order
+/// (an approver that cannot reach the person hands over to the next).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum KindSetting {
+    One(KindWord),
+    Chain(Vec<ApproverKind>),
+}
+
+/// `auto` or an approver kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum KindWord {
+    Auto,
+    Kind(ApproverKind),
+}
+
+impl TryFrom<String> for KindWord {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "auto" => Ok(Self::Auto),
+            other => other.parse().map(Self::Kind),
+        }
+    }
+}
+
+impl KindSetting {
+    /// The chain it names; `None` for `auto`.
+    pub fn chain(&self) -> Option<Vec<ApproverKind>> {
+        match self {
+            Self::One(KindWord::Auto) => None,
+            Self::One(KindWord::Kind(k)) => Some(vec![*k]),
+            Self::Chain(kinds) => Some(kinds.clone()),
+        }
+    }
+}
+
 /// `[approver]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproverConfig {
-    pub kind: Option<ApproverKind>,
+    pub kind: Option<KindSetting>,
     /// argv of the `command` approver.
     pub command: Option<Vec<String>>,
+}
+
+/// `[presence]`: the least presence each service's prompts need.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    pub pam: Required,
+    pub ssh: Required,
+    pub secrets: Required,
 }
 
 /// `[approval]`.
@@ -103,6 +178,8 @@ pub struct AgentConfig {
     pub approval: ApprovalConfig,
     #[serde(default)]
     pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub presence: PresenceConfig,
 }
 
 /// `agent.toml` could not be used.
@@ -159,6 +236,11 @@ impl AgentConfig {
     }
 
     fn check(&self) -> Result<(), String> {
+        if let Some(KindSetting::Chain(kinds)) = &self.approver.kind
+            && kinds.is_empty()
+        {
+            return Err("[approver] kind = [] names no approver; leave it out for auto".into());
+        }
         if let Some(cmd) = &self.approver.command {
             if cmd.first().is_none_or(|p| p.is_empty()) {
                 return Err("[approver] command must name a program, e.g. command = [\"/usr/bin/my-approver\"]".into());
@@ -212,12 +294,32 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(c.approver.kind, Some(ApproverKind::Command));
+        assert_eq!(
+            c.approver.kind,
+            Some(KindSetting::One(KindWord::Kind(ApproverKind::Command)))
+        );
         assert_eq!(c.approver.command.unwrap(), ["prog", "arg"]);
         assert_eq!(c.approval.allowed_future_skew_ms, 1000);
         assert_eq!(c.approval.rate_limit_burst, 2);
         assert_eq!(c.approval.rate_limit_per_minute, 3);
         assert_eq!(c.secrets.backend, SecretsBackend::File);
+    }
+
+    #[test]
+    fn approver_kind_is_auto_one_kind_or_a_chain_and_presence_per_service() {
+        let c = parse("[approver]\nkind = \"auto\"").unwrap();
+        assert_eq!(c.approver.kind.unwrap().chain(), None);
+        let c = parse("[approver]\nkind = [\"askpass\", \"tty\"]\n[presence]\npam = \"verified\"")
+            .unwrap();
+        assert_eq!(
+            c.approver.kind.unwrap().chain(),
+            Some(vec![ApproverKind::Askpass, ApproverKind::Tty])
+        );
+        assert_eq!(c.presence.pam, Required::Verified);
+        assert_eq!(c.presence.ssh, Required::Any);
+        assert!(parse("[approver]\nkind = []").is_err());
+        assert!(parse("[approver]\nkind = [\"auto\"]").is_err());
+        assert!(parse("[presence]\npam = \"strong\"").is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nod_agent::audit::{self, Verdict};
+use nod_agent::decision::RateSettings;
 use nod_agent::now_ms;
 use nod_agent::pam::ApprovalSettings;
 use nod_agent::pam::hosts::HostsFile;
@@ -147,12 +148,11 @@ async fn oversized_frame_header_is_closed_at_once() {
 
 #[tokio::test]
 async fn rate_limit_answers_unavailable() {
-    let settings = ApprovalSettings {
-        rate_limit_burst: 2,
-        rate_limit_per_minute: 1,
-        ..ApprovalSettings::default()
+    let rate = RateSettings {
+        burst: 2,
+        per_minute: 1,
     };
-    let h = start_with("exit 0", settings, true).await;
+    let h = start_rated("exit 0", ApprovalSettings::default(), rate, true).await;
     for i in 0..2 {
         let req = signed(&h, &format!("req-rl-{i}"));
         let resp = verify(&h, &req, ask(&h, &req).await.expect("a reply"));
@@ -286,7 +286,7 @@ async fn helper_hanging_up_withdraws_the_prompt() {
     loop {
         let lines = audit_lines(&h);
         if let Some(last) = lines.last() {
-            assert_eq!(last["reason"], "helper_disconnected");
+            assert_eq!(last["reason"], "withdrawn");
             assert_eq!(last["decision"], "cancelled");
             break;
         }
@@ -340,7 +340,7 @@ async fn audit_chain_records_every_decision_and_verifies() {
         ]
     );
     for l in &lines {
-        assert_eq!(l["service"], "approval");
+        assert_eq!(l["service"], "pam");
         assert_eq!(l["pam_service"], "sudo");
         assert_eq!(l["user"], "alice");
         assert!(l["time"].as_str().unwrap().ends_with('Z'));

@@ -153,6 +153,8 @@ pub enum Control {
     Revoke {
         hash: String,
     },
+    /// **nod**: the agent's approvers, open prompts and recent decisions (`nod status`).
+    Status,
 }
 
 /// One line from a client.
@@ -307,6 +309,9 @@ pub struct Response {
     pub policy: Option<Vec<PolicyEntry>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Vec<PendingEntry>>,
+    /// **nod**: the answer to `Status`, as the agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<serde_json::Value>,
 }
 
 impl Response {
@@ -319,6 +324,7 @@ impl Response {
             message: None,
             policy: None,
             pending: None,
+            agent: None,
         }
     }
 

@@ -142,10 +142,55 @@ pub fn local_checks(paths: &Paths) -> Vec<Check> {
             }
         }
     }
+    checks.push(approver_check(paths));
     checks.push(agent_key_check(paths, me));
     checks.push(hosts_check(paths));
     checks.push(clock_check());
     checks
+}
+
+/// Whether the running agent can ask anyone: its approvers, from the agent itself (its
+/// environment, not this shell's, decides what `auto` found).
+fn approver_check(paths: &Paths) -> Check {
+    let Ok(socket) = paths.secrets_socket() else {
+        return skip("approvers: no runtime directory, so no agent to ask");
+    };
+    if !socket.exists() {
+        return skip("approvers: the agent's secrets socket is absent, so it cannot be asked");
+    }
+    let status = nod_client::Client::connect(&socket)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut c| Ok(c.control(nod_client::proto::Control::Status)?));
+    let agent = match status {
+        Ok(resp) => resp.agent.unwrap_or_default(),
+        Err(e) => return warn(format!("approvers: the agent did not answer: {e}")),
+    };
+    let approvers: Vec<String> = agent["approvers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    format!(
+                        "{} ({})",
+                        x["name"].as_str().unwrap_or("?"),
+                        x["presence"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if approvers.is_empty() {
+        return fail(
+            "approvers: the agent has none, so nobody is asked: every sudo falls back to the \
+             password, confirm keys are refused and `nod register` cannot be approved",
+            "start the agent where it can reach you: inside your graphical session (the \
+             packaged unit gets the session's bus and display once the desktop has imported \
+             them: `systemctl --user import-environment DISPLAY WAYLAND_DISPLAY \
+             DBUS_SESSION_BUS_ADDRESS`, then `systemctl --user restart nod-agent`), or run \
+             `nod agent` in a terminal, or set [approver] in ~/.config/nod/agent.toml",
+        );
+    }
+    ok(format!("approvers: {}", approvers.join(", then ")))
 }
 
 /// A directory that must be ours and 0700. Returns whether it exists.

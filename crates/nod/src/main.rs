@@ -10,15 +10,16 @@ mod pair;
 mod passphrase;
 mod secrets;
 mod ssh_agent;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
-use nod_agent::approvers::ApproverChoice;
+use nod_agent::approvers::{ApproverChoice, parse_choice};
 use nod_agent::audit::{self, Verdict};
-use nod_agent::config::ApproverKind;
+use nod_agent::config::KindSetting;
 use nod_agent::keystore::Keystore;
 use nod_agent::pam::hosts::{AddOutcome, HostsFile};
 use nod_agent::paths::Paths;
@@ -40,18 +41,22 @@ struct Cli {
 enum Command {
     /// Run the agent in the foreground (logs to stderr; stop with Ctrl-C or SIGTERM).
     ///
-    /// Serves $XDG_RUNTIME_DIR/nod/approval.sock and, as a preview, an in-memory SSH agent on
-    /// $XDG_RUNTIME_DIR/nod/ssh-agent.sock (use it with SSH_AUTH_SOCK).
+    /// Serves remote approval on $XDG_RUNTIME_DIR/nod/approval.sock, an SSH agent on
+    /// $XDG_RUNTIME_DIR/nod/ssh-agent.sock (use it with SSH_AUTH_SOCK) and the secrets broker
+    /// on $XDG_RUNTIME_DIR/nod/secrets.sock.
     ///
-    /// Reads $XDG_CONFIG_HOME/nod/agent.toml if present:
-    /// [approver] kind = "tty"|"askpass"|"command", command = ["prog", "arg"];
+    /// Reads $XDG_CONFIG_HOME/nod/agent.toml if present (see nod-agent.toml(5)):
+    /// [approver] kind = "auto" or a kind or a list, command = ["prog", "arg"];
+    /// [presence] pam/ssh/secrets = "any"|"verified";
     /// [approval] allowed_future_skew_ms, rate_limit_burst, rate_limit_per_minute;
-    /// [secrets] backend = "auto"|"file" ("secret-service" is not supported yet).
+    /// [secrets] backend = "auto"|"file"|"secret-service".
     Agent {
-        /// How the person is asked. Default: tty if stdin is a terminal, else askpass if a
-        /// display and an askpass program exist, else nobody (requests answered unavailable).
-        #[arg(long, value_parser = parse_kind)]
-        approver: Option<ApproverKind>,
+        /// How the person is asked: auto, or a kind (tty, askpass, command), or kinds
+        /// separated by commas, tried in order. Default: agent.toml, else auto (a dialog in a
+        /// graphical session, then this terminal; with neither, nobody: requests are answered
+        /// unavailable, and the agent says so).
+        #[arg(long, value_parser = parse_choice, value_name = "KIND[,KIND…]")]
+        approver: Option<KindSetting>,
         /// Program for the command approver (prompt as JSON on stdin; exit 0 approve,
         /// 1 deny, 2 cancel). Implies --approver command.
         #[arg(long, value_name = "PROG")]
@@ -119,6 +124,13 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: secrets::PolicyCommand,
+    },
+    /// What the running agent is doing: its approvers (and the strength of each), sockets, the
+    /// prompts open now and the last decisions.
+    Status {
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check this workstation's setup (agent running, sockets and their modes, agent key, host
     /// allowlist, clock); print each check as ok or FAIL with the fix. Exit 1 if any failed.
@@ -193,10 +205,6 @@ enum HostsCommand {
 enum AuditCommand {
     /// Check the hash chain of the whole audit log.
     Verify,
-}
-
-fn parse_kind(s: &str) -> Result<ApproverKind, String> {
-    s.parse()
 }
 
 fn agent_key(paths: &Paths) -> Result<()> {
@@ -314,6 +322,7 @@ fn run(cli: Cli) -> Result<()> {
         } => secrets::approve(&paths, hash, read, write, search),
         Command::Upgrade { path } => secrets::upgrade(&paths, &path),
         Command::ListPending => secrets::list_pending(&paths),
+        Command::Status { json } => status::run(&paths, json),
         Command::Policy { command } => secrets::policy(&paths, command),
         Command::Doctor {
             host,

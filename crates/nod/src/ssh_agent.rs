@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use nod_agent::approvers::ApproverChoice;
-use nod_agent::config::ApproverKind;
+use nod_agent::approvers::{ApproverChoice, parse_choice};
+use nod_agent::config::KindSetting;
 use nod_agent::daemon::ssh_agent::{self as ssh_agent_daemon, DropInOptions, Shell};
 
 /// ssh-agent's own flags (see `ssh-agent(1)`), plus nod's approver choice.
@@ -39,8 +39,8 @@ pub struct SshAgentArgs {
     fingerprint_hash: Option<String>,
     /// How the person is asked for `ssh-add -c` keys (default: agent.toml, else askpass if
     /// a display and an askpass program exist, else nobody).
-    #[arg(long, value_parser = parse_kind)]
-    approver: Option<ApproverKind>,
+    #[arg(long, value_parser = parse_choice, value_name = "KIND[,KIND…]")]
+    approver: Option<KindSetting>,
     /// Program for the command approver. Implies --approver command.
     #[arg(long, value_name = "PROG")]
     approver_command: Option<String>,
@@ -58,10 +58,6 @@ pub struct SshAgentArgs {
         allow_hyphen_values = true
     )]
     command: Vec<OsString>,
-}
-
-fn parse_kind(s: &str) -> Result<ApproverKind, String> {
-    s.parse()
 }
 
 pub fn run(args: SshAgentArgs) -> Result<()> {

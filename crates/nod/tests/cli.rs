@@ -197,15 +197,15 @@ fn audit_verify_reports_ok_and_the_broken_line() {
     let o = run(&dir, &["audit", "verify"]);
     assert!(o.status.success());
     assert_eq!(stdout(&o).trim(), "ok: 0 entries");
-    let mut log = nod_agent::audit::AuditLog::open(&dir.path("state/nod/audit.jsonl")).unwrap();
+    let log = nod_agent::audit::AuditLog::open(&dir.path("state/nod/audit.jsonl")).unwrap();
     for i in 0..3 {
         let event = nod_agent::audit::AuditEvent {
-            service: "approval",
             request_id: Some(format!("r{i}")),
-            decision: "approved".into(),
+            decision: "approved",
             ..Default::default()
         };
-        log.append(&event, 1_000 + i).unwrap();
+        log.append(&event, 1_000 + i, nod_agent::audit::Durability::Synced)
+            .unwrap();
     }
     drop(log);
     let o = run(&dir, &["audit", "verify"]);

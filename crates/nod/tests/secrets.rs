@@ -245,7 +245,10 @@ fn a_person_saying_no_registers_nothing() {
     let o = fails(run(&dir, &["secrets", "get", "aws", "prod"]));
     assert!(err(&o).contains("unregistered_binary"), "{}", err(&o));
     let audit = fs::read_to_string(dir.path("state/nod/audit.jsonl")).unwrap();
-    assert!(audit.contains(r#""action":"register""#) && audit.contains("not_approved"));
+    assert!(
+        audit.contains(r#""action":"register""#) && audit.contains(r#""decision":"denied""#),
+        "{audit}"
+    );
 }
 
 #[test]
@@ -762,5 +765,30 @@ fn a_line_written_by_two_processes_is_refused() {
             .unwrap()
             .contains("more than one process"),
         "{resp}"
+    );
+}
+
+#[test]
+fn a_request_whose_audit_line_cannot_be_written_is_not_served() {
+    let dir = TempDir::new("nod-secrets", &[]);
+    let _agent = start_agent(&dir, 0);
+    register_self(&dir, &["--read", "aws", "--write", "aws"]);
+    let item = |t: &str, v: &str| vec![(t.to_owned(), nod_client::proto::SecretValue::new(v))];
+    client(&dir)
+        .put("aws", item("prod", "kept-secret"))
+        .unwrap();
+    // The log's path becomes a directory: no line can be appended any more.
+    let log = dir.path("state/nod/audit.jsonl");
+    fs::rename(&log, dir.path("state/nod/audit.old")).unwrap();
+    fs::create_dir(&log).unwrap();
+    let e = client(&dir).get("aws", "prod").unwrap_err();
+    assert_eq!(refusal(e), Some(Reason::InternalError));
+    let e = client(&dir).put("aws", item("other", "x")).unwrap_err();
+    assert_eq!(refusal(e), Some(Reason::InternalError));
+    // Once the log can be written again, the same request is served.
+    fs::remove_dir(&log).unwrap();
+    assert_eq!(
+        client(&dir).get("aws", "prod").unwrap().expose(),
+        "kept-secret"
     );
 }

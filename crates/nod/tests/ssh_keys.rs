@@ -472,7 +472,9 @@ fn persistent_key_policies_never_always_and_remember() {
                     "caller_pid",
                     "caller_exe",
                     "decision",
-                    "reason"
+                    "reason",
+                    "action",
+                    "approver"
                 ]
                 .contains(field),
                 "unexpected field {field} in {line}"

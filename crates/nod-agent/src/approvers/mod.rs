@@ -29,7 +29,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{ApproverConfig, ApproverKind};
+pub use crate::config::Required;
+use crate::config::{ApproverConfig, ApproverKind, KindSetting, KindWord};
 
 /// What one approver answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,29 +87,6 @@ impl Presence {
     }
 }
 
-/// The least a host, key or secrets service asks of the person (`presence = "verified"`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Required {
-    /// Any approver that reaches the person.
-    #[default]
-    Any,
-    /// A password or a fingerprint; a click or a keypress is not asked.
-    Verified,
-}
-
-impl std::str::FromStr for Required {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "any" => Ok(Self::Any),
-            "verified" => Ok(Self::Verified),
-            other => Err(format!("unknown presence {other:?}; use any or verified")),
-        }
-    }
-}
-
 /// The future an approver returns.
 pub type ApprovalFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
@@ -125,31 +103,24 @@ pub trait Approver: fmt::Debug + Send + Sync {
     fn approve<'a>(&'a self, prompt: &'a Prompt, deadline: Instant) -> ApprovalFuture<'a>;
 }
 
-/// The approver used when nobody can be asked: always [`Outcome::Unavailable`], so the host
-/// falls back to its password (fail closed, never open).
-#[derive(Debug, Clone, Default)]
-pub struct Unavailable;
-
-impl Approver for Unavailable {
-    fn name(&self) -> &'static str {
-        "none"
-    }
-
-    fn presence(&self) -> Presence {
-        Presence::Program
-    }
-
-    fn approve<'a>(&'a self, _prompt: &'a Prompt, _deadline: Instant) -> ApprovalFuture<'a> {
-        Box::pin(async { Outcome::Unavailable })
-    }
-}
-
-/// The approver requested on the command line; it wins over `agent.toml`.
+/// The approvers requested on the command line; they win over `agent.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApproverChoice {
-    pub kind: Option<ApproverKind>,
+    pub kind: Option<KindSetting>,
     /// `--approver-command PROG`: a program, run without a shell.
     pub command: Option<String>,
+}
+
+/// `--approver`'s value: `auto`, a kind, or kinds separated by commas (tried in order).
+pub fn parse_choice(s: &str) -> Result<KindSetting, String> {
+    if s.contains(',') {
+        let kinds = s
+            .split(',')
+            .map(|k| k.trim().parse::<ApproverKind>())
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(KindSetting::Chain(kinds));
+    }
+    KindWord::try_from(s.trim().to_owned()).map(KindSetting::One)
 }
 
 /// No approver can be built from the given choice.
@@ -167,7 +138,7 @@ pub enum SelectError {
     NoAskpass,
 }
 
-/// What the environment offers, for the default choice. Read once at start.
+/// What the environment offers, for `auto`. Read once at start.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     pub stdin_is_tty: bool,
@@ -186,40 +157,56 @@ impl Environment {
     }
 }
 
-/// Picks the approver: the command line, then `agent.toml`, then the default: `tty` when stdin
-/// is a terminal, else `askpass` when a display and an askpass program exist, else
-/// [`Unavailable`].
+/// What `auto` means here: in a graphical session, a dialog (`askpass`); with a terminal,
+/// `tty`; otherwise nobody can be asked.
+pub fn auto_chain(env: &Environment) -> Vec<ApproverKind> {
+    let mut kinds = Vec::new();
+    if env.has_display && env.askpass.is_some() {
+        kinds.push(ApproverKind::Askpass);
+    }
+    if env.stdin_is_tty {
+        kinds.push(ApproverKind::Tty);
+    }
+    kinds
+}
+
+/// Builds the approver chain: the command line, then `agent.toml`, then `auto`. An empty chain
+/// means nobody can be asked: every request is then answered unavailable (hosts fall back to
+/// the password), and the agent says so at start.
 pub fn select(
     cli: &ApproverChoice,
     config: &ApproverConfig,
     env: &Environment,
-) -> Result<Arc<dyn Approver>, SelectError> {
-    let kind = cli
+) -> Result<Vec<Arc<dyn Approver>>, SelectError> {
+    let command = || KindSetting::One(KindWord::Kind(ApproverKind::Command));
+    let setting = cli
         .kind
-        .or(cli.command.as_ref().map(|_| ApproverKind::Command))
-        .or(config.kind)
-        .or(config.command.as_ref().map(|_| ApproverKind::Command));
-    let kind = match kind {
-        Some(kind) => kind,
-        None if env.stdin_is_tty => ApproverKind::Tty,
-        None if env.has_display && env.askpass.is_some() => ApproverKind::Askpass,
-        None => return Ok(Arc::new(Unavailable)),
-    };
-    Ok(match kind {
-        ApproverKind::Tty => Arc::new(tty::TtyApprover::new()),
-        ApproverKind::Askpass => {
-            let program = env.askpass.clone().ok_or(SelectError::NoAskpass)?;
-            Arc::new(askpass::AskpassApprover::new(program))
-        }
-        ApproverKind::Command => {
-            let argv = match (&cli.command, &config.command) {
-                (Some(prog), _) => vec![prog.clone()],
-                (None, Some(argv)) => argv.clone(),
-                (None, None) => return Err(SelectError::NoCommand),
-            };
-            Arc::new(command::CommandApprover::new(argv).ok_or(SelectError::NoCommand)?)
-        }
-    })
+        .clone()
+        .or(cli.command.as_ref().map(|_| command()))
+        .or(config.kind.clone())
+        .or(config.command.as_ref().map(|_| command()));
+    let kinds = setting
+        .and_then(|s| s.chain())
+        .unwrap_or_else(|| auto_chain(env));
+    let mut chain: Vec<Arc<dyn Approver>> = Vec::new();
+    for kind in kinds {
+        chain.push(match kind {
+            ApproverKind::Tty => Arc::new(tty::TtyApprover::new()),
+            ApproverKind::Askpass => {
+                let program = env.askpass.clone().ok_or(SelectError::NoAskpass)?;
+                Arc::new(askpass::AskpassApprover::new(program, env.has_display))
+            }
+            ApproverKind::Command => {
+                let argv = match (&cli.command, &config.command) {
+                    (Some(prog), _) => vec![prog.clone()],
+                    (None, Some(argv)) => argv.clone(),
+                    (None, None) => return Err(SelectError::NoCommand),
+                };
+                Arc::new(command::CommandApprover::new(argv).ok_or(SelectError::NoCommand)?)
+            }
+        });
+    }
+    Ok(chain)
 }
 
 /// The PAM prompt the approver tests ask with.
@@ -242,14 +229,15 @@ pub(crate) fn sample_prompt() -> Prompt {
 mod tests {
     use super::*;
 
-    fn prompt() -> Prompt {
-        sample_prompt()
+    fn names(chain: &[Arc<dyn Approver>]) -> Vec<&'static str> {
+        chain.iter().map(|a| a.name()).collect()
     }
 
     #[test]
-    fn selection_prefers_cli_then_config_then_environment() {
+    fn selection_prefers_cli_then_config_then_auto() {
+        let one = |k| Some(KindSetting::One(KindWord::Kind(k)));
         let cfg = ApproverConfig {
-            kind: Some(ApproverKind::Command),
+            kind: one(ApproverKind::Command),
             command: Some(vec!["/bin/true".into()]),
         };
         let tty_env = Environment {
@@ -257,51 +245,58 @@ mod tests {
             ..Default::default()
         };
         let cli = ApproverChoice {
-            kind: Some(ApproverKind::Tty),
+            kind: one(ApproverKind::Tty),
             command: None,
         };
-        assert_eq!(select(&cli, &cfg, &tty_env).unwrap().name(), "tty");
+        assert_eq!(names(&select(&cli, &cfg, &tty_env).unwrap()), ["tty"]);
         let none = ApproverChoice::default();
-        assert_eq!(select(&none, &cfg, &tty_env).unwrap().name(), "command");
+        assert_eq!(names(&select(&none, &cfg, &tty_env).unwrap()), ["command"]);
         let empty = ApproverConfig::default();
-        assert_eq!(select(&none, &empty, &tty_env).unwrap().name(), "tty");
+        assert_eq!(names(&select(&none, &empty, &tty_env).unwrap()), ["tty"]);
         let gui = Environment {
+            stdin_is_tty: true,
             has_display: true,
             askpass: Some("/usr/bin/ssh-askpass".into()),
-            ..Default::default()
         };
-        assert_eq!(select(&none, &empty, &gui).unwrap().name(), "askpass");
+        assert_eq!(
+            names(&select(&none, &empty, &gui).unwrap()),
+            ["askpass", "tty"]
+        );
         let headless = Environment::default();
-        assert_eq!(select(&none, &empty, &headless).unwrap().name(), "none");
+        assert!(select(&none, &empty, &headless).unwrap().is_empty());
         let cli_cmd = ApproverChoice {
             kind: None,
             command: Some("/bin/approve".into()),
         };
         assert_eq!(
-            select(&cli_cmd, &empty, &headless).unwrap().name(),
-            "command"
+            names(&select(&cli_cmd, &empty, &headless).unwrap()),
+            ["command"]
         );
+        let chain = ApproverChoice {
+            kind: Some(parse_choice("command,tty").unwrap()),
+            command: Some("/bin/approve".into()),
+        };
+        assert_eq!(
+            names(&select(&chain, &empty, &headless).unwrap()),
+            ["command", "tty"]
+        );
+        assert_eq!(parse_choice("auto").unwrap().chain(), None);
+        assert!(parse_choice("tty,yes").is_err());
     }
 
     #[test]
     fn selection_errors_instead_of_guessing() {
         let cli = ApproverChoice {
-            kind: Some(ApproverKind::Command),
+            kind: Some(KindSetting::One(KindWord::Kind(ApproverKind::Command))),
             command: None,
         };
         let err = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap_err();
         assert!(matches!(err, SelectError::NoCommand));
         let cli = ApproverChoice {
-            kind: Some(ApproverKind::Askpass),
+            kind: Some(KindSetting::One(KindWord::Kind(ApproverKind::Askpass))),
             command: None,
         };
         let err = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap_err();
         assert!(matches!(err, SelectError::NoAskpass));
-    }
-
-    #[tokio::test]
-    async fn unavailable_never_approves() {
-        let outcome = Unavailable.approve(&prompt(), Instant::now()).await;
-        assert_eq!(outcome, Outcome::Unavailable);
     }
 }

@@ -1,32 +1,55 @@
 //! The audit log, `$XDG_STATE_HOME/nod/audit.jsonl`: one JSON object per line, one line per
-//! decision, including requests refused before any prompt (docs/design.md "Audit").
+//! decision and per refusal, for every service (docs/design.md "Audit").
 //!
 //! Each line's `prev` is the hex SHA-256 of the previous line's bytes (without its newline);
 //! the first line has 64 zeros. Editing, inserting or deleting a line breaks the chain at the
 //! next line, which [`verify`] reports. Cutting lines off the *end* leaves a valid chain: a
 //! hash chain alone cannot tell a truncated log from a shorter one.
 //!
+//! Several writers share one chain: `nod agent`, `nod ssh-agent` and the CLI of one user may
+//! append at once. An append takes an exclusive `flock` on the file and chains from the last
+//! line that is actually on disk (re-read whenever the file is not as this writer left it), so
+//! the chain stays valid however the writers interleave. A line is one `write` to an `O_APPEND`
+//! file, so lines never interleave either.
+//!
+//! Durability: a decision a person made, and every refusal, is fsynced before it is acted on
+//! ([`Durability::Synced`]). A decision the policy made alone (a registered binary reading its
+//! secret, a signature under a remembered grant) is written before it is acted on and fsynced
+//! within [`BATCH_INTERVAL`] ([`Durability::Batched`]): the line is in the kernel once the
+//! answer leaves, so a crash of the agent loses nothing; only a crash of the whole machine in
+//! that window can.
+//!
 //! Lines never hold secret values or signed payload bytes, only who asked for what and the
-//! outcome. Host-supplied strings are cut to [`MAX_FIELD_LEN`] so one request cannot bloat the
+//! outcome. Peer-supplied strings are cut to [`MAX_FIELD_LEN`] so one request cannot bloat the
 //! log.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::approvers::Presence;
 use crate::files::ensure_private_dir;
+use crate::lock;
+use crate::log::event;
 
 /// `prev` of the first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Longest value of a host-supplied field, in bytes.
+/// Longest value of a peer-supplied field, in bytes.
 pub const MAX_FIELD_LEN: usize = 256;
 
-/// How much of the end of the file is read at start to find the last line.
+/// Longest time a [`Durability::Batched`] line waits for its fsync.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How much of the end of the file is read to find the last line.
 const TAIL_LEN: u64 = 64 * 1024;
 
 /// The audit log could not be opened, written or checked.
@@ -42,11 +65,49 @@ pub enum AuditError {
     TailTooLong { path: PathBuf },
 }
 
-/// One decision. Fields a service does not have are left out of the line.
+/// Which service a line is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    /// Remote approval of PAM logins and sudo on paired hosts.
+    #[default]
+    Pam,
+    /// The SSH agent.
+    Ssh,
+    /// The secrets broker.
+    Secrets,
+}
+
+/// What one line records: a decision or a refusal. Fields a service does not have are left
+/// out of the line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AuditEvent {
-    /// Which service decided: `approval`, `ssh` (later `secrets`).
-    pub service: &'static str,
+    pub service: Service,
+    /// What was asked: `sudo`-style PAM service for remote approval is in `pam_service`; here
+    /// `sign`, `session-cert`, `read`, `write`, `register`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `approved`, `denied`, `cancelled`, `unavailable`, `failed`, or `refused` (no prompt).
+    pub decision: &'static str,
+    /// Why, in a short machine-readable word: `unknown_host`, `replay`, `rate_limited`,
+    /// `withdrawn`, `policy`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How the person proved presence, when a person answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Presence>,
+    /// Which approver asked (`tty`, `desktop`, `command`, …), or `policy` when none had to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<&'static str>,
+    /// The local caller, from the kernel: pid, `/proc/<pid>/exe`, and the binary's hash where
+    /// the service checks it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_hash: Option<String>,
+    /// Remote approval: the host and what it asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,32 +116,39 @@ pub struct AuditEvent {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// SSH agent: the key's comment and `SHA256:` fingerprint.
+    /// SSH agent: the key's comment and `SHA256:` fingerprint, and where it is used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_comment: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
-    /// SSH agent: the connecting process, from `SO_PEERCRED` and `/proc/<pid>/exe`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub caller_pid: Option<i32>,
+    pub destination: Option<String>,
+    /// Secrets broker: the keychain service and the targets named (never values).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub caller_exe: Option<String>,
-    /// `approved`, `denied`, `cancelled`, `unavailable`, `failed`, or `refused` (no prompt).
-    pub decision: String,
-    /// Why, in a short machine-readable word: `unknown_host`, `bad_signature`, `replay`, …
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub secrets_service: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
 }
 
 #[derive(Serialize)]
-struct Line<'a, E> {
+struct Line<'a> {
     time: String,
     #[serde(flatten)]
-    event: &'a E,
+    event: &'a AuditEvent,
     prev: &'a str,
 }
 
-/// Cuts a host-supplied value to [`MAX_FIELD_LEN`] bytes (on a char boundary).
+/// Whether an append returns only once the line is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsynced before `append` returns.
+    Synced,
+    /// Written before `append` returns; fsynced within [`BATCH_INTERVAL`] by
+    /// [`AuditLog::flush_periodically`].
+    Batched,
+}
+
+/// Cuts a peer-supplied value to [`MAX_FIELD_LEN`] bytes (on a char boundary).
 pub fn clip(s: &str) -> String {
     if s.len() <= MAX_FIELD_LEN {
         return s.to_owned();
@@ -119,38 +187,102 @@ fn line_hash(line: &[u8]) -> String {
     hex::encode(Sha256::digest(line))
 }
 
-/// The open log, positioned to append, with the hash of its last line.
-#[derive(Debug)]
-pub struct AuditLog {
-    path: PathBuf,
-    file: File,
+/// Where this writer left the file: if the file is still like that under the lock, no other
+/// writer appended since, and `prev` is still the hash of the last line.
+#[derive(Debug, Default)]
+struct Tip {
+    dev: u64,
+    ino: u64,
+    len: u64,
     prev: String,
 }
 
+#[derive(Debug, Default)]
+struct Writer {
+    tip: Option<Tip>,
+    /// The file last appended to, kept for the batched fsync.
+    last: Option<File>,
+}
+
+/// The log, shared by every service of one process.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    writer: Mutex<Writer>,
+    /// Lines written but not yet fsynced.
+    dirty: AtomicBool,
+}
+
 impl AuditLog {
-    /// Opens (or creates, 0600 in a 0700 directory) the log and reads its tail to continue the
-    /// chain.
+    /// Makes sure the log can be written: creates it (0600, in a 0700 directory) if missing,
+    /// and reads its tail once, so a log that cannot be continued stops the agent at start
+    /// rather than fail every decision later.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let io_err = |source| AuditError::Io {
-            path: path.to_owned(),
-            source,
-        };
         if let Some(dir) = path.parent() {
-            ensure_private_dir(dir).map_err(io_err)?;
+            ensure_private_dir(dir).map_err(|source| AuditError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         }
-        let mut file = OpenOptions::new()
+        let log = Self {
+            path: path.to_owned(),
+            writer: Mutex::new(Writer::default()),
+            dirty: AtomicBool::new(false),
+        };
+        let mut writer = lock(&log.writer);
+        let file = log.lock_file()?;
+        writer.tip = Some(log.tip_of(&file, &None)?);
+        drop(writer);
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io_err(&self, source: io::Error) -> AuditError {
+        AuditError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens the file (creating it) and takes the exclusive lock that every writer takes.
+    /// Opened per append, so a log moved away (after `nod audit verify` reported damage) is
+    /// continued in a new file at the same path.
+    fn lock_file(&self) -> Result<Flock<File>, AuditError> {
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+            .open(&self.path)
+            .map_err(|e| self.io_err(e))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| self.io_err(errno.into()))
+    }
+
+    /// The tip of the locked file: ours, if the file is as we left it, else read from the
+    /// tail on disk. A torn last line (a writer killed mid-write) is closed with a newline so
+    /// the next line starts on its own; `verify` still points at the damaged one.
+    fn tip_of(&self, file: &File, ours: &Option<Tip>) -> Result<Tip, AuditError> {
+        let meta = file.metadata().map_err(|e| self.io_err(e))?;
+        if let Some(tip) = ours
+            && (tip.dev, tip.ino, tip.len) == (meta.dev(), meta.ino(), meta.len())
+        {
+            return Ok(Tip {
+                prev: tip.prev.clone(),
+                ..*tip
+            });
+        }
+        let len = meta.len();
         let start = len.saturating_sub(TAIL_LEN);
-        file.seek(SeekFrom::Start(start)).map_err(io_err)?;
+        let mut reader = file;
+        reader
+            .seek(SeekFrom::Start(start))
+            .map_err(|e| self.io_err(e))?;
         let mut tail = Vec::new();
-        file.read_to_end(&mut tail).map_err(io_err)?;
+        reader.read_to_end(&mut tail).map_err(|e| self.io_err(e))?;
         let torn = !tail.is_empty() && !tail.ends_with(b"\n");
         let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
         let prev = if body.is_empty() && start == 0 {
@@ -161,47 +293,104 @@ impl AuditLog {
                 None if start == 0 => line_hash(body),
                 None => {
                     return Err(AuditError::TailTooLong {
-                        path: path.to_owned(),
+                        path: self.path.clone(),
                     });
                 }
             }
         };
+        let mut len = len;
         if torn {
-            // A crash mid-write left half a line. Close it so our lines start on their own;
-            // `verify` will still point at the damaged one.
-            file.write_all(b"\n").map_err(io_err)?;
+            let mut w = file;
+            w.write_all(b"\n").map_err(|e| self.io_err(e))?;
+            len += 1;
         }
-        Ok(Self {
-            path: path.to_owned(),
-            file,
+        Ok(Tip {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len,
             prev,
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Appends one line for `event` (an [`AuditEvent`], or another service's flat struct with
-    /// a `service` field) at `time_ms`. One `write` of the whole line to an `O_APPEND` file, so
-    /// lines never interleave.
-    pub fn append<E: Serialize>(&mut self, event: &E, time_ms: u64) -> Result<(), AuditError> {
+    /// Appends one line for `event` at `time_ms`, chained from the last line on disk.
+    pub fn append(
+        &self,
+        event: &AuditEvent,
+        time_ms: u64,
+        durability: Durability,
+    ) -> Result<(), AuditError> {
+        let mut writer = lock(&self.writer);
+        let file = self.lock_file()?;
+        let tip = self.tip_of(&file, &writer.tip)?;
         let line = Line {
             time: rfc3339(time_ms),
             event,
-            prev: &self.prev,
+            prev: &tip.prev,
         };
         let mut bytes = serde_json::to_vec(&line).expect("an audit line always serializes");
         let hash = line_hash(&bytes);
         bytes.push(b'\n');
-        self.file
-            .write_all(&bytes)
-            .map_err(|source| AuditError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.prev = hash;
+        let mut w: &File = &file;
+        w.write_all(&bytes).map_err(|e| self.io_err(e))?;
+        writer.tip = Some(Tip {
+            len: tip.len + bytes.len() as u64,
+            prev: hash,
+            ..tip
+        });
+        match durability {
+            Durability::Synced => {
+                file.sync_data().map_err(|e| self.io_err(e))?;
+            }
+            Durability::Batched => self.dirty.store(true, Ordering::Release),
+        }
+        // Keep a handle on the file for the batched fsync; dropping the lock releases it.
+        let file = file
+            .unlock()
+            .map_err(|(_, errno)| self.io_err(errno.into()))?;
+        writer.last = Some(file);
         Ok(())
+    }
+
+    /// fsyncs lines written with [`Durability::Batched`], if any.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let file = lock(&self.writer)
+            .last
+            .as_ref()
+            .map(File::try_clone)
+            .transpose()
+            .map_err(|e| self.io_err(e))?;
+        if let Some(file) = file {
+            file.sync_data().map_err(|e| self.io_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs for the life of the agent: fsyncs batched lines every [`BATCH_INTERVAL`], off the
+    /// runtime thread.
+    pub async fn flush_periodically(self: std::sync::Arc<Self>) {
+        loop {
+            tokio::time::sleep(BATCH_INTERVAL).await;
+            if !self.dirty.load(Ordering::Acquire) {
+                continue;
+            }
+            let log = std::sync::Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || log.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => event!("{e}"),
+                Err(e) => event!("audit log: fsync task failed: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            event!("{e}");
+        }
     }
 }
 
@@ -273,6 +462,7 @@ pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::sync::Arc;
 
     use super::*;
 
@@ -282,13 +472,12 @@ mod tests {
 
     fn event(i: usize) -> AuditEvent {
         AuditEvent {
-            service: "approval",
+            service: Service::Pam,
             host_id: Some("web-1".into()),
             pam_service: Some("sudo".into()),
             user: Some("alice".into()),
             request_id: Some(format!("r{i}")),
-            decision: "approved".into(),
-            reason: None,
+            decision: "approved",
             ..Default::default()
         }
     }
@@ -304,19 +493,75 @@ mod tests {
     fn chain_continues_across_reopen_and_verifies() {
         let dir = tempdir();
         let path = dir.join("state/audit.jsonl");
-        let mut log = AuditLog::open(&path).unwrap();
-        log.append(&event(1), 1).unwrap();
-        log.append(&event(2), 2).unwrap();
+        let log = AuditLog::open(&path).unwrap();
+        log.append(&event(1), 1, Durability::Synced).unwrap();
+        log.append(&event(2), 2, Durability::Batched).unwrap();
         drop(log);
-        let mut log = AuditLog::open(&path).unwrap();
-        log.append(&event(3), 3).unwrap();
+        let log = AuditLog::open(&path).unwrap();
+        log.append(&event(3), 3, Durability::Synced).unwrap();
         assert_eq!(verify(&path).unwrap(), Verdict::Intact { entries: 3 });
         let text = fs::read_to_string(&path).unwrap();
         let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(first["prev"], GENESIS);
-        assert_eq!(first["service"], "approval");
+        assert_eq!(first["service"], "pam");
         assert_eq!(first["request_id"], "r1");
         assert_eq!(first["time"], "1970-01-01T00:00:00.001Z");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn writers_that_interleave_keep_one_chain() {
+        // Two logs on one file stand for two processes (`nod agent` and `nod ssh-agent`): each
+        // chains from what is on disk, not from its own last line.
+        let dir = tempdir();
+        let path = dir.join("audit.jsonl");
+        let a = AuditLog::open(&path).unwrap();
+        let b = AuditLog::open(&path).unwrap();
+        for i in 0..6 {
+            let log = if i % 2 == 0 { &a } else { &b };
+            log.append(&event(i), 10, Durability::Synced).unwrap();
+        }
+        assert_eq!(verify(&path).unwrap(), Verdict::Intact { entries: 6 });
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_on_threads_keep_one_chain() {
+        let dir = tempdir();
+        let path = dir.join("audit.jsonl");
+        let logs: Vec<Arc<AuditLog>> = (0..4)
+            .map(|_| Arc::new(AuditLog::open(&path).unwrap()))
+            .collect();
+        let threads: Vec<_> = logs
+            .iter()
+            .map(|log| {
+                let log = Arc::clone(log);
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        log.append(&event(i), 10, Durability::Batched).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(verify(&path).unwrap(), Verdict::Intact { entries: 200 });
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_moved_away_is_continued_in_a_new_file() {
+        let dir = tempdir();
+        let path = dir.join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append(&event(0), 10, Durability::Synced).unwrap();
+        fs::rename(&path, dir.join("audit.old")).unwrap();
+        log.append(&event(1), 11, Durability::Synced).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["prev"], GENESIS);
+        assert_eq!(verify(&path).unwrap(), Verdict::Intact { entries: 1 });
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -324,9 +569,9 @@ mod tests {
     fn detects_an_edited_or_deleted_middle_line() {
         let dir = tempdir();
         let path = dir.join("audit.jsonl");
-        let mut log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path).unwrap();
         for i in 0..4 {
-            log.append(&event(i), 10).unwrap();
+            log.append(&event(i), 10, Durability::Synced).unwrap();
         }
         let text = fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -357,13 +602,11 @@ mod tests {
     fn torn_last_line_is_closed_and_reported() {
         let dir = tempdir();
         let path = dir.join("audit.jsonl");
-        let mut log = AuditLog::open(&path).unwrap();
-        log.append(&event(0), 10).unwrap();
-        drop(log);
+        let log = AuditLog::open(&path).unwrap();
+        log.append(&event(0), 10, Durability::Synced).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"half").unwrap();
-        let mut log = AuditLog::open(&path).unwrap();
-        log.append(&event(1), 11).unwrap();
+        log.append(&event(1), 11, Durability::Synced).unwrap();
         assert!(matches!(
             verify(&path).unwrap(),
             Verdict::Broken { line: 2, .. }

@@ -13,8 +13,8 @@ use nix::sys::stat::{Mode, umask};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::approvers::{self, ApproverChoice, Environment, SelectError};
-use crate::audit::{AuditError, AuditLog};
+use super::{CoreError, build_core};
+use crate::approvers::ApproverChoice;
 use crate::config::{AgentConfig, ConfigError, SecretsBackend};
 use crate::files::ensure_private_dir;
 use crate::keystore::{Keystore, KeystoreError};
@@ -41,11 +41,9 @@ pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Approver(#[from] SelectError),
+    Core(#[from] CoreError),
     #[error(transparent)]
     Keystore(#[from] KeystoreError),
-    #[error(transparent)]
-    Audit(#[from] AuditError),
     #[error("socket {}: {source}", path.display())]
     Socket { path: PathBuf, source: io::Error },
     #[error(
@@ -151,32 +149,23 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
     let ssh_socket_path = paths.ssh_agent_socket()?;
     let secrets_socket_path = paths.secrets_socket()?;
     let config = AgentConfig::load(&paths.agent_config())?;
-    let approver = approvers::select(&options.approver, &config.approver, &Environment::detect())?;
+    let core = build_core(&options.approver, &config, &paths.audit_log())?;
     let keystore = Keystore::open(&paths);
     let agent_key = keystore.agent_key()?;
     let hosts = HostAllowlist::open(&paths.hosts_file());
-    let audit = AuditLog::open(&paths.audit_log())?;
-    if approver.name() == "none" {
-        event!(
-            "no terminal, no display and no approver configured: every request is answered \
-             unavailable (hosts fall back to the password); use --approver command to change this"
-        );
-    }
-    event!(
-        "agent key {}; approver {}; audit log {}",
-        agent_key.key_id(),
-        approver.name(),
-        audit.path().display()
-    );
+    event!("agent key {}", agent_key.key_id());
     let service = Arc::new(ApprovalService::new(
         agent_key,
         hosts,
-        audit,
-        Arc::clone(&approver),
-        ApprovalSettings::from(&config.approval),
+        Arc::clone(&core),
+        ApprovalSettings {
+            presence: config.presence.pam,
+            ..ApprovalSettings::from(&config.approval)
+        },
     ));
     let ssh_agent = Arc::new(
-        SshAgentService::new(Arc::clone(service.approver()), service.audit_log())
+        SshAgentService::new(Arc::clone(&core))
+            .with_presence(config.presence.ssh)
             .with_keystore(keystore),
     );
     let secrets_files = SecretsFiles::from_paths(&paths);
@@ -186,13 +175,22 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         .build()
         .map_err(AgentError::Runtime)?;
     runtime.block_on(async move {
-        let secrets = Arc::new(SecretsService::new(
-            &secrets_files,
-            config.secrets.backend,
-            service.audit_log(),
-            approver,
-            SecretsSettings::default(),
-        ));
+        let secrets = Arc::new(
+            SecretsService::new(
+                &secrets_files,
+                config.secrets.backend,
+                Arc::clone(&core),
+                SecretsSettings {
+                    presence: config.presence.secrets,
+                    ..SecretsSettings::default()
+                },
+            )
+            .with_sockets(serde_json::json!({
+                "approval": socket_path,
+                "ssh_agent": ssh_socket_path,
+                "secrets": secrets_socket_path,
+            })),
+        );
         match config.secrets.backend {
             // A backend named in agent.toml must work from the start: the agent refuses to
             // start without it, rather than fail every request later.
@@ -216,6 +214,7 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         );
         event!("secrets socket {} ready", secrets_socket_path.display());
         tokio::select! {
+            () = Arc::clone(core.audit_log()).flush_periodically() => {}
             () = service.serve(listener) => {}
             () = ssh_agent.serve(ssh_listener) => {}
             () = secrets.serve(secrets_listener) => {}

@@ -3,3 +3,62 @@
 
 pub mod agent;
 pub mod ssh_agent;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::approvers::{self, ApproverChoice, Environment, SelectError};
+use crate::audit::{AuditError, AuditLog};
+use crate::config::AgentConfig;
+use crate::decision::{Core, RateSettings};
+use crate::log::event;
+
+/// Why the decision core could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Approver(#[from] SelectError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// What the agent says at start when nobody can be asked, with the fix.
+pub const NO_APPROVER: &str = "no approver can reach you: there is no terminal, no desktop \
+     session and none configured, so every request is answered unavailable (hosts fall back to \
+     the password, confirm keys are refused, `nod register` cannot be approved). Fix: run the \
+     agent in a terminal, start it inside your graphical session, or set [approver] in \
+     agent.toml (e.g. kind = \"command\"); `nod doctor` checks this";
+
+/// The decision core of one agent process: its approvers (command line, then `agent.toml`,
+/// then `auto`) and the audit log at `audit_path`. Says loudly when nobody can be asked.
+pub fn build_core(
+    cli: &ApproverChoice,
+    config: &AgentConfig,
+    audit_path: &Path,
+) -> Result<Arc<Core>, CoreError> {
+    let chain = approvers::select(cli, &config.approver, &Environment::detect())?;
+    let audit = Arc::new(AuditLog::open(audit_path)?);
+    let core = Core::new(
+        chain,
+        audit,
+        RateSettings {
+            burst: config.approval.rate_limit_burst,
+            per_minute: config.approval.rate_limit_per_minute,
+        },
+    );
+    if core.can_ask() {
+        let names: Vec<String> = core
+            .approvers()
+            .iter()
+            .map(|a| format!("{} ({})", a.name, a.presence.as_str()))
+            .collect();
+        event!(
+            "approvers: {}; audit log {}",
+            names.join(", then "),
+            audit_path.display()
+        );
+    } else {
+        event!("{NO_APPROVER}");
+    }
+    Ok(Arc::new(core))
+}

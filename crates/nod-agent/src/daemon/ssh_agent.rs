@@ -35,9 +35,9 @@ use nix::unistd::Pid;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::CoreError;
 use super::agent::raise_nofile_limit;
-use crate::approvers::{self, ApproverChoice, Environment, SelectError};
-use crate::audit::{AuditError, AuditLog};
+use crate::approvers::ApproverChoice;
 use crate::config::{AgentConfig, ConfigError};
 use crate::keystore::Keystore;
 use crate::log::event;
@@ -152,9 +152,7 @@ pub enum DropInError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Approver(#[from] SelectError),
-    #[error(transparent)]
-    Audit(#[from] AuditError),
+    Core(#[from] CoreError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
     #[error("cannot write the environment lines: {0}")]
@@ -299,11 +297,36 @@ pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInErro
             None,
         );
     }
+    warn_if_nobody_can_be_asked(&options);
     let pid = start_background(&options, &socket, made_dir.as_deref())?;
     if options.command.is_empty() {
         return write_out(out, &start_lines(options.shell, &socket, pid));
     }
     Err(exec_command(&options.command, &socket, pid))
+}
+
+/// The background agent has no terminal (it runs in a session of its own), so unless a desktop
+/// session, an askpass dialog or `agent.toml` gives it an approver, keys that need a yes are
+/// refused. Say so here, where the person still sees stderr.
+fn warn_if_nobody_can_be_asked(options: &DropInOptions) {
+    let Ok(paths) = Paths::from_env() else { return };
+    let Ok(config) = AgentConfig::load(&paths.agent_config()) else {
+        return;
+    };
+    let env = crate::approvers::Environment {
+        stdin_is_tty: false,
+        ..crate::approvers::Environment::detect()
+    };
+    if crate::approvers::select(&options.approver, &config.approver, &env)
+        .is_ok_and(|chain| chain.is_empty())
+    {
+        eprintln!(
+            "nod ssh-agent: warning: the background agent has no way to ask you (no desktop \
+             session, no askpass dialog, no [approver] in agent.toml), so keys added with \
+             `ssh-add -c` and keys whose policy asks are refused; set [approver] in \
+             ~/.config/nod/agent.toml, or run `nod ssh-agent -D` in a terminal of its own"
+        );
+    }
 }
 
 /// Becomes `command` with the agent's variables set; returns only if that fails, after
@@ -522,10 +545,10 @@ fn serve(
     };
     let paths = Paths::from_env()?;
     let config = AgentConfig::load(&paths.agent_config())?;
-    let approver = approvers::select(&options.approver, &config.approver, &Environment::detect())?;
-    let audit = Arc::new(std::sync::Mutex::new(AuditLog::open(&paths.audit_log())?));
+    let core = super::build_core(&options.approver, &config, &paths.audit_log())?;
     let service = Arc::new(
-        SshAgentService::new(approver, audit)
+        SshAgentService::new(Arc::clone(&core))
+            .with_presence(config.presence.ssh)
             .with_default_lifetime(options.lifetime)
             .with_keystore(Keystore::open(&paths)),
     );
@@ -549,6 +572,7 @@ fn serve(
             write_out(out, &lines)?;
         }
         tokio::select! {
+            () = Arc::clone(core.audit_log()).flush_periodically() => {}
             () = service.serve(listener) => {}
             _ = sigint.recv() => event!("SIGINT: shutting down"),
             _ = sigterm.recv() => event!("SIGTERM: shutting down"),

@@ -7,38 +7,39 @@
 //! 4. key id;
 //! 5. freshness;
 //! 6. replay (the request signature was not seen before);
-//! 7. rate limit per host|service|user.
+//! 7. rate limit per host|service|user (in the decision core, with the prompt).
 //!
 //! A failure of 1-6 is logged and the connection is closed without a reply: the helper reads
 //! that as "unavailable", so an unknown or forged request cannot even learn whether a person is
 //! there. A rate-limited request gets a signed `unavailable` with `error_code = "rate_limited"`.
-//! Everything else is shown to the person, one prompt at a time, and answered with a signed
-//! decision bound to the request hash. Every decision, and every refusal from check 2 on, is
-//! written to the audit log before the reply is sent.
+//! Everything else goes to the decision core (`crate::decision`), which shows it to the person
+//! one prompt at a time and records the decision; the answer is signed and bound to the request
+//! hash. Every decision, and every refusal from check 2 on, is in the audit log before the
+//! reply is sent.
 
-use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nod_proto::frame::{self, HEADER_LEN};
 use nod_proto::{
-    AuthMethod, Decision, ProtoError, RequestBody, ResponseBody, SignedRequest, VerifiedRequest,
+    AuthMethod, Decision as Wire, ProtoError, RequestBody, ResponseBody, SignedRequest,
+    VerifiedRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 
 use super::hosts::HostAllowlist;
 use super::replay::{self, ReplayCache, ReplayError};
-use crate::approvers::{Approver, Outcome, PamPrompt, Prompt};
-use crate::audit::{AuditEvent, AuditLog, clip};
+use crate::approvers::{Outcome, PamPrompt, Presence, Prompt, Required};
+use crate::audit::{AuditEvent, Service, clip};
 use crate::config::ApprovalConfig;
-use crate::decision::rate::RateLimiter;
+use crate::decision::{Ask, Core, Decision};
 use crate::keystore::AgentKey;
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
+use crate::socket::hung_up;
 
 /// How long before the request's expiry a prompt is given up, to leave time for the reply.
 const REPLY_MARGIN_MS: u64 = 500;
@@ -47,8 +48,8 @@ const REPLY_MARGIN_MS: u64 = 500;
 #[derive(Debug, Clone)]
 pub struct ApprovalSettings {
     pub allowed_future_skew_ms: u64,
-    pub rate_limit_burst: u32,
-    pub rate_limit_per_minute: u32,
+    /// The least presence a host's request needs (`[presence] pam` in agent.toml).
+    pub presence: Required,
     /// Deadline for reading the request frame (check 1). A peer that trickles bytes is cut off.
     pub read_timeout: Duration,
     /// Deadline for writing the reply.
@@ -68,8 +69,7 @@ impl From<&ApprovalConfig> for ApprovalSettings {
     fn from(c: &ApprovalConfig) -> Self {
         Self {
             allowed_future_skew_ms: c.allowed_future_skew_ms,
-            rate_limit_burst: c.rate_limit_burst,
-            rate_limit_per_minute: c.rate_limit_per_minute,
+            presence: Required::Any,
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
             replay_capacity: replay::DEFAULT_CAPACITY,
@@ -131,36 +131,24 @@ impl Refusal {
     }
 }
 
-/// A request that passed checks 1-6.
-enum Admitted {
-    Prompt(VerifiedRequest),
-    RateLimited(VerifiedRequest),
-}
-
 /// The remote-approval service: shared by every connection task.
 #[derive(Debug)]
 pub struct ApprovalService {
     agent_key: AgentKey,
     settings: ApprovalSettings,
-    approver: Arc<dyn Approver>,
+    core: Arc<Core>,
     hosts: Mutex<HostAllowlist>,
     replay: Mutex<ReplayCache>,
-    rate: Mutex<RateLimiter>,
-    audit: Arc<Mutex<AuditLog>>,
-    /// One prompt at a time: a person answers one question, and a flood of requests must not
-    /// stack dialogs until one is approved by mistake.
-    prompt_turn: tokio::sync::Mutex<()>,
 }
 
 fn audit_base(body: &RequestBody) -> AuditEvent {
     AuditEvent {
-        service: "approval",
+        service: Service::Pam,
+        action: Some("authenticate".into()),
         host_id: Some(clip(&body.linux_host_id)),
         pam_service: Some(clip(&body.pam_service)),
         user: Some(clip(&body.pam_user)),
         request_id: Some(clip(&body.request_id)),
-        decision: String::new(),
-        reason: None,
         ..Default::default()
     }
 }
@@ -182,15 +170,29 @@ impl PamPrompt {
     }
 }
 
-/// How an approver's outcome is put on the wire: the decision, whether a person answered
-/// (`auth_method` `unknown`, else `none`), and an error code for the helper's logs.
-pub fn decision_of(outcome: Outcome) -> (Decision, AuthMethod, Option<&'static str>) {
-    match outcome {
-        Outcome::Approved => (Decision::Approved, AuthMethod::Unknown, None),
-        Outcome::Denied => (Decision::Denied, AuthMethod::Unknown, None),
-        Outcome::Cancelled => (Decision::Cancelled, AuthMethod::Unknown, None),
-        Outcome::Unavailable => (Decision::Unavailable, AuthMethod::None, Some("no_approver")),
-        Outcome::Failed => (Decision::Failed, AuthMethod::None, Some("approver_failed")),
+/// How a decision is put on the wire: the decision, how the person proved presence
+/// (`auth_method`), and an error code for the helper's logs. macos-auth's helper knows only its
+/// own `auth_method` words, so a fingerprint is `biometric-or-watch`, any other answer from a
+/// person `unknown`, and no answer `none`; the audit line has the exact strength.
+pub fn wire_answer(decision: &Decision) -> (Wire, AuthMethod, Option<&'static str>) {
+    let by_person = match decision.presence() {
+        Some(Presence::Fingerprint) => AuthMethod::BiometricOrWatch,
+        _ => AuthMethod::Unknown,
+    };
+    match decision.outcome() {
+        Outcome::Approved => (Wire::Approved, by_person, None),
+        Outcome::Denied => (Wire::Denied, AuthMethod::Unknown, None),
+        Outcome::Cancelled => (Wire::Cancelled, AuthMethod::Unknown, decision.reason()),
+        Outcome::Unavailable => (
+            Wire::Unavailable,
+            AuthMethod::None,
+            Some(decision.reason().unwrap_or("no_approver")),
+        ),
+        Outcome::Failed => (
+            Wire::Failed,
+            AuthMethod::None,
+            Some(decision.reason().unwrap_or("approver_failed")),
+        ),
     }
 }
 
@@ -230,52 +232,20 @@ async fn read_request_frame(stream: &mut UnixStream) -> Result<Vec<u8>, ProtoErr
     Ok(payload)
 }
 
-/// Resolves once the helper has closed its end completely (`POLLHUP`). A half-close after
-/// sending the request is not "gone": the helper may still be waiting for the reply. Checked a
-/// few times a second while a prompt is open, so a cancelled `sudo` takes its prompt down.
-async fn peer_gone(stream: &UnixStream) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
-        if poll(&mut fds, PollTimeout::ZERO).is_ok() {
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-                return;
-            }
-        }
-    }
-}
-
 impl ApprovalService {
     pub fn new(
         agent_key: AgentKey,
         hosts: HostAllowlist,
-        audit: AuditLog,
-        approver: Arc<dyn Approver>,
+        core: Arc<Core>,
         settings: ApprovalSettings,
     ) -> Self {
         Self {
             replay: Mutex::new(ReplayCache::new(settings.replay_capacity)),
-            rate: Mutex::new(RateLimiter::new(
-                settings.rate_limit_burst,
-                settings.rate_limit_per_minute,
-            )),
             agent_key,
             settings,
-            approver,
+            core,
             hosts: Mutex::new(hosts),
-            audit: Arc::new(Mutex::new(audit)),
-            prompt_turn: tokio::sync::Mutex::new(()),
         }
-    }
-
-    pub fn approver(&self) -> &Arc<dyn Approver> {
-        &self.approver
-    }
-
-    /// The audit log, shared with the other services so they continue one chain.
-    pub fn audit_log(&self) -> Arc<Mutex<AuditLog>> {
-        Arc::clone(&self.audit)
     }
 
     pub fn agent_key(&self) -> &AgentKey {
@@ -301,19 +271,8 @@ impl ApprovalService {
         }
     }
 
-    /// Writes an audit line; false if it could not be written.
-    fn audit(&self, event: &AuditEvent) -> bool {
-        match lock(&self.audit).append(event, now_ms()) {
-            Ok(()) => true,
-            Err(e) => {
-                event!("{e}");
-                false
-            }
-        }
-    }
-
-    /// Checks 2-7 of one decoded request.
-    fn admit(&self, request: SignedRequest) -> Result<Admitted, Refusal> {
+    /// Checks 2-6 of one decoded request (check 7, the rate limit, is the decision core's).
+    fn admit(&self, request: SignedRequest) -> Result<VerifiedRequest, Refusal> {
         let body = &request.body;
         // 2. The host must be allowlisted; the file is re-read if it changed.
         let host = lock(&self.hosts)
@@ -338,18 +297,10 @@ impl ApprovalService {
                 ReplayError::Replayed => Refusal::Replayed,
                 ReplayError::Full => Refusal::ReplayCacheFull,
             })?;
-        // 7. Rate limit per host|service|user. The parts are joined with a byte that host ids
-        // cannot contain, so two different triples never share a bucket.
-        let b = verified.body();
-        let key = format!("{}\0{}\0{}", b.linux_host_id, b.pam_service, b.pam_user);
-        if lock(&self.rate).try_take(&key, std::time::Instant::now()) {
-            Ok(Admitted::Prompt(verified))
-        } else {
-            Ok(Admitted::RateLimited(verified))
-        }
+        Ok(verified)
     }
 
-    /// Serves one connection: read, check, prompt, reply. Never panics on peer input and never
+    /// Serves one connection: read, check, decide, reply. Never panics on peer input and never
     /// returns an error: whatever goes wrong is logged and the connection is closed.
     pub async fn handle(&self, mut stream: UnixStream) {
         // 1. Frame size and JSON, under the read deadline.
@@ -377,7 +328,7 @@ impl ApprovalService {
             }
         };
         drop(payload);
-        let mut record = audit_base(&request.body);
+        let record = audit_base(&request.body);
         let what = format!(
             "request {:?} from host {:?} ({:?} for {:?})",
             record.request_id.as_deref().unwrap_or_default(),
@@ -386,81 +337,16 @@ impl ApprovalService {
             record.user.as_deref().unwrap_or_default(),
         );
         let verified = match self.admit(request) {
-            Ok(Admitted::Prompt(verified)) => verified,
-            Ok(Admitted::RateLimited(verified)) => {
-                event!("approval: {what}: rate limited; answered unavailable");
-                record.decision = Decision::Unavailable.as_str().into();
-                record.reason = Some("rate_limited".into());
-                if self.audit(&record) {
-                    self.reply(
-                        &mut stream,
-                        &verified,
-                        Decision::Unavailable,
-                        AuthMethod::None,
-                        Some("rate_limited"),
-                    )
-                    .await;
-                }
-                return;
-            }
+            Ok(verified) => verified,
             Err(refusal) => {
                 event!(
                     "approval: {what}: refused without reply: {}",
                     refusal.explain()
                 );
-                record.decision = "refused".into();
-                record.reason = Some(refusal.reason().into());
-                self.audit(&record);
+                let _ = self.core.refuse(record, refusal.reason());
                 return;
             }
         };
-
-        let outcome = self.prompt(&stream, &verified).await;
-        let Some(outcome) = outcome else {
-            event!("approval: {what}: the helper hung up; prompt withdrawn");
-            record.decision = Decision::Cancelled.as_str().into();
-            record.reason = Some("helper_disconnected".into());
-            self.audit(&record);
-            return;
-        };
-        let (mut decision, mut method, mut code) = match outcome {
-            PromptResult::Answered(outcome) => decision_of(outcome),
-            PromptResult::TimedOut => (
-                Decision::Unavailable,
-                AuthMethod::None,
-                Some("prompt_timeout"),
-            ),
-        };
-        if decision == Decision::Approved && now_ms() > verified.body().expires_at_ms {
-            // Too late to matter to the helper, and an approval must never outlive its request.
-            (decision, method, code) = (
-                Decision::Unavailable,
-                AuthMethod::None,
-                Some("prompt_timeout"),
-            );
-        }
-        record.decision = decision.as_str().into();
-        record.reason = code.map(str::to_owned);
-        if !self.audit(&record) {
-            // An approval that cannot be recorded is not given.
-            (decision, method, code) = (Decision::Failed, AuthMethod::None, Some("audit_failed"));
-        }
-        event!(
-            "approval: {what}: {} (approver {})",
-            decision.as_str(),
-            self.approver.name()
-        );
-        self.reply(&mut stream, &verified, decision, method, code)
-            .await;
-    }
-
-    /// Asks the person, one prompt at a time, bounded by the request's expiry. `None` if the
-    /// helper hung up first (the prompt is dropped, which also kills an approver program).
-    async fn prompt(
-        &self,
-        stream: &UnixStream,
-        verified: &VerifiedRequest,
-    ) -> Option<PromptResult> {
         let body = verified.body();
         // Stop asking a little before the request expires, so that even a timed-out prompt's
         // answer reaches the helper before its own deadline (same instant as the expiry). A
@@ -469,21 +355,33 @@ impl ApprovalService {
         let remaining = body.expires_at_ms.saturating_sub(now_ms());
         let margin = (remaining / 4).min(REPLY_MARGIN_MS);
         let left = Duration::from_millis(remaining - margin);
-        let deadline = Instant::now() + left.min(self.settings.max_prompt);
-        let prompt = Prompt::Pam(PamPrompt::from_request(body));
-        let ask = async {
-            let Ok(_turn) = timeout_at(deadline, self.prompt_turn.lock()).await else {
-                return PromptResult::TimedOut;
-            };
-            match timeout_at(deadline, self.approver.approve(&prompt, deadline)).await {
-                Ok(outcome) => PromptResult::Answered(outcome),
-                Err(_) => PromptResult::TimedOut,
-            }
+        // The rate-limit bucket: the parts are joined with a byte that host ids cannot
+        // contain, so two different triples never share a bucket.
+        let rate_key = format!(
+            "{}\0{}\0{}",
+            body.linux_host_id, body.pam_service, body.pam_user
+        );
+        let ask = Ask {
+            prompt: Prompt::Pam(PamPrompt::from_request(body)),
+            event: record,
+            deadline: Instant::now() + left.min(self.settings.max_prompt),
+            required: self.settings.presence,
+            rate_key: Some(rate_key),
+            share_key: None,
         };
-        tokio::select! {
-            result = ask => Some(result),
-            () = peer_gone(stream) => None,
+        let decision = self.core.decide(ask, hung_up(&stream)).await;
+        if decision.reason() == Some("withdrawn") {
+            event!("approval: {what}: the helper hung up; prompt withdrawn");
+            return;
         }
+        let (wire, method, code) = wire_answer(&decision);
+        event!(
+            "approval: {what}: {} (approver {}{})",
+            wire.as_str(),
+            decision.approver(),
+            code.map(|c| format!(", {c}")).unwrap_or_default()
+        );
+        self.reply(&mut stream, &verified, wire, method, code).await;
     }
 
     /// Signs and sends the answer; failures are logged (the helper will read them as
@@ -492,7 +390,7 @@ impl ApprovalService {
         &self,
         stream: &mut UnixStream,
         verified: &VerifiedRequest,
-        decision: Decision,
+        decision: Wire,
         method: AuthMethod,
         error_code: Option<&str>,
     ) {
@@ -524,17 +422,12 @@ impl ApprovalService {
     }
 }
 
-enum PromptResult {
-    Answered(Outcome),
-    TimedOut,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_outcome_maps_to_one_decision_and_only_approved_approves() {
+    fn every_decision_maps_to_one_wire_answer_and_only_approved_approves() {
         for outcome in [
             Outcome::Approved,
             Outcome::Denied,
@@ -542,15 +435,23 @@ mod tests {
             Outcome::Unavailable,
             Outcome::Failed,
         ] {
-            let (decision, method, code) = decision_of(outcome);
-            assert_eq!(decision == Decision::Approved, outcome == Outcome::Approved);
-            let by_person = matches!(
-                outcome,
-                Outcome::Approved | Outcome::Denied | Outcome::Cancelled
-            );
-            assert_eq!(method == AuthMethod::Unknown, by_person, "{outcome:?}");
-            assert_eq!(code.is_some(), !by_person, "{outcome:?}");
+            for presence in [None, Some(Presence::Password), Some(Presence::Fingerprint)] {
+                let d = Decision::for_test(outcome, presence, None);
+                let (wire, method, code) = wire_answer(&d);
+                assert_eq!(wire == Wire::Approved, outcome == Outcome::Approved);
+                let by_person = matches!(
+                    outcome,
+                    Outcome::Approved | Outcome::Denied | Outcome::Cancelled
+                );
+                assert_eq!(method != AuthMethod::None, by_person, "{outcome:?}");
+                assert_eq!(code.is_some(), !by_person, "{outcome:?}");
+                if outcome == Outcome::Approved && presence == Some(Presence::Fingerprint) {
+                    assert_eq!(method, AuthMethod::BiometricOrWatch);
+                }
+            }
         }
+        let d = Decision::for_test(Outcome::Unavailable, None, Some("rate_limited"));
+        assert_eq!(wire_answer(&d).2, Some("rate_limited"));
     }
 
     #[test]

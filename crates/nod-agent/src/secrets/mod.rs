@@ -32,7 +32,6 @@ use nod_client::proto::{
     Action, Control, DecodeError, Item, Match, Message, PendingEntry, PolicyEntry, Reason, Request,
     Response, Status,
 };
-use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -42,10 +41,11 @@ use self::conn::{Line, LineReader, ReadError};
 use self::keyring::{KeyringError, SecretService};
 use self::policy::{PendingQueue, PolicyError, PolicyStore};
 use self::store::{Change, FileStore, StoreError};
-use crate::approvers::{Approver, Outcome, Prompt, SecretsPrompt};
-use crate::audit::{AuditLog, clip};
+use crate::approvers::{Outcome, Prompt, Required, SecretsPrompt};
+use crate::audit::{AuditEvent, Service, clip};
 use crate::caller::identity::{self as peer, Caller, HashCache, PeerError};
 use crate::config::SecretsBackend;
+use crate::decision::{Ask, Core};
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
@@ -73,6 +73,8 @@ pub struct SecretsSettings {
     pub max_connections: usize,
     /// Longest a policy prompt stays open.
     pub prompt_timeout: Duration,
+    /// The least presence a policy change needs (`[presence] secrets` in agent.toml).
+    pub presence: Required,
 }
 
 impl Default for SecretsSettings {
@@ -87,6 +89,7 @@ impl Default for SecretsSettings {
             .unwrap_or(1024)
             .clamp(64, 8192),
             prompt_timeout: Duration::from_secs(120),
+            presence: Required::Any,
         }
     }
 }
@@ -173,27 +176,15 @@ impl Backend {
     }
 }
 
-/// One audit line of the broker (secrets-protocol.md §Audit log, in nod's chained log).
-#[derive(Debug, Clone, Serialize)]
-struct SecretsAudit {
-    /// Always `secrets`: which nod service decided.
-    service: &'static str,
-    action: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pid: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    binary_path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    binary_hash: Option<String>,
-    /// The keychain service (`aws`), named so as not to clash with `service`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secrets_service: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    targets: Vec<String>,
-    /// `granted`, `denied`, `error`, or for policy changes `approved` / `not_approved`.
-    decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+/// The start of a broker audit line (secrets-protocol.md §Audit log, in nod's chained log):
+/// `caller_exe`/`caller_hash` are keychain-auth's `binary_path`/`binary_hash`.
+fn audit_base(action: &str, pid: i32) -> AuditEvent {
+    AuditEvent {
+        service: Service::Secrets,
+        action: Some(action.to_owned()),
+        caller_pid: Some(pid),
+        ..Default::default()
+    }
 }
 
 /// A request that passed step 1: its shape is consistent.
@@ -354,8 +345,8 @@ impl Refusal {
 #[derive(Debug)]
 pub struct SecretsService {
     settings: SecretsSettings,
-    approver: Arc<dyn Approver>,
-    audit: Arc<Mutex<AuditLog>>,
+    /// Asks the person and records every decision and refusal.
+    core: Arc<Core>,
     policy: Mutex<PolicyStore>,
     pending: Mutex<PendingQueue>,
     /// Chosen on first use (see [`SecretsService::backend`]).
@@ -364,8 +355,8 @@ pub struct SecretsService {
     files: SecretsFiles,
     hashes: Arc<HashCache>,
     connections: Arc<Semaphore>,
-    /// One policy prompt at a time.
-    prompt_turn: tokio::sync::Mutex<()>,
+    /// The agent's sockets, for `nod status`.
+    sockets: serde_json::Value,
     uid: u32,
 }
 
@@ -375,8 +366,7 @@ impl SecretsService {
     pub fn new(
         files: &SecretsFiles,
         choice: SecretsBackend,
-        audit: Arc<Mutex<AuditLog>>,
-        approver: Arc<dyn Approver>,
+        core: Arc<Core>,
         settings: SecretsSettings,
     ) -> Self {
         let mut policy = PolicyStore::open(&files.policy, &files.policy_key);
@@ -387,18 +377,23 @@ impl SecretsService {
         }
         Self {
             connections: Arc::new(Semaphore::new(settings.max_connections)),
+            sockets: serde_json::Value::Null,
             settings,
-            approver,
-            audit,
+            core,
             policy: Mutex::new(policy),
             pending: Mutex::new(PendingQueue::open(&files.pending)),
             backend: tokio::sync::OnceCell::new(),
             choice,
             files: files.clone(),
             hashes: Arc::new(HashCache::default()),
-            prompt_turn: tokio::sync::Mutex::new(()),
             uid: getuid().as_raw(),
         }
+    }
+
+    /// Names the agent's sockets in `nod status`.
+    pub fn with_sockets(mut self, sockets: serde_json::Value) -> Self {
+        self.sockets = sockets;
+        self
     }
 
     /// The backend, opened on the first call ([`Backend::choose`]); a failure is retried on
@@ -443,10 +438,9 @@ impl SecretsService {
         }
     }
 
-    fn audit(&self, line: &SecretsAudit) {
-        if let Err(e) = lock(&self.audit).append(line, now_ms()) {
-            event!("{e}");
-        }
+    /// Records a refusal; the refusal stands whether or not the line could be written.
+    fn refused(&self, event: AuditEvent, refusal: &Refusal) {
+        let _ = self.core.refuse(event, refusal.audit_reason());
     }
 
     async fn send(&self, stream: &mut UnixStream, resp: &Response) -> bool {
@@ -509,17 +503,9 @@ impl SecretsService {
         if sender.uid != self.uid {
             event!("secrets: refused a line from uid {}", sender.uid);
             if let Message::Request(r) = &message {
-                self.audit(&SecretsAudit {
-                    service: "secrets",
-                    action: r.action.as_str().into(),
-                    pid: Some(sender.pid),
-                    binary_path: None,
-                    binary_hash: None,
-                    secrets_service: Some(clip(&r.service)),
-                    targets: Vec::new(),
-                    decision: "denied",
-                    reason: Some(Refusal::OtherUid.audit_reason()),
-                });
+                let mut event = audit_base(r.action.as_str(), sender.pid);
+                event.secrets_service = Some(clip(&r.service));
+                self.refused(event, &Refusal::OtherUid);
             }
             return Refusal::OtherUid.response();
         }
@@ -538,68 +524,63 @@ impl SecretsService {
     }
 
     async fn request(&self, request: Request, sender: peer::Sender) -> Response {
-        let mut audit = SecretsAudit {
-            service: "secrets",
-            action: request.action.as_str().into(),
-            pid: Some(sender.pid),
-            binary_path: None,
-            binary_hash: None,
-            secrets_service: Some(clip(&request.service)),
-            targets: request
-                .targets
-                .iter()
-                .take(MAX_AUDIT_TARGETS)
-                .map(|t| clip(t))
-                .collect(),
-            decision: "error",
-            reason: Some(Reason::MalformedRequest.as_str()),
-        };
+        let mut audit = audit_base(request.action.as_str(), sender.pid);
+        audit.secrets_service = Some(clip(&request.service));
+        audit.targets = request
+            .targets
+            .iter()
+            .take(MAX_AUDIT_TARGETS)
+            .map(|t| clip(t))
+            .collect();
         let checked = match check_request(request) {
             Ok(c) => c,
             Err(why) => {
-                self.audit(&audit);
-                return Refusal::Malformed(why).response();
+                let refusal = Refusal::Malformed(why);
+                self.refused(audit, &refusal);
+                return refusal.response();
             }
         };
         let caller = match self.identify(sender).await {
             Ok(c) => c,
             Err(e) => {
                 event!("secrets: caller not verified: {e}");
-                audit.reason = Some(Reason::InternalError.as_str());
-                self.audit(&audit);
-                return Refusal::Internal(String::from(
-                    "the calling process could not be verified",
-                ))
-                .response();
+                let refusal =
+                    Refusal::Internal(String::from("the calling process could not be verified"));
+                self.refused(audit, &refusal);
+                return refusal.response();
             }
         };
-        audit.binary_path = Some(clip(&caller.exe_path));
-        audit.binary_hash = Some(caller.hash.clone());
+        audit.caller_exe = Some(clip(&caller.exe_path));
+        audit.caller_hash = Some(caller.hash.clone());
         let entry = match lock(&self.policy).find(&caller.hash) {
             Ok(e) => e,
             Err(e) => {
                 event!("{e}");
-                audit.reason = Some(Reason::InternalError.as_str());
-                self.audit(&audit);
-                return Refusal::Internal(e.to_string()).response();
+                let refusal = Refusal::Internal(e.to_string());
+                self.refused(audit, &refusal);
+                return refusal.response();
             }
         };
         let Some(entry) = entry else {
             self.queue_pending(&caller, &checked);
-            audit.decision = "denied";
-            audit.reason = Some(Reason::UnregisteredBinary.as_str());
-            self.audit(&audit);
-            return Refusal::Unregistered(format!(
+            let refusal = Refusal::Unregistered(format!(
                 "{} ({}) is not registered; it is listed in `nod list-pending`",
                 caller.exe_path, caller.hash
-            ))
-            .response();
+            ));
+            self.refused(audit, &refusal);
+            return refusal.response();
         };
         if let Err(refusal) = check_policy(&entry, &checked) {
-            audit.decision = "denied";
-            audit.reason = Some(refusal.audit_reason());
-            self.audit(&audit);
+            self.refused(audit, &refusal);
             return refusal.response();
+        }
+        // The grant is on record before anything is read or changed: a request whose line
+        // cannot be written is not served.
+        if self.core.allow_by_policy(audit.clone(), "policy").is_err() {
+            return Refusal::Internal(String::from(
+                "the audit log cannot be written, so nothing is served; see the agent's log",
+            ))
+            .response();
         }
         let resp = match self.backend().await {
             Ok(Backend::File(store)) => Self::execute_file(&mut lock(store), checked),
@@ -609,12 +590,10 @@ impl SecretsService {
                 Refusal::Internal(e.to_string()).response()
             }
         };
-        audit.decision = match resp.status {
-            Status::Success => "granted",
-            _ => "error",
-        };
-        audit.reason = resp.reason_code().map(Reason::as_str);
-        self.audit(&audit);
+        if resp.status != Status::Success {
+            let reason = resp.reason_code().map(Reason::as_str);
+            self.core.record(audit, Outcome::Failed, reason);
+        }
         resp
     }
 
@@ -767,21 +746,28 @@ impl SecretsService {
     // ---- CONTROL: policy changes and queries ----
 
     async fn control(&self, control: Control, sender: peer::Sender) -> Response {
-        let mut audit = SecretsAudit {
-            service: "secrets",
-            action: String::new(),
-            pid: Some(sender.pid),
-            binary_path: None,
-            binary_hash: None,
-            secrets_service: None,
-            targets: Vec::new(),
-            decision: "error",
-            reason: None,
-        };
+        let mut audit = audit_base("control", sender.pid);
         match control {
             Control::ListPending => {
                 let mut resp = Response::success(Vec::new());
                 resp.pending = Some(lock(&self.pending).list(now_ms()));
+                resp
+            }
+            Control::Status => {
+                let mut resp = Response::success(Vec::new());
+                let mut status = serde_json::to_value(self.core.status()).unwrap_or_default();
+                if let serde_json::Value::Object(map) = &mut status {
+                    map.insert("pid".into(), std::process::id().into());
+                    map.insert(
+                        "secrets_backend".into(),
+                        self.backend
+                            .get()
+                            .map_or("not chosen yet", Backend::name)
+                            .into(),
+                    );
+                    map.insert("sockets".into(), self.sockets.clone());
+                }
+                resp.agent = Some(status);
                 resp
             }
             Control::PolicyList => match lock(&self.policy).current() {
@@ -793,20 +779,20 @@ impl SecretsService {
                 Err(e) => Refusal::Internal(e.to_string()).response(),
             },
             Control::Revoke { hash } => {
-                audit.action = "revoke".into();
-                audit.binary_hash = Some(clip(&hash));
+                audit.action = Some("revoke".into());
+                audit.caller_hash = Some(clip(&hash));
                 // Revoking only takes access away, so it needs no prompt.
                 let resp = match lock(&self.policy).revoke(&hash) {
                     Ok(true) => Response::success(Vec::new()),
                     Ok(false) => Refusal::NotFound(format!("{hash} is not registered")).response(),
                     Err(e) => Refusal::Internal(e.to_string()).response(),
                 };
-                audit.decision = if resp.status == Status::Success {
-                    "approved"
+                let outcome = if resp.status == Status::Success {
+                    Outcome::Approved
                 } else {
-                    "error"
+                    Outcome::Failed
                 };
-                self.audit(&audit);
+                self.core.record(audit, outcome, Some("revoke"));
                 resp
             }
             Control::Register {
@@ -815,7 +801,7 @@ impl SecretsService {
                 write,
                 search,
             } => {
-                audit.action = "register".into();
+                audit.action = Some("register".into());
                 self.grant(GrantKind::Register, &path, None, read, write, search, audit)
                     .await
             }
@@ -825,7 +811,7 @@ impl SecretsService {
                 write,
                 search,
             } => {
-                audit.action = "approve".into();
+                audit.action = Some("approve".into());
                 let Some(p) = lock(&self.pending).get(&hash, now_ms()) else {
                     return Refusal::NotFound(format!(
                         "{hash} is not in the pending queue (see `nod list-pending`; entries \
@@ -860,7 +846,7 @@ impl SecretsService {
                 .await
             }
             Control::Upgrade { path } => {
-                audit.action = "upgrade".into();
+                audit.action = Some("upgrade".into());
                 self.upgrade(&path, audit).await
             }
         }
@@ -876,7 +862,7 @@ impl SecretsService {
         read: Vec<String>,
         write: Vec<String>,
         search: bool,
-        mut audit: SecretsAudit,
+        mut audit: AuditEvent,
     ) -> Response {
         if let Some(bad) = read.iter().chain(&write).find(|s| !valid_name(s)) {
             return Refusal::Malformed(format!("service {:?} is not a valid name", clip(bad)))
@@ -904,8 +890,8 @@ impl SecretsService {
                 .response();
             }
         }
-        audit.binary_path = Some(clip(path));
-        audit.binary_hash = Some(hash.clone());
+        audit.caller_exe = Some(clip(path));
+        audit.caller_hash = Some(hash.clone());
         let interpreter = peer::is_interpreter(file);
         let prompt = SecretsPrompt {
             path: path.to_owned(),
@@ -920,7 +906,7 @@ impl SecretsService {
             GrantKind::Register => Prompt::SecretsRegister(prompt),
             GrantKind::Approve => Prompt::SecretsApprove(prompt),
         };
-        if let Err(resp) = self.ask(&prompt, &mut audit).await {
+        if let Err(resp) = self.ask(prompt, audit.clone()).await {
             return resp;
         }
         let entry = PolicyEntry {
@@ -934,7 +920,7 @@ impl SecretsService {
         self.save_entry(entry, None, audit, interpreter)
     }
 
-    async fn upgrade(&self, path: &str, mut audit: SecretsAudit) -> Response {
+    async fn upgrade(&self, path: &str, mut audit: AuditEvent) -> Response {
         let old = match lock(&self.policy).current() {
             Ok(entries) => entries.iter().find(|e| e.path == path).cloned(),
             Err(e) => return Refusal::Internal(e.to_string()).response(),
@@ -958,8 +944,8 @@ impl SecretsService {
             resp.message = Some(format!("{path} has not changed; nothing to do"));
             return resp;
         }
-        audit.binary_path = Some(clip(path));
-        audit.binary_hash = Some(hash.clone());
+        audit.caller_exe = Some(clip(path));
+        audit.caller_hash = Some(hash.clone());
         let prompt = Prompt::SecretsUpgrade(SecretsPrompt {
             path: path.to_owned(),
             hash: hash.clone(),
@@ -969,7 +955,7 @@ impl SecretsService {
             search: old.can_search,
             interpreter: old.interpreter,
         });
-        if let Err(resp) = self.ask(&prompt, &mut audit).await {
+        if let Err(resp) = self.ask(prompt, audit.clone()).await {
             return resp;
         }
         let interpreter = old.interpreter;
@@ -980,31 +966,36 @@ impl SecretsService {
         self.save_entry(entry, Some(&old.hash), audit, interpreter)
     }
 
-    /// Asks the person; `Err` holds the refusal to send.
-    async fn ask(&self, prompt: &Prompt, audit: &mut SecretsAudit) -> Result<(), Response> {
-        let _turn = self.prompt_turn.lock().await;
-        let deadline = Instant::now() + self.settings.prompt_timeout;
-        let outcome = tokio::time::timeout_at(deadline, self.approver.approve(prompt, deadline))
-            .await
-            .unwrap_or(Outcome::Failed);
+    /// Asks the person, through the decision core; `Err` holds the refusal to send.
+    async fn ask(&self, prompt: Prompt, audit: AuditEvent) -> Result<(), Response> {
+        let kind = prompt.kind();
+        let ask = Ask {
+            prompt,
+            event: audit,
+            deadline: Instant::now() + self.settings.prompt_timeout,
+            required: self.settings.presence,
+            rate_key: None,
+            share_key: None,
+        };
+        let decision = self.core.decide(ask, std::future::pending()).await;
         event!(
-            "secrets: {} of {:?}: {outcome:?} (approver {})",
-            prompt.kind(),
-            audit.binary_path.as_deref().unwrap_or(""),
-            self.approver.name()
+            "secrets: {kind}: {} (approver {})",
+            crate::decision::decision_word(decision.outcome()),
+            decision.approver()
         );
-        if outcome == Outcome::Approved {
+        if decision.approved() {
             return Ok(());
         }
-        audit.decision = "not_approved";
-        audit.reason = Some(Reason::NotApproved.as_str());
-        self.audit(audit);
-        let why = match outcome {
-            Outcome::Denied => "the person said no",
-            Outcome::Cancelled => "the prompt was cancelled",
-            Outcome::Unavailable => {
-                "nobody could be asked (no approver: run `nod agent` in a terminal or with \
-                 --approver-command)"
+        let why = match (decision.outcome(), decision.reason()) {
+            (Outcome::Denied, _) => "the person said no",
+            (Outcome::Cancelled, _) => "the prompt was cancelled",
+            (_, Some("audit_failed")) => "the audit log cannot be written",
+            (_, Some("presence_unavailable")) => {
+                "this needs verified presence (a password or a fingerprint), and no approver \
+                 here can ask for it"
+            }
+            (Outcome::Unavailable, _) => {
+                "nobody could be asked (no approver reaches you: see `nod doctor`)"
             }
             _ => "the approver failed or timed out",
         };
@@ -1015,7 +1006,7 @@ impl SecretsService {
         &self,
         entry: PolicyEntry,
         replaces: Option<&str>,
-        mut audit: SecretsAudit,
+        audit: AuditEvent,
         interpreter: bool,
     ) -> Response {
         let hash = entry.hash.clone();
@@ -1028,15 +1019,14 @@ impl SecretsService {
         };
         if let Err(e) = saved {
             event!("{e}");
-            audit.reason = Some(Reason::InternalError.as_str());
-            self.audit(&audit);
+            self.core
+                .record(audit, Outcome::Failed, Some(Reason::InternalError.as_str()));
             return Refusal::Internal(policy_message(&e)).response();
         }
         if let Err(e) = lock(&self.pending).remove(&hash) {
             event!("secrets: cannot save the pending queue: {e}");
         }
-        audit.decision = "approved";
-        self.audit(&audit);
+        drop(audit);
         let mut resp = Response::success(Vec::new());
         resp.message = Some(if interpreter {
             format!(

@@ -26,9 +26,11 @@ use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, HashAlg, PrivateKey};
 use tokio::time::Instant;
 
-use super::policy::{CallerScope, GrantScope, format_duration};
-use super::{PROMPT_TIMEOUT, SshAgentService, SshError, decision_word};
-use crate::approvers::{Outcome, Prompt, SessionCertPrompt};
+use super::policy::{CallerScope, GrantScope, format_duration, rate_key};
+use super::{PROMPT_TIMEOUT, SshAgentService, SshError};
+use crate::approvers::{Prompt, SessionCertPrompt};
+use crate::audit::{AuditEvent, Service, clip};
+use crate::decision::{Ask, decision_word};
 use crate::lock;
 use crate::log::event;
 
@@ -291,33 +293,29 @@ impl SshAgentService {
             caller: CallerScope::of(pid, exe.clone()),
             destination: None,
         };
-        let outcome = if self.stored.approvals.may_prompt(&scope) {
-            let _turn = self.prompt_turn.lock().await;
-            let deadline = Instant::now() + PROMPT_TIMEOUT;
-            tokio::time::timeout_at(deadline, self.approver.approve(&prompt, deadline))
-                .await
-                .unwrap_or(Outcome::Failed)
-        } else {
-            event!("ssh agent: too many prompts from {exe:?}; refused without asking");
-            Outcome::Failed
-        };
-        let decision = decision_word(outcome);
-        event!("ssh agent: {summary} for {exe:?} (pid {pid:?}): {decision}");
-        let logged = self
-            .audit_ssh(super::SshAudit {
-                comment: &summary,
-                fingerprint: ca_fingerprint,
+        let ask = Ask {
+            prompt,
+            event: AuditEvent {
+                service: Service::Ssh,
+                action: Some("session-cert".into()),
+                key_comment: Some(clip(&summary)),
+                key_fingerprint: Some(ca_fingerprint),
                 caller_pid: pid,
-                caller_exe: exe.as_deref(),
-                decision,
-                reason: None,
-            })
-            .is_ok();
-        if outcome != Outcome::Approved {
-            return Err(SshError::NotApproved(outcome));
-        }
-        if !logged {
-            return Err(SshError::Audit);
+                caller_exe: exe.as_deref().map(clip),
+                ..Default::default()
+            },
+            deadline: Instant::now() + PROMPT_TIMEOUT,
+            required: self.presence,
+            rate_key: Some(rate_key(&scope)),
+            share_key: None,
+        };
+        let decision = self.core.decide(ask, std::future::pending()).await;
+        event!(
+            "ssh agent: {summary} for {exe:?} (pid {pid:?}): {}",
+            decision_word(decision.outcome())
+        );
+        if !decision.approved() {
+            return Err(SshError::NotApproved(decision.outcome()));
         }
         let (key, cert) = mint(&ca, &request, SystemTime::now()).map_err(|e| {
             event!("ssh agent: cannot mint the session certificate: {e}");

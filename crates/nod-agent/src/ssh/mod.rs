@@ -48,7 +48,7 @@ use ssh_agent_lib::proto::extension::SessionBind;
 use ssh_agent_lib::proto::{
     AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, EcdsaPrivateKey, Extension,
     Identity, KeyConstraint, PrivateCredential, PrivateKeyData, PublicCredential, RemoveIdentity,
-    Response, SignRequest, SmartcardKey,
+    Request, Response, SignRequest, SmartcardKey,
 };
 use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
 use ssh_key::public::{EcdsaPublicKey, KeyData};
@@ -59,12 +59,12 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use zeroize::Zeroizing;
 
-use crate::approvers::{Approver, Outcome, Prompt, SshDestination, SshSignPrompt};
-use crate::audit::{AuditEvent, AuditLog, clip};
+use crate::approvers::{Outcome, Prompt, Required, SshDestination, SshSignPrompt};
+use crate::audit::{AuditEvent, Service, clip};
 use crate::caller::chain::{self, ProcessLink};
+use crate::decision::{Ask, Core, decision_word};
 use crate::lock;
 use crate::log::event;
-use crate::now_ms;
 use bind::{BindError, Bindings};
 use codec::{CappedCodec, CodecError, Frame};
 
@@ -131,6 +131,28 @@ impl SshError {
             | Self::SessionMismatch
             | Self::BadConstraint(_)
             | Self::NotPermitted(_) => Response::Failure,
+        }
+    }
+
+    /// The audit reason of a signature refused before any prompt; `None` for what is not a
+    /// refusal of a held key (a key we do not hold, a decision the core already recorded).
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Locked => Some("locked"),
+            Self::RsaSha1 => Some("rsa_sha1"),
+            Self::BindFailed | Self::Bind(_) => Some("bad_session_bind"),
+            Self::SessionMismatch => Some("session_mismatch"),
+            Self::NotPermitted(_) => Some("destination_not_permitted"),
+            Self::NotLocked
+            | Self::WrongPassphrase
+            | Self::UnknownKey
+            | Self::Unsupported(_)
+            | Self::RsaTooSmall(_)
+            | Self::BadKey(_)
+            | Self::Sign
+            | Self::NotApproved(_)
+            | Self::Audit
+            | Self::BadConstraint(_) => None,
         }
     }
 }
@@ -277,10 +299,10 @@ impl HeldKeys {
 #[derive(Debug)]
 pub struct SshAgentService {
     keyring: Mutex<HeldKeys>,
-    approver: Arc<dyn Approver>,
-    audit: Arc<Mutex<AuditLog>>,
-    /// One confirm prompt at a time.
-    prompt_turn: tokio::sync::Mutex<()>,
+    /// Asks the person, records every decision and refusal.
+    core: Arc<Core>,
+    /// The least presence a signature that needs the person asks for.
+    presence: Required,
     /// Lifetime of keys added without one (`nod ssh-agent -t`).
     default_lifetime: Option<Duration>,
     /// Where destination names come from.
@@ -292,17 +314,22 @@ pub struct SshAgentService {
 }
 
 impl SshAgentService {
-    pub fn new(approver: Arc<dyn Approver>, audit: Arc<Mutex<AuditLog>>) -> Self {
+    pub fn new(core: Arc<Core>) -> Self {
         Self {
             keyring: Mutex::new(HeldKeys::default()),
-            approver,
-            audit,
-            prompt_turn: tokio::sync::Mutex::new(()),
+            core,
+            presence: Required::Any,
             default_lifetime: None,
             known_hosts: default_known_hosts(),
             signers: sign::Signers::default(),
             stored: stored::Stored::default(),
         }
+    }
+
+    /// Signatures that need the person need this presence (`[presence] ssh`).
+    pub fn with_presence(mut self, presence: Required) -> Self {
+        self.presence = presence;
+        self
     }
 
     /// Gives keys added without a lifetime this one, as `ssh-agent -t`.
@@ -518,11 +545,40 @@ impl SshAgentService {
             .ok_or(SshError::UnknownKey)
     }
 
+    /// Signs `request` for `caller`, asking the person first if the key's policy says so.
+    /// Refusals are recorded in the audit log with their reason; `gone` resolves when the
+    /// client has hung up, which withdraws an open prompt.
     async fn sign(
         &self,
         request: &SignRequest,
         caller: &Caller,
         bindings: &Bindings,
+        gone: impl std::future::Future<Output = ()>,
+    ) -> Result<Signature, SshError> {
+        let result = self.sign_checked(request, caller, bindings, gone).await;
+        if let Err(e) = &result
+            && let Some(reason) = e.refusal_reason()
+        {
+            let public = match &request.credential {
+                PublicCredential::Key(public) => public,
+                PublicCredential::Cert(cert) => cert.public_key(),
+            };
+            let fingerprint = ssh_key::PublicKey::from(public.clone())
+                .fingerprint(HashAlg::Sha256)
+                .to_string();
+            let mut record = sign_event(caller, None, fingerprint);
+            record.destination = bindings.last().map(|b| b.host_fingerprint());
+            let _ = self.core.refuse(record, reason);
+        }
+        result
+    }
+
+    async fn sign_checked(
+        &self,
+        request: &SignRequest,
+        caller: &Caller,
+        bindings: &Bindings,
+        gone: impl std::future::Future<Output = ()>,
     ) -> Result<Signature, SshError> {
         let public = match &request.credential {
             PublicCredential::Key(public) => public,
@@ -541,114 +597,80 @@ impl SshAgentService {
         let (key, comment, policy) = self.find_with_policy(&request.credential)?;
         // `never` asks nobody, so skip building a grant scope (it reads `/proc`): this is the
         // hot path of an agent used like ssh-agent.
-        let auth = if matches!(policy, policy::Policy::Never) {
-            None
-        } else {
-            let destination = bindings
-                .last()
-                .and_then(|b| ssh_key::PublicKey::from(b.host_key.clone()).to_bytes().ok());
-            match self.authorization(public, policy, caller.pid, caller.exe.clone(), destination) {
-                stored::Need::Nothing => None,
-                stored::Need::Remembered => {
-                    // No prompt, but the signature is on record like an approved one (never
-                    // with the data signed).
-                    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-                    self.audit_ssh(SshAudit {
-                        comment: &comment,
-                        fingerprint,
-                        caller_pid: caller.pid,
-                        caller_exe: caller.exe.as_deref(),
-                        decision: "approved",
-                        reason: Some("remembered grant"),
-                    })?;
-                    None
-                }
-                stored::Need::Ask(auth) => Some(auth),
+        if matches!(policy, policy::Policy::Never) {
+            return self.signers.sign(&key, &request.data, request.flags).await;
+        }
+        let destination = bindings
+            .last()
+            .and_then(|b| ssh_key::PublicKey::from(b.host_key.clone()).to_bytes().ok());
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let mut record = sign_event(caller, Some(&comment), fingerprint.clone());
+        record.destination = bindings.last().map(|b| b.host_fingerprint());
+        match self.authorization(public, policy, caller.pid, caller.exe.clone(), destination) {
+            stored::Need::Nothing => {}
+            stored::Need::Remembered => {
+                // No prompt, but the signature is on record like an approved one (never with
+                // the data signed), and not made if it cannot be.
+                self.core
+                    .allow_by_policy(record, "remembered grant")
+                    .map_err(|_| SshError::Audit)?;
             }
-        };
-        if let Some(auth) = auth {
-            let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-            let prompt = Prompt::SshSign(SshSignPrompt {
-                key_comment: comment.clone(),
-                fingerprint: fingerprint.clone(),
-                caller_pid: caller.pid,
-                caller_exe: caller.exe.clone(),
-                process_chain: caller.chain.clone(),
-                destination: self.destination(caller, bindings).await,
-                forwarded: bindings.forwarded(),
-                purpose: purpose.to_string(),
-            });
-            let outcome = self
-                .prompt_shared(&auth, &request.data, async {
-                    let _turn = self.prompt_turn.lock().await;
-                    let deadline = Instant::now() + PROMPT_TIMEOUT;
-                    tokio::time::timeout_at(deadline, self.approver.approve(&prompt, deadline))
-                        .await
-                        .unwrap_or(Outcome::Failed)
-                })
-                .await;
-            let decision = decision_word(outcome);
-            event!(
-                "ssh agent: signature with {comment:?} {fingerprint} for {}: {decision}",
-                caller.describe()
-            );
-            let logged = self
-                .audit_ssh(SshAudit {
-                    comment: &comment,
-                    fingerprint,
+            stored::Need::Ask(auth) => {
+                let prompt = Prompt::SshSign(SshSignPrompt {
+                    key_comment: comment.clone(),
+                    fingerprint: fingerprint.clone(),
                     caller_pid: caller.pid,
-                    caller_exe: caller.exe.as_deref(),
-                    decision,
-                    reason: None,
-                })
-                .is_ok();
-            if outcome != Outcome::Approved {
-                return Err(SshError::NotApproved(outcome));
+                    caller_exe: caller.exe.clone(),
+                    process_chain: caller.chain.clone(),
+                    destination: self.destination(caller, bindings).await,
+                    forwarded: bindings.forwarded(),
+                    purpose: purpose.to_string(),
+                });
+                let ask = Ask {
+                    prompt,
+                    event: record,
+                    deadline: Instant::now() + PROMPT_TIMEOUT,
+                    required: self.presence,
+                    rate_key: Some(policy::rate_key(&auth.scope)),
+                    share_key: Some(policy::request_id(&auth.scope, &request.data)),
+                };
+                let decision = self.core.decide(ask, gone).await;
+                event!(
+                    "ssh agent: signature with {comment:?} {fingerprint} for {}: {}",
+                    caller.describe(),
+                    decision_word(decision.outcome())
+                );
+                if !decision.approved() {
+                    return Err(SshError::NotApproved(decision.outcome()));
+                }
+                if let policy::Policy::Remember(ttl) = auth.policy {
+                    self.stored
+                        .approvals
+                        .grant(auth.scope.clone(), ttl, Instant::now());
+                }
+                // The key may have been removed, or the agent locked, while the prompt was
+                // open.
+                self.find_with_policy(&request.credential)?;
             }
-            if !logged {
-                return Err(SshError::Audit);
-            }
-            // The key may have been removed, or the agent locked, while the prompt was open.
-            self.find_with_policy(&request.credential)?;
         }
         self.signers.sign(&key, &request.data, request.flags).await
     }
 }
 
-/// What one SSH audit line says: never the data that was signed.
-struct SshAudit<'a> {
-    comment: &'a str,
-    fingerprint: String,
-    caller_pid: Option<i32>,
-    caller_exe: Option<&'a str>,
-    decision: &'a str,
-    reason: Option<&'a str>,
+/// The audit line of a signature: the key and the caller, never the data signed.
+fn sign_event(caller: &Caller, comment: Option<&str>, fingerprint: String) -> AuditEvent {
+    AuditEvent {
+        service: Service::Ssh,
+        action: Some("sign".into()),
+        key_comment: comment.map(clip),
+        key_fingerprint: Some(fingerprint),
+        caller_pid: caller.pid,
+        caller_exe: caller.exe.as_deref().map(clip),
+        ..Default::default()
+    }
 }
 
 impl SshAgentService {
-    /// Appends one SSH decision to the shared audit chain. A decision that cannot be recorded
-    /// must not be acted on, so callers refuse the signature on `Err`.
-    fn audit_ssh(&self, a: SshAudit<'_>) -> Result<(), SshError> {
-        lock(&self.audit)
-            .append(
-                &AuditEvent {
-                    service: "ssh",
-                    key_comment: Some(clip(a.comment)),
-                    key_fingerprint: Some(a.fingerprint),
-                    caller_pid: a.caller_pid,
-                    caller_exe: a.caller_exe.map(clip),
-                    decision: a.decision.to_owned(),
-                    reason: a.reason.map(str::to_owned),
-                    ..Default::default()
-                },
-                now_ms(),
-            )
-            .map_err(|e| {
-                event!("{e}");
-                SshError::Audit
-            })
-    }
-
     /// The destination constraints of a key added with `ssh-add -h`, enforced as OpenSSH's
     /// agent does for a sign request: only on a bound connection, only a login request for the
     /// session last bound, along a permitted chain of hops and for a permitted user.
@@ -767,17 +789,6 @@ fn check_hostbound(blob: &[u8], last: &bind::Binding) -> Result<(), SshError> {
     }
 }
 
-/// The audit log's `decision` word for an approver outcome.
-pub fn decision_word(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Approved => "approved",
-        Outcome::Denied => "denied",
-        Outcome::Cancelled => "cancelled",
-        Outcome::Unavailable => "unavailable",
-        Outcome::Failed => "failed",
-    }
-}
-
 /// The extensions `query` reports.
 pub const SUPPORTED_EXTENSIONS: &[&str] = &["query", "session-bind@openssh.com", cert::EXTENSION];
 
@@ -811,6 +822,25 @@ impl SshSession {
         let mut framed = Framed::new(stream, CappedCodec::default());
         while let Some(frame) = framed.next().await {
             let response = match frame {
+                // Signing may ask the person: the prompt watches this connection, so a client
+                // that hangs up (an interrupted `ssh`) withdraws it.
+                Ok(Frame::Request(request)) if matches!(*request, Request::SignRequest(_)) => {
+                    let Request::SignRequest(request) = *request else {
+                        unreachable!()
+                    };
+                    let gone = crate::socket::hung_up(framed.get_ref());
+                    match self
+                        .service
+                        .sign(&request, &self.caller, &self.bindings, gone)
+                        .await
+                    {
+                        Ok(signature) => Response::SignResponse(signature),
+                        Err(e) => {
+                            event!("ssh agent: {e}");
+                            Response::Failure
+                        }
+                    }
+                }
                 Ok(Frame::Request(request)) => match self.handle(*request).await {
                     Ok(response) => response,
                     // Already logged, with the reason, by `refuse`.
@@ -864,8 +894,14 @@ impl Session for SshSession {
     }
 
     async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
+        // `run` serves sign requests itself, with the connection to watch; this path has none.
         self.service
-            .sign(&request, &self.caller, &self.bindings)
+            .sign(
+                &request,
+                &self.caller,
+                &self.bindings,
+                std::future::pending(),
+            )
             .await
             .map_err(refuse)
     }

@@ -11,26 +11,19 @@
 //! the policy set with `nod keys policy`.
 //!
 //! Identical requests that arrive while one is being prompted for (same key, caller,
-//! destination and data) wait for that prompt's answer instead of opening their own. Prompts
-//! are rate-limited per key × caller, so a looping client cannot wear the person down.
+//! destination and data, [`request_id`]) share that prompt, and prompts are rate-limited per
+//! key × caller ([`rate_key`]); both are done by the decision core.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::approvers::Outcome;
-use crate::decision::rate::RateLimiter;
 pub use crate::duration::{format_duration, parse_duration};
 pub use crate::keystore::ssh::{DEFAULT_REMEMBER_TTL, Policy};
 use crate::lock;
-
-/// Prompts per key × caller before the bucket runs dry, and its refill per minute.
-const PROMPT_BURST: u32 = 5;
-const PROMPTS_PER_MINUTE: u32 = 20;
 
 /// Grants kept before expired ones are swept.
 const MAX_GRANTS: usize = 4096;
@@ -100,29 +93,10 @@ pub fn request_id(scope: &GrantScope, data: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The first of several identical requests prompts; the others wait for its outcome.
-#[derive(Debug)]
-pub enum Turn {
-    Leader(watch::Sender<Option<Outcome>>),
-    Follower(watch::Receiver<Option<Outcome>>),
-}
-
-/// Grants, in-flight prompts and the prompt rate limit of one agent.
-#[derive(Debug)]
+/// The live `remember` grants of one agent.
+#[derive(Debug, Default)]
 pub struct Approvals {
     grants: Mutex<HashMap<GrantScope, Instant>>,
-    in_flight: Mutex<HashMap<[u8; 32], watch::Receiver<Option<Outcome>>>>,
-    rate: Mutex<RateLimiter>,
-}
-
-impl Default for Approvals {
-    fn default() -> Self {
-        Self {
-            grants: Mutex::default(),
-            in_flight: Mutex::default(),
-            rate: Mutex::new(RateLimiter::new(PROMPT_BURST, PROMPTS_PER_MINUTE)),
-        }
-    }
 }
 
 impl Approvals {
@@ -155,43 +129,18 @@ impl Approvals {
     pub fn revoke_all(&self) {
         lock(&self.grants).clear();
     }
-
-    /// Joins the prompt for an identical request already open, or becomes its leader.
-    pub fn join(&self, id: [u8; 32]) -> Turn {
-        let mut in_flight = lock(&self.in_flight);
-        if let Some(rx) = in_flight.get(&id) {
-            return Turn::Follower(rx.clone());
-        }
-        let (tx, rx) = watch::channel(None);
-        in_flight.insert(id, rx);
-        Turn::Leader(tx)
-    }
-
-    /// The leader is done: later identical requests prompt again.
-    pub fn finish(&self, id: &[u8; 32], tx: &watch::Sender<Option<Outcome>>, outcome: Outcome) {
-        lock(&self.in_flight).remove(id);
-        tx.send_replace(Some(outcome));
-    }
-
-    /// Takes a prompt token for this key × caller; false when the caller asks too often.
-    pub fn may_prompt(&self, scope: &GrantScope) -> bool {
-        let key = format!(
-            "{}|{}|{:?}|{:?}",
-            hex::encode(&scope.key),
-            scope.caller.exe.as_deref().unwrap_or(""),
-            scope.caller.session,
-            scope.caller.tty
-        );
-        lock(&self.rate).try_take(&key, std::time::Instant::now())
-    }
 }
 
-/// Waits for the leader's outcome; a leader that vanished without answering is `Failed`.
-pub async fn follow(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
-    match rx.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.unwrap_or(Outcome::Failed),
-        Err(_) => Outcome::Failed,
-    }
+/// The prompt rate-limit bucket of a request: key × caller, so a looping client cannot wear
+/// the person down.
+pub fn rate_key(scope: &GrantScope) -> String {
+    format!(
+        "{}|{}|{:?}|{:?}",
+        hex::encode(&scope.key),
+        scope.caller.exe.as_deref().unwrap_or(""),
+        scope.caller.session,
+        scope.caller.tty
+    )
 }
 
 #[cfg(test)]
@@ -266,24 +215,5 @@ mod tests {
         s.caller.exe = None;
         approvals.grant(s.clone(), Duration::from_secs(10), Instant::now());
         assert!(!approvals.granted(&s, Instant::now()));
-    }
-
-    #[tokio::test]
-    async fn identical_requests_share_one_outcome() {
-        let approvals = Approvals::default();
-        let id = request_id(&scope("/usr/bin/ssh"), b"data");
-        let Turn::Leader(tx) = approvals.join(id) else {
-            panic!("first request leads")
-        };
-        let Turn::Follower(rx) = approvals.join(id) else {
-            panic!("second request follows")
-        };
-        assert!(matches!(
-            approvals.join(request_id(&scope("/usr/bin/ssh"), b"other")),
-            Turn::Leader(_)
-        ));
-        approvals.finish(&id, &tx, Outcome::Approved);
-        assert_eq!(follow(rx).await, Outcome::Approved);
-        assert!(matches!(approvals.join(id), Turn::Leader(_)));
     }
 }

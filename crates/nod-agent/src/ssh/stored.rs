@@ -7,7 +7,6 @@
 //! next request. Any change to the file drops every `remember` grant: a policy tightened with
 //! `nod keys policy` must not be outlived by a grant made under the old one.
 
-use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
@@ -17,9 +16,8 @@ use ssh_key::public::KeyData;
 use tokio::time::Instant;
 
 use super::cert::SessionCerts;
-use super::policy::{Approvals, CallerScope, GrantScope, Policy, Turn, follow, request_id};
+use super::policy::{Approvals, CallerScope, GrantScope, Policy};
 use super::{SshAgentService, SshError};
-use crate::approvers::Outcome;
 use crate::keystore::{Keystore, SSH_KEYS_FILE};
 use crate::lock;
 use crate::log::event;
@@ -218,75 +216,6 @@ impl SshAgentService {
                 Need::Remembered
             }
             Policy::Always | Policy::Remember(_) => Need::Ask(Authorization { policy, scope }),
-        }
-    }
-
-    /// Runs `prompt` once for identical concurrent requests (the others get its outcome), under
-    /// the prompt rate limit; remembers an approval under a `remember` policy.
-    pub(super) async fn prompt_shared<F>(
-        &self,
-        auth: &Authorization,
-        data: &[u8],
-        prompt: F,
-    ) -> Outcome
-    where
-        F: Future<Output = Outcome>,
-    {
-        let approvals = &self.stored.approvals;
-        let id = request_id(&auth.scope, data);
-        let outcome = match approvals.join(id) {
-            Turn::Follower(rx) => {
-                event!("ssh agent: identical request waits for the open prompt");
-                follow(rx).await
-            }
-            Turn::Leader(tx) => {
-                // Whatever happens (even if this future is dropped), followers are released.
-                let guard = LeaderGuard {
-                    approvals,
-                    id,
-                    tx: Some(tx),
-                };
-                let outcome = if approvals.may_prompt(&auth.scope) {
-                    prompt.await
-                } else {
-                    event!(
-                        "ssh agent: too many prompts from {:?}; refused without asking",
-                        auth.scope.caller.exe
-                    );
-                    Outcome::Failed
-                };
-                guard.finish(outcome);
-                outcome
-            }
-        };
-        if outcome == Outcome::Approved {
-            if let Policy::Remember(ttl) = auth.policy {
-                approvals.grant(auth.scope.clone(), ttl, Instant::now());
-            }
-        }
-        outcome
-    }
-}
-
-/// Releases the followers of a prompt with its outcome, or `Failed` if the leader went away.
-struct LeaderGuard<'a> {
-    approvals: &'a Approvals,
-    id: [u8; 32],
-    tx: Option<tokio::sync::watch::Sender<Option<Outcome>>>,
-}
-
-impl LeaderGuard<'_> {
-    fn finish(mut self, outcome: Outcome) {
-        if let Some(tx) = self.tx.take() {
-            self.approvals.finish(&self.id, &tx, outcome);
-        }
-    }
-}
-
-impl Drop for LeaderGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            self.approvals.finish(&self.id, &tx, Outcome::Failed);
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use nod_agent::approvers::command::CommandApprover;
 use nod_agent::audit::AuditLog;
+use nod_agent::decision::{Core, RateSettings};
 use nod_agent::keystore::Keystore;
 use nod_agent::now_ms;
 use nod_agent::pam::hosts::{HostAllowlist, HostsFile};
@@ -91,6 +92,16 @@ pub async fn start(script: &str) -> Harness {
 }
 
 pub async fn start_with(script: &str, settings: ApprovalSettings, allow_host: bool) -> Harness {
+    start_rated(script, settings, RateSettings::default(), allow_host).await
+}
+
+/// A harness whose decision core limits prompts to `rate`.
+pub async fn start_rated(
+    script: &str,
+    settings: ApprovalSettings,
+    rate: RateSettings,
+    allow_host: bool,
+) -> Harness {
     let dir = TempDir::new("agent");
     let paths = Paths::under(&dir.0);
     let host_key = SigningKey::from_bytes(&[0x11; 32]);
@@ -111,11 +122,15 @@ pub async fn start_with(script: &str, settings: ApprovalSettings, allow_host: bo
     let agent_key = Keystore::open(&paths).agent_key().unwrap();
     let agent_pub = agent_key.public_key();
     let agent_key_id = agent_key.key_id().clone();
+    let core = Core::new(
+        vec![Arc::new(approver)],
+        Arc::new(AuditLog::open(&paths.audit_log()).unwrap()),
+        rate,
+    );
     let service = Arc::new(ApprovalService::new(
         agent_key,
         HostAllowlist::open(&paths.hosts_file()),
-        AuditLog::open(&paths.audit_log()).unwrap(),
-        Arc::new(approver),
+        Arc::new(core),
         settings,
     ));
     let socket = paths.approval_socket().unwrap();
