@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 15
 all: build
 
 build:
-	$(CARGO) build --workspace
+	$(CARGO) build --workspace --bins --examples
 
 # Build and run the agent in the foreground with defaults.
 run:

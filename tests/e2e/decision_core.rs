@@ -96,7 +96,8 @@ fn prompts_of_pam_ssh_and_secrets_on_one_approver_are_shown_one_at_a_time() {
 
     std::thread::scope(|s| {
         let pam: Vec<_> = (0..2)
-            .map(|_| s.spawn(|| code(&host.request("root", &[]))))
+            // Time enough to wait behind the other prompts on a loaded machine.
+            .map(|_| s.spawn(|| code(&host.request("root", &["--timeout-ms", "30000"]))))
             .collect();
         let ssh: Vec<_> = (0..2)
             .map(|i| {

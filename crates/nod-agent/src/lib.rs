@@ -54,7 +54,8 @@
 //! `docs/protocol/secrets.md`, types in `nod-client`.
 //! Behaviour: `docs/design.md` §1, "Approvers", "Audit" and "Files".
 
-#![forbid(unsafe_code)]
+// `caller::sys` is the one module allowed `unsafe` (pidfd socket options and control messages).
+#![deny(unsafe_code)]
 
 pub mod approvers;
 pub mod audit;

@@ -100,6 +100,10 @@ pub fn default_socket() -> Result<PathBuf, ClientError> {
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// The session opened by `HELLO`, on the first request.
+    session: Option<String>,
+    /// Sent with each request (`nod secrets --remember`).
+    remember_secs: Option<u64>,
 }
 
 impl Client {
@@ -123,6 +127,8 @@ impl Client {
         Ok(Self {
             reader: BufReader::new(stream),
             writer,
+            session: None,
+            remember_secs: None,
         })
     }
 
@@ -176,9 +182,37 @@ impl Client {
         Ok(resp)
     }
 
-    /// Sends a request; a `denied` or `error` answer is an error.
+    /// Opens the session, once per connection: the agent judges this process now, and only
+    /// requests sent after its answer (carrying the session id) are served.
+    pub fn hello(&mut self) -> Result<&str, ClientError> {
+        if self.session.is_none() {
+            let resp = Self::ok(self.call(&Message::Hello)?)?;
+            let session = resp
+                .session
+                .ok_or_else(|| ClientError::BadResponse("the agent opened no session".into()))?;
+            self.session = Some(session);
+        }
+        Ok(self.session.as_deref().unwrap_or_default())
+    }
+
+    /// Asks, with every later request, that an approval of the `nod` command line be
+    /// remembered for `duration` (the agent caps it; other callers' requests ignore it).
+    pub fn remember_for(&mut self, duration: Option<Duration>) {
+        self.remember_secs = duration.map(|d| d.as_secs());
+    }
+
+    /// Sends a request in this connection's session and reads its response, whatever its
+    /// status.
+    pub fn send(&mut self, mut request: Request) -> Result<Response, ClientError> {
+        request.session = Some(self.hello()?.to_owned());
+        request.remember_secs = request.remember_secs.or(self.remember_secs);
+        self.call(&Message::Request(request))
+    }
+
+    /// Sends a request in this connection's session; a `denied` or `error` answer is an
+    /// error.
     pub fn request(&mut self, request: Request) -> Result<Vec<Item>, ClientError> {
-        Self::ok(self.call(&Message::Request(request))?).map(|r| r.results)
+        Self::ok(self.send(request)?).map(|r| r.results)
     }
 
     /// Sends a control message; a `denied` or `error` answer is an error.

@@ -104,6 +104,14 @@ pub struct Request {
     pub values: Vec<SecretValue>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// **nod**: the session the connection's `HELLO` opened. A request that carries it was
+    /// sent after the agent judged the connected process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// **nod**, from the `nod` command line only: after the person approves, let the same
+    /// caller do the same kind of request on this service again for this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remember_secs: Option<u64>,
 }
 
 impl Request {
@@ -115,6 +123,8 @@ impl Request {
             targets: Vec::new(),
             values: Vec::new(),
             attributes: BTreeMap::new(),
+            session: None,
+            remember_secs: None,
         }
     }
 }
@@ -133,6 +143,9 @@ pub enum Control {
         write: Vec<String>,
         #[serde(default)]
         search: bool,
+        /// Serve its requests without a `HELLO` session (see [`PolicyEntry`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        legacy_protocol: bool,
     },
     /// Register a pending binary. Empty grants mean "what it asked for".
     Approve {
@@ -143,6 +156,9 @@ pub enum Control {
         write: Vec<String>,
         #[serde(default)]
         search: bool,
+        /// Serve its requests without a `HELLO` session (see [`PolicyEntry`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        legacy_protocol: bool,
     },
     /// The binary at `path` changed: move its grants to the new hash.
     Upgrade {
@@ -161,6 +177,10 @@ pub enum Control {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum Message {
+    /// **nod**: opens a session. The agent judges the connected process now and answers
+    /// with the session id that each later `REQUEST` carries.
+    #[serde(rename = "HELLO")]
+    Hello,
     #[serde(rename = "REQUEST")]
     Request(Request),
     #[serde(rename = "CONTROL")]
@@ -217,10 +237,14 @@ pub enum Reason {
     NotSupported,
     /// **nod**: the named hash, path or item is not there.
     NotFound,
+    /// **nod**: the calling process cannot be trusted to be what it runs (it is traced, was
+    /// started with `LD_PRELOAD`, runs in another namespace, exec'd since it connected, or
+    /// sent outside its session).
+    UntrustedCaller,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Self::UnregisteredBinary,
         Self::ActionNotInPolicy,
         Self::ServiceNotAllowed,
@@ -229,6 +253,7 @@ impl Reason {
         Self::NotApproved,
         Self::NotSupported,
         Self::NotFound,
+        Self::UntrustedCaller,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -241,6 +266,7 @@ impl Reason {
             Self::NotApproved => "not_approved",
             Self::NotSupported => "not_supported",
             Self::NotFound => "not_found",
+            Self::UntrustedCaller => "untrusted_caller",
         }
     }
 
@@ -275,6 +301,10 @@ pub struct PolicyEntry {
     /// **nod**: the binary is an interpreter, so every script it runs has these grants.
     #[serde(default)]
     pub interpreter: bool,
+    /// **nod**: its requests are served without a `HELLO` session (keychain-auth clients),
+    /// which leaves the send-then-exec window of docs/security.md open for this binary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_protocol: bool,
 }
 
 /// A refused, unregistered caller (§Pending queue). No argv beyond argv[0].
@@ -312,6 +342,9 @@ pub struct Response {
     /// **nod**: the answer to `Status`, as the agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<serde_json::Value>,
+    /// **nod**: the answer to `HELLO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl Response {
@@ -325,6 +358,7 @@ impl Response {
             policy: None,
             pending: None,
             agent: None,
+            session: None,
         }
     }
 
@@ -392,7 +426,8 @@ mod tests {
                 path: "/bin/x".into(),
                 read: vec!["a".into()],
                 write: vec![],
-                search: false
+                search: false,
+                legacy_protocol: false,
             })
         );
         let m = Message::decode(br#"{"type":"CONTROL","op":"list_pending"}"#).unwrap();

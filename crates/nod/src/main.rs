@@ -3,6 +3,12 @@
 
 #![forbid(unsafe_code)]
 
+/// The mark by which the secrets broker knows this binary as nod's command line, whatever it
+/// is called: its requests are then asked of the person each time, and it cannot be
+/// registered (docs/security.md "Secrets broker").
+#[used]
+static NOD_CLI_MARK: [u8; 48] = nod_agent::caller::identity::nod_cli_mark();
+
 mod assets;
 mod doctor;
 mod keys;
@@ -88,33 +94,19 @@ enum Command {
     /// `eval "$(nod ssh-agent -s)"`; `eval "$(nod ssh-agent -k)"` stops it.
     SshAgent(ssh_agent::SshAgentArgs),
     /// Read and write secrets through the running agent's broker.
-    Secrets {
-        #[command(subcommand)]
-        command: secrets::SecretsCommand,
-    },
+    Secrets(secrets::SecretsArgs),
     /// Let a binary use the secrets broker (the agent asks you to approve).
     Register {
         path: PathBuf,
-        /// A service it may read (and search, with --search); repeatable.
-        #[arg(long, value_name = "SERVICE")]
-        read: Vec<String>,
-        /// A service it may write and delete in; repeatable.
-        #[arg(long, value_name = "SERVICE")]
-        write: Vec<String>,
-        /// Allow prefix reads and deletes, and search.
-        #[arg(long)]
-        search: bool,
+        #[command(flatten)]
+        grants: secrets::GrantArgs,
     },
     /// Register a binary from `nod list-pending` (the agent asks you to approve). Without
     /// grants, it gets the services it asked for.
     Approve {
         hash: String,
-        #[arg(long, value_name = "SERVICE")]
-        read: Vec<String>,
-        #[arg(long, value_name = "SERVICE")]
-        write: Vec<String>,
-        #[arg(long)]
-        search: bool,
+        #[command(flatten)]
+        grants: secrets::GrantArgs,
     },
     /// A registered binary was updated: move its grants to the new file's hash (asks you).
     Upgrade { path: PathBuf },
@@ -307,19 +299,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit {
             command: AuditCommand::Verify,
         } => audit_verify(&paths),
-        Command::Secrets { command } => secrets::secrets(&paths, command),
-        Command::Register {
-            path,
-            read,
-            write,
-            search,
-        } => secrets::register(&paths, &path, read, write, search),
-        Command::Approve {
-            hash,
-            read,
-            write,
-            search,
-        } => secrets::approve(&paths, hash, read, write, search),
+        Command::Secrets(args) => secrets::secrets(&paths, args),
+        Command::Register { path, grants } => secrets::register(&paths, &path, grants),
+        Command::Approve { hash, grants } => secrets::approve(&paths, hash, grants),
         Command::Upgrade { path } => secrets::upgrade(&paths, &path),
         Command::ListPending => secrets::list_pending(&paths),
         Command::Status { json } => status::run(&paths, json),

@@ -13,12 +13,44 @@ use nod_agent::paths::Paths;
 use nod_client::proto::{Control, SecretValue};
 use nod_client::{Client, default_socket};
 
+/// `nod secrets [--remember DURATION] …`.
+#[derive(Debug, clap::Args)]
+pub struct SecretsArgs {
+    /// When you approve, let the program that ran `nod` (in this session and terminal) do the
+    /// same kind of request on this service again for DURATION without asking (e.g. 10m, at
+    /// most 8h).
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub remember: Option<String>,
+    #[command(subcommand)]
+    pub command: SecretsCommand,
+}
+
+/// The grants of `nod register` and `nod approve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrantArgs {
+    /// A service it may read (and search, with --search); repeatable.
+    #[arg(long, value_name = "SERVICE")]
+    pub read: Vec<String>,
+    /// A service it may write and delete in; repeatable.
+    #[arg(long, value_name = "SERVICE")]
+    pub write: Vec<String>,
+    /// Allow prefix reads and deletes, and search.
+    #[arg(long)]
+    pub search: bool,
+    /// Serve its plain keychain-auth requests, sent without nod's session handshake. This
+    /// leaves a window open for this binary (a process can send a request and then exec it
+    /// before the agent looks); see docs/security.md. Only for clients that cannot use
+    /// nod-client.
+    #[arg(long)]
+    pub legacy_protocol: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SecretsCommand {
     /// Print the values of targets of a service, one per line.
     ///
-    /// The broker judges the calling binary, so `nod` itself must be registered
-    /// (`nod register "$(command -v nod)" --read SERVICE`).
+    /// `nod` is never registered: the agent asks you each time, naming the program that ran
+    /// it (see --remember).
     Get {
         service: String,
         #[arg(required = true)]
@@ -69,9 +101,17 @@ fn client(paths: &Paths) -> Result<Client> {
     Ok(Client::connect(&socket(paths)?)?)
 }
 
-pub fn secrets(paths: &Paths, command: SecretsCommand) -> Result<()> {
-    let mut c = client(paths)?;
-    match command {
+pub fn secrets(paths: &Paths, args: SecretsArgs) -> Result<()> {
+    let remember = args
+        .remember
+        .as_deref()
+        .map(nod_agent::duration::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--remember: {e}"))?;
+    // The agent asks the person before it answers: wait as long as the prompt may stay open.
+    let mut c = control_client(paths)?;
+    c.remember_for(remember);
+    match args.command {
         SecretsCommand::Get {
             service,
             targets,
@@ -160,42 +200,32 @@ fn control_client(paths: &Paths) -> Result<Client> {
     Ok(c)
 }
 
-pub fn register(
-    paths: &Paths,
-    path: &Path,
-    read: Vec<String>,
-    write: Vec<String>,
-    search: bool,
-) -> Result<()> {
+pub fn register(paths: &Paths, path: &Path, g: GrantArgs) -> Result<()> {
     let path = absolute(path)?;
     warn_interpreter(&path);
-    if read.is_empty() && write.is_empty() {
+    if g.read.is_empty() && g.write.is_empty() {
         bail!("grant at least one service: --read SERVICE and/or --write SERVICE");
     }
     eprintln!("nod: asking for approval through the agent…");
     let resp = control_client(paths)?.control(Control::Register {
         path,
-        read,
-        write,
-        search,
+        read: g.read,
+        write: g.write,
+        search: g.search,
+        legacy_protocol: g.legacy_protocol,
     })?;
     print_message(&resp);
     Ok(())
 }
 
-pub fn approve(
-    paths: &Paths,
-    hash: String,
-    read: Vec<String>,
-    write: Vec<String>,
-    search: bool,
-) -> Result<()> {
+pub fn approve(paths: &Paths, hash: String, g: GrantArgs) -> Result<()> {
     eprintln!("nod: asking for approval through the agent…");
     let resp = control_client(paths)?.control(Control::Approve {
         hash,
-        read,
-        write,
-        search,
+        read: g.read,
+        write: g.write,
+        search: g.search,
+        legacy_protocol: g.legacy_protocol,
     })?;
     print_message(&resp);
     Ok(())

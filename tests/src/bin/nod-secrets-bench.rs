@@ -74,6 +74,16 @@ fn wait_for_socket(socket: &Path) {
 }
 
 fn main() {
+    // `cargo run` sets LD_LIBRARY_PATH, and the broker refuses a caller started with it (it
+    // can load other code into the process): start again without it.
+    if std::env::var_os("LD_LIBRARY_PATH").is_some() {
+        use std::os::unix::process::CommandExt as _;
+        let e = Command::new(std::env::current_exe().expect("own path"))
+            .args(std::env::args_os().skip(1))
+            .env_remove("LD_LIBRARY_PATH")
+            .exec();
+        panic!("cannot run again without LD_LIBRARY_PATH: {e}");
+    }
     if std::env::var_os(CHILD_VAR).is_some() {
         keyring_child();
         return;

@@ -15,8 +15,8 @@ mod prompt;
 pub mod tty;
 
 pub use prompt::{
-    PamPrompt, Prompt, SecretsPrompt, SessionCertPrompt, SshDestination, SshSignPrompt,
-    display_safe,
+    PamPrompt, Prompt, SecretsPrompt, SecretsUsePrompt, SessionCertPrompt, SshDestination,
+    SshSignPrompt, display_safe,
 };
 
 use std::fmt;

@@ -45,6 +45,26 @@ pub struct SecretsPrompt {
     pub search: bool,
     /// The binary is an interpreter: the grant covers every script it runs.
     pub interpreter: bool,
+    /// The user can write the file, so anything running as the user can replace it.
+    pub writable: bool,
+    /// Its requests are to be served without a session handshake (keychain-auth clients).
+    pub legacy_protocol: bool,
+    /// Who asks for the change: the `nod` process and its ancestors (`nod ← bash ← setup.sh`).
+    pub requested_by: Vec<ProcessLink>,
+}
+
+/// A request of the `nod` command line itself (`nod secrets get`): the command line may read
+/// anything the person allows, so each use is asked, naming who ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretsUsePrompt {
+    /// `read`, `write`, `delete` or `search`.
+    pub action: String,
+    pub service: String,
+    pub targets: Vec<String>,
+    /// The `nod` process and its ancestors: the shell or script that ran it.
+    pub process_chain: Vec<ProcessLink>,
+    /// When approved, the same caller may do this again without asking for this long.
+    pub remember_secs: Option<u64>,
 }
 
 /// What an approver is asked. One variant per service; later services add their own.
@@ -64,6 +84,8 @@ pub enum Prompt {
     SecretsApprove(SecretsPrompt),
     /// `nod upgrade <path>`: a registered binary's grants move to its new hash.
     SecretsUpgrade(SecretsPrompt),
+    /// `nod secrets get|put|rm|ls`: the command line reads or writes a secret.
+    SecretsUse(SecretsUsePrompt),
 }
 
 /// Longest rendering of one field in a human-readable prompt.
@@ -98,6 +120,7 @@ impl Prompt {
             Self::SecretsRegister(_) => "secrets-register",
             Self::SecretsApprove(_) => "secrets-approve",
             Self::SecretsUpgrade(_) => "secrets-upgrade",
+            Self::SecretsUse(_) => "secrets-use",
         }
     }
 
@@ -176,6 +199,31 @@ impl Prompt {
                 display_safe(&p.path),
                 p.details()
             ),
+            Self::SecretsUse(p) => {
+                let targets = if p.targets.is_empty() {
+                    "(all names)".to_owned()
+                } else {
+                    p.targets
+                        .iter()
+                        .map(|t| display_safe(t))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut text = format!(
+                    "nod: {} {} in secrets service {}?\n  run by: {}",
+                    display_safe(&p.action),
+                    targets,
+                    display_safe(&p.service),
+                    display_safe(&describe_chain(&p.process_chain))
+                );
+                if let Some(secs) = p.remember_secs {
+                    text.push_str(&format!(
+                        "\n  and let the same caller do this again for {} without asking",
+                        format_duration(Duration::from_secs(secs))
+                    ));
+                }
+                text
+            }
         }
     }
 }
@@ -206,6 +254,24 @@ impl SecretsPrompt {
             text.push_str(
                 "\n  WARNING: this is an interpreter; approving it approves every script it runs",
             );
+        }
+        if self.writable {
+            text.push_str(
+                "\n  note: you can write this file, so anything running as you can replace it \
+                 (a replaced file needs `nod upgrade` and your yes again)",
+            );
+        }
+        if self.legacy_protocol {
+            text.push_str(
+                "\n  note: served without a session handshake (keychain-auth client); see \
+                 docs/security.md",
+            );
+        }
+        if !self.requested_by.is_empty() {
+            text.push_str(&format!(
+                "\n  asked by: {}",
+                display_safe(&describe_chain(&self.requested_by))
+            ));
         }
         text
     }
@@ -395,6 +461,9 @@ mod tests {
             write: vec![],
             search: false,
             interpreter: true,
+            writable: false,
+            legacy_protocol: false,
+            requested_by: Vec::new(),
         });
         let v: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
         assert_eq!(v["kind"], "secrets-register");

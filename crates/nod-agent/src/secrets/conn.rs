@@ -6,15 +6,15 @@
 //! from more than one sender is refused as a whole. Lines are capped at
 //! [`MAX_LINE`] before the buffer grows past it.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
 use nod_client::proto::MAX_LINE;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use crate::caller::identity::{Sender, boot_ns};
+use crate::caller::identity::Sender;
+use crate::caller::sys::recv_with_sender;
 
 const CHUNK: usize = 16 * 1024;
 
@@ -58,7 +58,13 @@ impl LineReader {
                 let rest = self.buf.split_off(i + 1);
                 let mut bytes = std::mem::replace(&mut self.buf, rest);
                 bytes.pop();
-                let sender = if self.mixed { None } else { self.sender };
+                // A descriptor that cannot be duplicated leaves the line without a sender,
+                // which refuses it.
+                let sender = if self.mixed {
+                    None
+                } else {
+                    self.sender.as_ref().and_then(|s| s.try_clone().ok())
+                };
                 // What is left arrived in the last chunk, from its one sender.
                 self.mixed = self.sender.is_none() && !self.buf.is_empty();
                 Ok(Some(Line { bytes, sender }))
@@ -78,35 +84,19 @@ impl LineReader {
             let room = (MAX_LINE + 1 - self.buf.len()).min(CHUNK);
             let mut chunk = [0u8; CHUNK];
             let fd = stream.as_raw_fd();
-            let (n, creds) = stream
+            let received = stream
                 .async_io(Interest::READABLE, || {
-                    let mut cmsg = nix::cmsg_space!(UnixCredentials);
-                    let mut iov = [IoSliceMut::new(&mut chunk[..room])];
-                    // The control buffer only fits credentials: any fds a peer tries to pass
-                    // do not fit and are not installed.
-                    let msg = recvmsg::<()>(
-                        fd,
-                        &mut iov,
-                        Some(&mut cmsg),
-                        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-                    )
-                    .map_err(io::Error::from)?;
-                    let mut creds = None;
-                    for c in msg.cmsgs().map_err(io::Error::from)? {
-                        if let ControlMessageOwned::ScmCredentials(uc) = c {
-                            creds = Some((uc.pid(), uc.uid()));
-                        }
-                    }
-                    Ok((msg.bytes, creds))
+                    recv_with_sender(fd, &mut chunk[..room])
                 })
                 .await?;
+            let n = received.bytes;
             if n == 0 {
                 return Ok(None);
             }
-            let sender = creds.map(|(pid, uid)| Sender {
+            let sender = received.credentials.map(|(pid, uid)| Sender {
                 pid,
                 uid,
-                received_boot_ns: boot_ns(),
+                pidfd: received.pidfd,
             });
             let starts_line = self.buf.is_empty();
             match (&self.sender, &sender) {
@@ -114,7 +104,7 @@ impl LineReader {
                 (Some(a), Some(b)) if same_process(a, b) => {}
                 _ => self.mixed = true,
             }
-            // Keep the newest receive time: the sender must have existed by then.
+            // Keep the newest chunk's pidfd: it names the process that finished the line.
             self.sender = sender;
             self.buf.extend_from_slice(&chunk[..n]);
             if let Some(line) = self.take_line()? {

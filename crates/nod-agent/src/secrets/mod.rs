@@ -22,6 +22,7 @@ pub mod keyring;
 pub mod policy;
 pub mod store;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,7 @@ use nod_client::proto::{
     Action, Control, DecodeError, Item, Match, Message, PendingEntry, PolicyEntry, Reason, Request,
     Response, Status,
 };
+use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -41,11 +43,13 @@ use self::conn::{Line, LineReader, ReadError};
 use self::keyring::{KeyringError, SecretService};
 use self::policy::{PendingQueue, PolicyError, PolicyStore};
 use self::store::{Change, FileStore, StoreError};
-use crate::approvers::{Outcome, Prompt, Required, SecretsPrompt};
+use crate::approvers::{Outcome, Prompt, Required, SecretsPrompt, SecretsUsePrompt};
 use crate::audit::{AuditEvent, Service, clip};
-use crate::caller::identity::{self as peer, Caller, HashCache, PeerError};
+use crate::caller::chain::{CallerScope, ProcessLink};
+use crate::caller::identity::{self as peer, Binary, HashCache, Judged, PeerError};
+use crate::caller::sys;
 use crate::config::SecretsBackend;
-use crate::decision::{Ask, Core};
+use crate::decision::{Ask, Core, Decision};
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
@@ -292,6 +296,9 @@ pub enum Refusal {
     NotFound(String),
     /// **nod**: the person said no to a policy change, or could not be asked.
     NotApproved(String),
+    /// **nod**: the calling process cannot be trusted to be what it runs (traced, injected,
+    /// another namespace, exec'd since it connected, outside its session).
+    Untrusted(String),
     /// The caller could not be verified, the policy is unusable, or the backend failed.
     Internal(String),
 }
@@ -303,6 +310,7 @@ impl Refusal {
             | Self::OtherUid
             | Self::ServiceNotAllowed
             | Self::ActionNotInPolicy
+            | Self::Untrusted(_)
             | Self::NotApproved(_) => Status::Denied,
             Self::Malformed(_) | Self::NotFound(_) | Self::Internal(_) => Status::Error,
         }
@@ -316,6 +324,7 @@ impl Refusal {
             Self::ActionNotInPolicy => Reason::ActionNotInPolicy,
             Self::NotFound(_) => Reason::NotFound,
             Self::NotApproved(_) => Reason::NotApproved,
+            Self::Untrusted(_) => Reason::UntrustedCaller,
             Self::Internal(_) => Reason::InternalError,
         }
     }
@@ -334,6 +343,7 @@ impl Refusal {
             | Self::Unregistered(m)
             | Self::NotFound(m)
             | Self::NotApproved(m)
+            | Self::Untrusted(m)
             | Self::Internal(m) => Some(m.clone()),
             Self::OtherUid | Self::ServiceNotAllowed | Self::ActionNotInPolicy => None,
         };
@@ -354,6 +364,11 @@ pub struct SecretsService {
     choice: SecretsBackend,
     files: SecretsFiles,
     hashes: Arc<HashCache>,
+    /// What this very binary is (read on first use): requests from its command line are
+    /// asked each time.
+    own: std::sync::OnceLock<Option<Binary>>,
+    /// Grants the person gave the `nod` command line (`nod secrets get --remember`).
+    cli_grants: Mutex<HashMap<CliScope, std::time::Instant>>,
     connections: Arc<Semaphore>,
     /// The agent's sockets, for `nod status`.
     sockets: serde_json::Value,
@@ -385,6 +400,8 @@ impl SecretsService {
             backend: tokio::sync::OnceCell::new(),
             choice,
             files: files.clone(),
+            own: std::sync::OnceLock::new(),
+            cli_grants: Mutex::new(HashMap::new()),
             hashes: Arc::new(HashCache::default()),
             uid: getuid().as_raw(),
         }
@@ -416,6 +433,21 @@ impl SecretsService {
         if let Err(e) = setsockopt(&listener, sockopt::PassCred, &true) {
             // Without credentials every line is refused; say why once.
             event!("secrets socket: cannot enable SO_PASSCRED: {e}");
+        }
+        if let Err(e) = sys::set_pass_pidfd(&listener) {
+            event!(
+                "secrets socket: this kernel gives no pidfd of each message's sender ({e}; \
+                 Linux 6.5 has SO_PASSPIDFD): senders are matched to the connected process by \
+                 pid, the weaker check described in docs/security.md"
+            );
+        }
+        match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
+            Ok(v) if v.trim() != "0" => {}
+            _ => event!(
+                "secrets: WARNING: any process of yours may ptrace any other (Yama ptrace_scope \
+                 is 0 or absent), so it can inject code into a registered binary; set \
+                 kernel.yama.ptrace_scope = 1 or higher (see docs/security.md)"
+            ),
         }
         loop {
             match listener.accept().await {
@@ -457,8 +489,9 @@ impl SecretsService {
     async fn handle(&self, mut stream: UnixStream) {
         // Refuse another uid at once (the per-line credentials are checked again below).
         let _ = setsockopt(&stream, sockopt::PassCred, &true);
-        match getsockopt(&stream, sockopt::PeerCredentials) {
-            Ok(c) if c.uid() == self.uid => {}
+        let _ = sys::set_pass_pidfd(&stream);
+        let peer_pid = match getsockopt(&stream, sockopt::PeerCredentials) {
+            Ok(c) if c.uid() == self.uid => c.pid(),
             Ok(c) => {
                 event!("secrets: refused a connection from uid {}", c.uid());
                 self.send(&mut stream, &Refusal::OtherUid.response()).await;
@@ -468,7 +501,24 @@ impl SecretsService {
                 event!("secrets: no peer credentials: {e}");
                 return;
             }
-        }
+        };
+        // The kernel's pidfd of the process that connected: it can never name another one.
+        // Before Linux 6.5 there is none, and one is opened from the pid instead.
+        let peer = getsockopt(&stream, sockopt::PeerPidfd).or_else(|_| {
+            rustix::process::Pid::from_raw(peer_pid)
+                .ok_or(rustix::io::Errno::SRCH)
+                .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error()))
+        });
+        let Ok(peer) = peer else {
+            event!("secrets: the connecting process {peer_pid} is already gone");
+            return;
+        };
+        let mut conn = Conn {
+            peer: Some(peer),
+            judged: None,
+            session: None,
+        };
         let mut reader = LineReader::default();
         loop {
             let line = match timeout(self.settings.idle_timeout, reader.next_line(&stream)).await {
@@ -481,14 +531,14 @@ impl SecretsService {
                 }
                 Ok(Err(ReadError::Io(_))) => return,
             };
-            let resp = self.answer(line).await;
+            let resp = self.answer(line, &mut conn).await;
             if !self.send(&mut stream, &resp).await {
                 return;
             }
         }
     }
 
-    async fn answer(&self, line: Line) -> Response {
+    async fn answer(&self, line: Line, conn: &mut Conn) -> Response {
         let message = match Message::decode(&line.bytes) {
             Ok(m) => m,
             Err(e) => return Refusal::Malformed(e.to_string()).response(),
@@ -510,20 +560,62 @@ impl SecretsService {
             return Refusal::OtherUid.response();
         }
         match message {
-            Message::Request(request) => self.request(request, sender).await,
-            Message::Control(control) => self.control(control, sender).await,
+            Message::Hello => self.hello(&sender, conn).await,
+            Message::Request(request) => self.request(request, sender, conn).await,
+            Message::Control(control) => self.control(control, sender, conn).await,
         }
     }
 
-    /// Step 2, off the runtime thread: a cold hash reads the whole binary.
-    async fn identify(&self, sender: peer::Sender) -> Result<Caller, PeerError> {
+    /// Judges the connected process (off the runtime thread: a cold hash reads the whole
+    /// binary), once per connection.
+    async fn judge(&self, conn: &mut Conn) -> Result<Arc<Judged>, PeerError> {
+        if let Some(j) = &conn.judged {
+            return Ok(Arc::clone(j));
+        }
+        let pidfd = conn.peer.take().ok_or(PeerError::Gone)?;
         let cache = Arc::clone(&self.hashes);
-        tokio::task::spawn_blocking(move || peer::identify(sender, &cache))
+        let uid = self.uid;
+        let judged = tokio::task::spawn_blocking(move || peer::judge(pidfd, uid, &cache))
             .await
-            .unwrap_or(Err(PeerError::Gone { pid: sender.pid }))
+            .unwrap_or(Err(PeerError::Gone))?;
+        let judged = Arc::new(judged);
+        conn.judged = Some(Arc::clone(&judged));
+        Ok(judged)
     }
 
-    async fn request(&self, request: Request, sender: peer::Sender) -> Response {
+    /// `HELLO`: the connected process is judged now, and requests carrying the session id
+    /// that goes back were sent after that, by it.
+    async fn hello(&self, sender: &peer::Sender, conn: &mut Conn) -> Response {
+        if conn.session.is_some() {
+            return Refusal::Malformed("this connection has a session already".into()).response();
+        }
+        let judged = match self.judge(conn).await {
+            Ok(j) => j,
+            Err(e) => return self.untrusted(audit_base("hello", sender.pid), &e),
+        };
+        if let Err(e) = judged.check_sender(sender) {
+            return self.untrusted(audit_base("hello", sender.pid), &e);
+        }
+        let mut id = [0u8; 16];
+        if getrandom::getrandom(&mut id).is_err() {
+            return Refusal::Internal("no randomness for a session id".into()).response();
+        }
+        let session = hex::encode(id);
+        conn.session = Some(session.clone());
+        let mut resp = Response::success(Vec::new());
+        resp.session = Some(session);
+        resp
+    }
+
+    /// A caller that cannot be trusted: recorded and refused.
+    fn untrusted(&self, mut audit: AuditEvent, e: &PeerError) -> Response {
+        event!("secrets: caller refused: {e}");
+        audit.reason = Some(e.reason().into());
+        let _ = self.core.refuse(audit, e.reason());
+        Refusal::Untrusted(e.to_string()).response()
+    }
+
+    async fn request(&self, request: Request, sender: peer::Sender, conn: &mut Conn) -> Response {
         let mut audit = audit_base(request.action.as_str(), sender.pid);
         audit.secrets_service = Some(clip(&request.service));
         audit.targets = request
@@ -532,6 +624,21 @@ impl SecretsService {
             .take(MAX_AUDIT_TARGETS)
             .map(|t| clip(t))
             .collect();
+        let in_session = match (&request.session, &conn.session) {
+            (Some(theirs), Some(ours)) if bool::from(theirs.as_bytes().ct_eq(ours.as_bytes())) => {
+                true
+            }
+            (Some(_), _) => {
+                let refusal = Refusal::Untrusted(
+                    "the request names a session this connection did not open; send HELLO first"
+                        .into(),
+                );
+                self.refused(audit, &refusal);
+                return refusal.response();
+            }
+            (None, _) => false,
+        };
+        let remember = request.remember_secs;
         let checked = match check_request(request) {
             Ok(c) => c,
             Err(why) => {
@@ -540,19 +647,25 @@ impl SecretsService {
                 return refusal.response();
             }
         };
-        let caller = match self.identify(sender).await {
-            Ok(c) => c,
-            Err(e) => {
-                event!("secrets: caller not verified: {e}");
+        let judged = match self.judge(conn).await {
+            Ok(j) => j,
+            Err(e) => return self.untrusted(audit, &e),
+        };
+        if let Err(e) = judged.check_sender(&sender) {
+            return self.untrusted(audit, &e);
+        }
+        audit.caller_exe = Some(clip(&judged.exe_path));
+        audit.caller_hash = Some(judged.binary.hash.clone());
+        if self.is_nod_cli(&judged.binary) {
+            if !in_session {
                 let refusal =
-                    Refusal::Internal(String::from("the calling process could not be verified"));
+                    Refusal::Untrusted("the nod command line always opens a session".into());
                 self.refused(audit, &refusal);
                 return refusal.response();
             }
-        };
-        audit.caller_exe = Some(clip(&caller.exe_path));
-        audit.caller_hash = Some(caller.hash.clone());
-        let entry = match lock(&self.policy).find(&caller.hash) {
+            return self.cli_request(checked, &judged, remember, audit).await;
+        }
+        let entry = match lock(&self.policy).find(&judged.binary.hash) {
             Ok(e) => e,
             Err(e) => {
                 event!("{e}");
@@ -562,21 +675,37 @@ impl SecretsService {
             }
         };
         let Some(entry) = entry else {
-            self.queue_pending(&caller, &checked);
+            self.queue_pending(&judged, &checked);
             let refusal = Refusal::Unregistered(format!(
                 "{} ({}) is not registered; it is listed in `nod list-pending`",
-                caller.exe_path, caller.hash
+                judged.exe_path, judged.binary.hash
             ));
             self.refused(audit, &refusal);
             return refusal.response();
         };
+        if !in_session && !entry.legacy_protocol {
+            // A request sent before the agent looked may come from an image the process has
+            // left since (send, then exec a registered binary).
+            let refusal = Refusal::Untrusted(format!(
+                "{} sent a request without a session; nod's clients open one with HELLO (a \
+                 keychain-auth client needs `nod register --legacy-protocol`, see \
+                 docs/security.md)",
+                judged.exe_path
+            ));
+            self.refused(audit, &refusal);
+            return refusal.response();
+        }
         if let Err(refusal) = check_policy(&entry, &checked) {
             self.refused(audit, &refusal);
             return refusal.response();
         }
-        // The grant is on record before anything is read or changed: a request whose line
-        // cannot be written is not served.
-        if self.core.allow_by_policy(audit.clone(), "policy").is_err() {
+        self.execute(checked, audit, "policy").await
+    }
+
+    /// Runs a request that is allowed, once the grant is on record: a request whose line
+    /// cannot be written is not served.
+    async fn execute(&self, checked: CheckedRequest, audit: AuditEvent, why: &str) -> Response {
+        if self.core.allow_by_policy(audit.clone(), why).is_err() {
             return Refusal::Internal(String::from(
                 "the audit log cannot be written, so nothing is served; see the agent's log",
             ))
@@ -597,15 +726,94 @@ impl SecretsService {
         resp
     }
 
-    fn queue_pending(&self, caller: &Caller, req: &CheckedRequest) {
+    /// Whether `binary` is `nod` (this binary, or another build of it, by its mark).
+    fn is_nod_cli(&self, binary: &Binary) -> bool {
+        binary.nod_cli
+            || self
+                .own
+                .get_or_init(|| peer::own_binary(&self.hashes))
+                .as_ref()
+                .is_some_and(|o| o.hash == binary.hash)
+    }
+
+    /// A request of the `nod` command line: never by registration, since any script can run
+    /// `nod`; the person is asked, with the chain of processes that ran it, unless they let
+    /// that caller do this before (`--remember`).
+    async fn cli_request(
+        &self,
+        checked: CheckedRequest,
+        judged: &Judged,
+        remember: Option<u64>,
+        audit: AuditEvent,
+    ) -> Response {
+        let parent = judged.chain.get(1);
+        let scope = CliScope {
+            caller: CallerScope::of(parent.map(|p| p.pid), parent.and_then(|p| p.exe.clone())),
+            service: checked.request.service.clone(),
+            writes: matches!(checked.request.action, Action::Write | Action::Delete),
+        };
+        let now = std::time::Instant::now();
+        let granted = scope.caller.known()
+            && lock(&self.cli_grants)
+                .get(&scope)
+                .is_some_and(|until| *until > now);
+        if granted {
+            return self
+                .execute(checked, audit, "remembered grant (nod command line)")
+                .await;
+        }
+        let remember = remember.map(|s| s.clamp(1, MAX_CLI_REMEMBER.as_secs()));
+        let prompt = Prompt::SecretsUse(SecretsUsePrompt {
+            action: checked.request.action.as_str().to_owned(),
+            service: checked.request.service.clone(),
+            targets: checked.request.targets.clone(),
+            process_chain: judged.chain.clone(),
+            remember_secs: remember,
+        });
+        let ask = Ask {
+            prompt,
+            event: audit.clone(),
+            deadline: tokio::time::Instant::now() + self.settings.prompt_timeout,
+            required: self.settings.presence,
+            rate_key: Some(format!("{:?}", scope.caller)),
+            share_key: None,
+        };
+        let decision = self.core.decide(ask, std::future::pending()).await;
+        if !decision.approved() {
+            return Refusal::NotApproved(not_approved_why(&decision).into()).response();
+        }
+        if let Some(secs) = remember
+            && scope.caller.known()
+        {
+            let mut grants = lock(&self.cli_grants);
+            grants.retain(|_, until| *until > now);
+            grants.insert(scope, now + Duration::from_secs(secs));
+        }
+        // The approval is on record; the backend's own failures are recorded after it.
+        let resp = match self.backend().await {
+            Ok(Backend::File(store)) => Self::execute_file(&mut lock(store), checked),
+            Ok(Backend::SecretService(keyring)) => Self::execute_keyring(keyring, checked).await,
+            Err(e) => {
+                event!("secrets: {e}");
+                Refusal::Internal(e.to_string()).response()
+            }
+        };
+        if resp.status != Status::Success {
+            let reason = resp.reason_code().map(Reason::as_str);
+            self.core.record(audit, Outcome::Failed, reason);
+        }
+        resp
+    }
+
+    fn queue_pending(&self, caller: &Judged, req: &CheckedRequest) {
         let now = now_ms();
         let entry = PendingEntry {
             path: caller.exe_path.clone(),
-            hash: caller.hash.clone(),
+            hash: caller.binary.hash.clone(),
             argv0: clip(&caller.argv0),
             first_seen_ms: now,
             last_seen_ms: now,
-            interpreter: caller.interpreter,
+            interpreter: caller.binary.interpreter,
             requested: vec![format!(
                 "{}:{}",
                 req.request.action.as_str(),
@@ -745,7 +953,19 @@ impl SecretsService {
 
     // ---- CONTROL: policy changes and queries ----
 
-    async fn control(&self, control: Control, sender: peer::Sender) -> Response {
+    /// Who asks for a policy change: the connected process and its ancestors, for the
+    /// prompt (`nod ← bash ← setup.sh`).
+    fn requester(&self, conn: &Conn) -> Vec<ProcessLink> {
+        match (&conn.judged, &conn.peer) {
+            (Some(j), _) => j.chain.clone(),
+            (None, Some(fd)) => crate::caller::pidfd::pid_of(fd)
+                .map(|pid| crate::caller::chain::process_chain(pid, self.uid))
+                .unwrap_or_default(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    async fn control(&self, control: Control, sender: peer::Sender, conn: &mut Conn) -> Response {
         let mut audit = audit_base("control", sender.pid);
         match control {
             Control::ListPending => {
@@ -800,16 +1020,27 @@ impl SecretsService {
                 read,
                 write,
                 search,
+                legacy_protocol,
             } => {
                 audit.action = Some("register".into());
-                self.grant(GrantKind::Register, &path, None, read, write, search, audit)
-                    .await
+                let g = Grant {
+                    kind: GrantKind::Register,
+                    path,
+                    expected_hash: None,
+                    read,
+                    write,
+                    search,
+                    legacy_protocol,
+                    requested_by: self.requester(conn),
+                };
+                self.grant(g, audit).await
             }
             Control::Approve {
                 hash,
                 read,
                 write,
                 search,
+                legacy_protocol,
             } => {
                 audit.action = Some("approve".into());
                 let Some(p) = lock(&self.pending).get(&hash, now_ms()) else {
@@ -834,75 +1065,100 @@ impl SecretsService {
                         }
                     }
                 }
-                self.grant(
-                    GrantKind::Approve,
-                    &p.path,
-                    Some(hash),
+                let g = Grant {
+                    kind: GrantKind::Approve,
+                    path: p.path,
+                    expected_hash: Some(hash),
                     read,
                     write,
                     search,
-                    audit,
-                )
-                .await
+                    legacy_protocol,
+                    requested_by: self.requester(conn),
+                };
+                self.grant(g, audit).await
             }
             Control::Upgrade { path } => {
                 audit.action = Some("upgrade".into());
-                self.upgrade(&path, audit).await
+                let requested_by = self.requester(conn);
+                self.upgrade(&path, requested_by, audit).await
             }
         }
     }
 
-    /// Hashes the file at `path` (the agent's own look), asks the person, and registers it.
-    #[allow(clippy::too_many_arguments)]
-    async fn grant(
-        &self,
-        kind: GrantKind,
-        path: &str,
-        expected_hash: Option<String>,
-        read: Vec<String>,
-        write: Vec<String>,
-        search: bool,
-        mut audit: AuditEvent,
-    ) -> Response {
-        if let Some(bad) = read.iter().chain(&write).find(|s| !valid_name(s)) {
+    /// Looks at the file a policy change names (the agent's own look, off the runtime
+    /// thread), refusing what can never be registered: `nod` itself, and scripts.
+    async fn candidate(&self, path: &str) -> Result<peer::Candidate, Response> {
+        let file = Path::new(path);
+        if !file.is_absolute() {
+            return Err(Refusal::Malformed(String::from("the path must be absolute")).response());
+        }
+        let owned = file.to_owned();
+        let c = match tokio::task::spawn_blocking(move || peer::inspect_path(&owned)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(Refusal::NotFound(format!("cannot read {path}: {e}")).response());
+            }
+            Err(_) => return Err(Refusal::Internal(String::from("hashing failed")).response()),
+        };
+        if self.is_nod_cli(&c.binary) {
+            return Err(Refusal::NotApproved(format!(
+                "{path} is nod itself and cannot be registered: then any script could read the \
+                 secrets through `nod secrets get`. Use `nod secrets get` as it is (the agent \
+                 asks you each time, naming what ran it), or register the program that needs \
+                 the secret"
+            ))
+            .response());
+        }
+        if c.script {
+            return Err(Refusal::NotApproved(format!(
+                "{path} is a script: the process that runs it is its interpreter, so its hash \
+                 never matches; registering the interpreter instead would let every script it \
+                 runs read the secrets. Register a compiled program, or read the secret with \
+                 `nod secrets get` from the script (asked each time)"
+            ))
+            .response());
+        }
+        Ok(c)
+    }
+
+    /// Hashes the file the grant names (the agent's own look), asks the person, and
+    /// registers it.
+    async fn grant(&self, g: Grant, mut audit: AuditEvent) -> Response {
+        if let Some(bad) = g.read.iter().chain(&g.write).find(|s| !valid_name(s)) {
             return Refusal::Malformed(format!("service {:?} is not a valid name", clip(bad)))
                 .response();
         }
-        let file = Path::new(path);
-        if !file.is_absolute() {
-            return Refusal::Malformed(String::from("the path must be absolute")).response();
-        }
-        let owned = file.to_owned();
-        let hashed = tokio::task::spawn_blocking(move || peer::hash_path(&owned)).await;
-        let hash = match hashed {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                return Refusal::NotFound(format!("cannot read {path}: {e}")).response();
-            }
-            Err(_) => return Refusal::Internal(String::from("hashing failed")).response(),
+        let path = g.path.as_str();
+        let c = match self.candidate(path).await {
+            Ok(c) => c,
+            Err(resp) => return resp,
         };
-        if let Some(want) = &expected_hash {
-            if *want != hash {
-                return Refusal::NotFound(format!(
-                    "{path} no longer has hash {want} (it is now {hash}); if the new file is \
-                         the one you want, run `nod register {path}`"
-                ))
-                .response();
-            }
+        let hash = c.binary.hash.clone();
+        if let Some(want) = &g.expected_hash
+            && *want != hash
+        {
+            return Refusal::NotFound(format!(
+                "{path} no longer has hash {want} (it is now {hash}); if the new file is the \
+                 one you want, run `nod register {path}`"
+            ))
+            .response();
         }
         audit.caller_exe = Some(clip(path));
         audit.caller_hash = Some(hash.clone());
-        let interpreter = peer::is_interpreter(file);
+        let interpreter = c.binary.interpreter;
         let prompt = SecretsPrompt {
             path: path.to_owned(),
             hash: hash.clone(),
             previous_hash: None,
-            read: read.clone(),
-            write: write.clone(),
-            search,
+            read: g.read.clone(),
+            write: g.write.clone(),
+            search: g.search,
             interpreter,
+            writable: c.writable,
+            legacy_protocol: g.legacy_protocol,
+            requested_by: g.requested_by,
         };
-        let prompt = match kind {
+        let prompt = match g.kind {
             GrantKind::Register => Prompt::SecretsRegister(prompt),
             GrantKind::Approve => Prompt::SecretsApprove(prompt),
         };
@@ -912,15 +1168,30 @@ impl SecretsService {
         let entry = PolicyEntry {
             path: path.to_owned(),
             hash: hash.clone(),
-            allowed_read_services: read,
-            allowed_write_services: write,
-            can_search: search,
+            allowed_read_services: g.read,
+            allowed_write_services: g.write,
+            can_search: g.search,
             interpreter,
+            legacy_protocol: g.legacy_protocol,
         };
-        self.save_entry(entry, None, audit, interpreter)
+        let mut resp = self.save_entry(entry, None, audit, interpreter);
+        if c.writable && resp.status == Status::Success {
+            resp.message = resp.message.map(|m| {
+                format!(
+                    "{m}. Note: you can write {path}, so anything running as you can replace it; \
+                     a replaced file is refused until `nod upgrade {path}`"
+                )
+            });
+        }
+        resp
     }
 
-    async fn upgrade(&self, path: &str, mut audit: AuditEvent) -> Response {
+    async fn upgrade(
+        &self,
+        path: &str,
+        requested_by: Vec<ProcessLink>,
+        mut audit: AuditEvent,
+    ) -> Response {
         let old = match lock(&self.policy).current() {
             Ok(entries) => entries.iter().find(|e| e.path == path).cloned(),
             Err(e) => return Refusal::Internal(e.to_string()).response(),
@@ -931,14 +1202,11 @@ impl SecretsService {
             ))
             .response();
         };
-        let owned = PathBuf::from(path);
-        let hash = match tokio::task::spawn_blocking(move || peer::hash_path(&owned)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                return Refusal::NotFound(format!("cannot read {path}: {e}")).response();
-            }
-            Err(_) => return Refusal::Internal(String::from("hashing failed")).response(),
+        let c = match self.candidate(path).await {
+            Ok(c) => c,
+            Err(resp) => return resp,
         };
+        let hash = c.binary.hash.clone();
         if hash == old.hash {
             let mut resp = Response::success(Vec::new());
             resp.message = Some(format!("{path} has not changed; nothing to do"));
@@ -946,6 +1214,7 @@ impl SecretsService {
         }
         audit.caller_exe = Some(clip(path));
         audit.caller_hash = Some(hash.clone());
+        let interpreter = old.interpreter || c.binary.interpreter;
         let prompt = Prompt::SecretsUpgrade(SecretsPrompt {
             path: path.to_owned(),
             hash: hash.clone(),
@@ -953,14 +1222,17 @@ impl SecretsService {
             read: old.allowed_read_services.clone(),
             write: old.allowed_write_services.clone(),
             search: old.can_search,
-            interpreter: old.interpreter,
+            interpreter,
+            writable: c.writable,
+            legacy_protocol: old.legacy_protocol,
+            requested_by,
         });
         if let Err(resp) = self.ask(prompt, audit.clone()).await {
             return resp;
         }
-        let interpreter = old.interpreter;
         let entry = PolicyEntry {
             hash,
+            interpreter,
             ..old.clone()
         };
         self.save_entry(entry, Some(&old.hash), audit, interpreter)
@@ -986,19 +1258,7 @@ impl SecretsService {
         if decision.approved() {
             return Ok(());
         }
-        let why = match (decision.outcome(), decision.reason()) {
-            (Outcome::Denied, _) => "the person said no",
-            (Outcome::Cancelled, _) => "the prompt was cancelled",
-            (_, Some("audit_failed")) => "the audit log cannot be written",
-            (_, Some("presence_unavailable")) => {
-                "this needs verified presence (a password or a fingerprint), and no approver \
-                 here can ask for it"
-            }
-            (Outcome::Unavailable, _) => {
-                "nobody could be asked (no approver reaches you: see `nod doctor`)"
-            }
-            _ => "the approver failed or timed out",
-        };
+        let why = not_approved_why(&decision);
         Err(Refusal::NotApproved(why.into()).response())
     }
 
@@ -1040,6 +1300,49 @@ impl SecretsService {
     }
 }
 
+/// Why a prompt did not approve, for the person who ran the command.
+fn not_approved_why(decision: &Decision) -> &'static str {
+    match (decision.outcome(), decision.reason()) {
+        (Outcome::Denied, _) => "the person said no",
+        (Outcome::Cancelled, _) => "the prompt was cancelled",
+        (_, Some("audit_failed")) => "the audit log cannot be written",
+        (_, Some("rate_limited")) => {
+            "too many prompts from this caller in a short time; wait a minute, or approve once \
+             with `nod secrets --remember DURATION …`"
+        }
+        (_, Some("presence_unavailable")) => {
+            "this needs verified presence (a password or a fingerprint), and no approver here \
+             can ask for it"
+        }
+        (Outcome::Unavailable, _) => {
+            "nobody could be asked (no approver reaches you: see `nod doctor`)"
+        }
+        _ => "the approver failed or timed out",
+    }
+}
+
+/// The longest a `nod secrets … --remember` grant lasts.
+const MAX_CLI_REMEMBER: Duration = Duration::from_secs(8 * 3600);
+
+/// What a grant to the `nod` command line covers: the program that ran `nod` (and where),
+/// one service, reads or writes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CliScope {
+    caller: CallerScope,
+    service: String,
+    writes: bool,
+}
+
+/// One connection's state: the process that made it, and once judged, what it runs.
+#[derive(Debug)]
+struct Conn {
+    /// The kernel's pidfd of the connecting process, until it is judged.
+    peer: Option<std::os::fd::OwnedFd>,
+    judged: Option<Arc<Judged>>,
+    /// The session id `HELLO` gave out.
+    session: Option<String>,
+}
+
 fn policy_message(e: &PolicyError) -> String {
     e.to_string()
 }
@@ -1048,6 +1351,20 @@ fn policy_message(e: &PolicyError) -> String {
 enum GrantKind {
     Register,
     Approve,
+}
+
+/// A policy change that gives a binary access, as the person is to see it.
+#[derive(Debug)]
+struct Grant {
+    kind: GrantKind,
+    path: String,
+    /// `nod approve <hash>`: the file must still have the hash that was queued.
+    expected_hash: Option<String>,
+    read: Vec<String>,
+    write: Vec<String>,
+    search: bool,
+    legacy_protocol: bool,
+    requested_by: Vec<ProcessLink>,
 }
 
 #[cfg(test)]
@@ -1069,6 +1386,7 @@ mod tests {
             allowed_write_services: write.iter().map(|s| s.to_string()).collect(),
             can_search: search,
             interpreter: false,
+            legacy_protocol: false,
         }
     }
 
@@ -1104,6 +1422,11 @@ mod tests {
                 Reason::NotApproved,
             ),
             (Refusal::Internal(m()), Status::Error, Reason::InternalError),
+            (
+                Refusal::Untrusted(m()),
+                Status::Denied,
+                Reason::UntrustedCaller,
+            ),
         ];
         for (refusal, status, reason) in cases {
             // Exhaustive: a new variant must be added here (and to the mapping).
@@ -1115,6 +1438,7 @@ mod tests {
                 | Refusal::ActionNotInPolicy
                 | Refusal::NotFound(_)
                 | Refusal::NotApproved(_)
+                | Refusal::Untrusted(_)
                 | Refusal::Internal(_) => {}
             }
             let resp = refusal.response();

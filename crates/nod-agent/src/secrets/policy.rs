@@ -314,6 +314,7 @@ mod tests {
             allowed_write_services: vec![],
             can_search: false,
             interpreter: false,
+            legacy_protocol: false,
         }
     }
 

@@ -21,50 +21,13 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+pub use crate::caller::chain::{CallerScope, parse_stat};
 pub use crate::duration::{format_duration, parse_duration};
 pub use crate::keystore::ssh::{DEFAULT_REMEMBER_TTL, Policy};
 use crate::lock;
 
 /// Grants kept before expired ones are swept.
 const MAX_GRANTS: usize = 4096;
-
-/// Who asks, as far as a grant is concerned: the program and where it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CallerScope {
-    pub exe: Option<String>,
-    /// Session id (`/proc/<pid>/stat` field 6).
-    pub session: Option<i32>,
-    /// Controlling terminal device number (field 7); 0 when there is none.
-    pub tty: Option<i32>,
-}
-
-impl CallerScope {
-    /// Read from `/proc` while the caller (kernel pid from `SO_PEERCRED`) still waits on its
-    /// connection.
-    pub fn of(pid: Option<i32>, exe: Option<String>) -> Self {
-        let (session, tty) = pid
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-            .and_then(|stat| parse_stat(&stat))
-            .map_or((None, None), |(s, t)| (Some(s), Some(t)));
-        Self { exe, session, tty }
-    }
-
-    /// An unknown program matches nothing: without an exe there is no grant to reuse.
-    fn known(&self) -> bool {
-        self.exe.is_some() && self.session.is_some()
-    }
-}
-
-/// Session id and tty number from a `/proc/<pid>/stat` line. The command name (field 2) may
-/// hold spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_stat(stat: &str) -> Option<(i32, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // state, ppid, pgrp, session, tty_nr
-    let session = fields.nth(3)?.parse().ok()?;
-    let tty = fields.next()?.parse().ok()?;
-    Some((session, tty))
-}
 
 /// What a `remember` grant covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
