@@ -396,3 +396,67 @@ async fn slow_or_truncated_frames_are_closed_without_prompt() {
     let resp = verify(&h, &req, ask(&h, &req).await.expect("a reply"));
     assert_eq!(resp.body().decision, Decision::Approved);
 }
+
+#[tokio::test]
+async fn a_request_that_lives_longer_than_any_helper_waits_is_refused() {
+    let h = start("exit 0").await;
+    let ten_years = 10 * 365 * 24 * 3600 * 1000;
+    let req = body(&h, "req-forever", ten_years).sign(&h.host_key);
+    assert!(ask(&h, &req).await.is_none());
+    assert!(!h.approver_ran());
+    assert_eq!(
+        audit_lines(&h).last().unwrap()["reason"],
+        "lifetime_too_long"
+    );
+}
+
+#[tokio::test]
+async fn a_request_made_before_the_agent_started_is_refused() {
+    let h = start("exit 0").await;
+    // Made a minute ago, still valid for nine: a capture replayed after a restart.
+    let mut b = body(&h, "req-old", 9 * 60_000);
+    b.created_at_ms -= 60_000;
+    let req = b.sign(&h.host_key);
+    assert!(ask(&h, &req).await.is_none());
+    assert!(!h.approver_ran());
+    assert_eq!(
+        audit_lines(&h).last().unwrap()["reason"],
+        "before_agent_start"
+    );
+}
+
+#[tokio::test]
+async fn a_host_that_fills_its_replay_share_locks_out_only_itself() {
+    let settings = ApprovalSettings {
+        replay_share: 3,
+        ..ApprovalSettings::default()
+    };
+    let h = start_with("exit 0", settings, true).await;
+    // Three live requests fill web-1's share…
+    for i in 0..3 {
+        let req = signed(&h, &format!("req-fill-{i}"));
+        assert!(ask(&h, &req).await.is_some());
+    }
+    let req = signed(&h, "req-fill-more");
+    assert!(ask(&h, &req).await.is_none());
+    assert_eq!(
+        audit_lines(&h).last().unwrap()["reason"],
+        "replay_cache_full"
+    );
+    // …and another pinned host is still served.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[0x22; 32]);
+    let line = nod_proto::keys::openssh_public_line(&other.verifying_key(), "root@db-1");
+    let mut hosts = nod_agent::pam::hosts::HostsFile::load(&h.paths.hosts_file()).unwrap();
+    hosts
+        .add("db-1", &line, std::path::Path::new("db.pub"), None)
+        .unwrap();
+    hosts.save(&h.paths.hosts_file()).unwrap();
+    let mut b = body(&h, "req-db", 20_000);
+    b.linux_host_id = "db-1".into();
+    b.key_id = nod_proto::KeyId::fingerprint(&other.verifying_key())
+        .as_str()
+        .to_owned();
+    let req = b.sign(&other);
+    let resp = verify(&h, &req, ask(&h, &req).await.expect("a reply"));
+    assert_eq!(resp.body().decision, Decision::Approved);
+}

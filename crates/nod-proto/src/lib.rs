@@ -43,6 +43,10 @@ pub const DEFAULT_FUTURE_SKEW_MS: u64 = 30_000;
 /// The agent never signs a response that lives longer than this (macos-auth caps it at 10 s).
 pub const MAX_RESPONSE_LIFETIME_MS: u64 = 10_000;
 
+/// Longest lifetime (`expires_at_ms - created_at_ms`) of a request an agent accepts: nod-helper's
+/// longest `timeout_ms`. A longer one would sit in the agent's replay cache for as long.
+pub const MAX_REQUEST_LIFETIME_MS: u64 = 600_000;
+
 /// Length of the request nonce.
 pub const NONCE_LEN: usize = 32;
 

@@ -1,58 +1,35 @@
 //! Replay cache (docs/design.md §1, check 6): a request signature is remembered until the request
 //! expires, so a captured request cannot be sent again to trigger a second prompt while it is
 //! still fresh. After expiry the freshness check already refuses it.
+//!
+//! Each pinned host has a share of its own: a host that fills its share (it has the host key,
+//! so it can sign as many requests as it likes) is refused, and the others are not. Only
+//! requests whose signature verified under a pinned key get here, so the number of shares is
+//! bounded by the allowlist.
 
 use std::collections::{BTreeSet, HashMap};
 
-/// Signatures remembered at most. A full cache refuses new requests instead of forgetting old
-/// ones, because forgetting one would let it be replayed.
-pub const DEFAULT_CAPACITY: usize = 16_384;
+/// Signatures remembered at most per host. A full share refuses new requests instead of
+/// forgetting old ones, because forgetting one would let it be replayed. At the rate limit's
+/// 20 prompts a minute and requests of at most ten minutes, a host needs 200.
+pub const DEFAULT_SHARE: usize = 2_048;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayError {
     /// This signature was already seen and has not expired.
     Replayed,
-    /// Too many live requests are remembered already.
+    /// This host has too many live requests remembered already.
     Full,
 }
 
-/// Request signatures seen, with their expiry.
-#[derive(Debug)]
-pub struct ReplayCache {
-    capacity: usize,
+#[derive(Debug, Default)]
+struct Share {
     seen: HashMap<[u8; 64], u64>,
     by_expiry: BTreeSet<(u64, [u8; 64])>,
 }
 
-impl ReplayCache {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            seen: HashMap::new(),
-            by_expiry: BTreeSet::new(),
-        }
-    }
-
-    /// Records `signature` until `expires_at_ms`, or refuses it if it is already recorded.
-    pub fn check_and_insert(
-        &mut self,
-        signature: &[u8; 64],
-        expires_at_ms: u64,
-        now_ms: u64,
-    ) -> Result<(), ReplayError> {
-        self.purge(now_ms);
-        if self.seen.contains_key(signature) {
-            return Err(ReplayError::Replayed);
-        }
-        if self.seen.len() >= self.capacity {
-            return Err(ReplayError::Full);
-        }
-        self.seen.insert(*signature, expires_at_ms);
-        self.by_expiry.insert((expires_at_ms, *signature));
-        Ok(())
-    }
-
+impl Share {
     /// Forgets every entry whose request has expired (`now > expires_at_ms`, as in the
     /// freshness check).
     fn purge(&mut self, now_ms: u64) {
@@ -64,13 +41,53 @@ impl ReplayCache {
             self.seen.remove(&sig);
         }
     }
+}
 
+/// Request signatures seen, with their expiry, per host.
+#[derive(Debug)]
+pub struct ReplayCache {
+    share: usize,
+    hosts: HashMap<String, Share>,
+}
+
+impl ReplayCache {
+    /// A cache keeping at most `share` live signatures per host.
+    pub fn new(share: usize) -> Self {
+        Self {
+            share,
+            hosts: HashMap::new(),
+        }
+    }
+
+    /// Records `signature` of a request from `host` until `expires_at_ms`, or refuses it if
+    /// it is already recorded, or if the host's share is full.
+    pub fn check_and_insert(
+        &mut self,
+        host: &str,
+        signature: &[u8; 64],
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), ReplayError> {
+        let share = self.hosts.entry(host.to_owned()).or_default();
+        share.purge(now_ms);
+        if share.seen.contains_key(signature) {
+            return Err(ReplayError::Replayed);
+        }
+        if share.seen.len() >= self.share {
+            return Err(ReplayError::Full);
+        }
+        share.seen.insert(*signature, expires_at_ms);
+        share.by_expiry.insert((expires_at_ms, *signature));
+        Ok(())
+    }
+
+    /// Live signatures remembered, over all hosts.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.hosts.values().map(|s| s.seen.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len() == 0
     }
 }
 
@@ -82,33 +99,35 @@ mod tests {
     fn refuses_a_signature_until_it_expires() {
         let mut cache = ReplayCache::new(10);
         let sig = [1u8; 64];
-        assert_eq!(cache.check_and_insert(&sig, 1000, 0), Ok(()));
+        assert_eq!(cache.check_and_insert("h", &sig, 1000, 0), Ok(()));
         assert_eq!(
-            cache.check_and_insert(&sig, 1000, 500),
+            cache.check_and_insert("h", &sig, 1000, 500),
             Err(ReplayError::Replayed)
         );
         assert_eq!(
-            cache.check_and_insert(&sig, 1000, 1000),
+            cache.check_and_insert("h", &sig, 1000, 1000),
             Err(ReplayError::Replayed)
         );
-        assert_eq!(cache.check_and_insert(&sig, 2000, 1001), Ok(()));
+        assert_eq!(cache.check_and_insert("h", &sig, 2000, 1001), Ok(()));
     }
 
     #[test]
-    fn full_cache_refuses_instead_of_forgetting() {
+    fn a_full_share_refuses_only_its_host_and_never_forgets() {
         let mut cache = ReplayCache::new(2);
-        cache.check_and_insert(&[1; 64], 100, 0).unwrap();
-        cache.check_and_insert(&[2; 64], 200, 0).unwrap();
+        cache.check_and_insert("noisy", &[1; 64], 100, 0).unwrap();
+        cache.check_and_insert("noisy", &[2; 64], 200, 0).unwrap();
         assert_eq!(
-            cache.check_and_insert(&[3; 64], 300, 0),
+            cache.check_and_insert("noisy", &[3; 64], 300, 0),
             Err(ReplayError::Full)
         );
         assert_eq!(
-            cache.check_and_insert(&[1; 64], 100, 50),
+            cache.check_and_insert("noisy", &[1; 64], 100, 50),
             Err(ReplayError::Replayed)
         );
+        // Another host is not affected.
+        assert_eq!(cache.check_and_insert("quiet", &[3; 64], 300, 0), Ok(()));
         // Once the first expires there is room again.
-        assert_eq!(cache.check_and_insert(&[3; 64], 300, 101), Ok(()));
-        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.check_and_insert("noisy", &[3; 64], 300, 101), Ok(()));
+        assert_eq!(cache.len(), 3);
     }
 }

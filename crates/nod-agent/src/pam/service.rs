@@ -54,7 +54,8 @@ pub struct ApprovalSettings {
     pub read_timeout: Duration,
     /// Deadline for writing the reply.
     pub write_timeout: Duration,
-    pub replay_capacity: usize,
+    /// Live requests remembered per host.
+    pub replay_share: usize,
     /// Longest a prompt may stay open, whatever expiry the host chose.
     pub max_prompt: Duration,
 }
@@ -72,7 +73,7 @@ impl From<&ApprovalConfig> for ApprovalSettings {
             presence: Required::Any,
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
-            replay_capacity: replay::DEFAULT_CAPACITY,
+            replay_share: replay::DEFAULT_SHARE,
             max_prompt: Duration::from_secs(300),
         }
     }
@@ -90,6 +91,10 @@ pub enum Refusal {
     Invalid(String),
     Replayed,
     ReplayCacheFull,
+    /// The request lives longer than any helper waits.
+    TooLong,
+    /// The request was made before this agent started.
+    BeforeStart,
 }
 
 impl Refusal {
@@ -114,6 +119,8 @@ impl Refusal {
             Self::Invalid(_) => "invalid",
             Self::Replayed => "replay",
             Self::ReplayCacheFull => "replay_cache_full",
+            Self::TooLong => "lifetime_too_long",
+            Self::BeforeStart => "before_agent_start",
         }
     }
 
@@ -126,7 +133,18 @@ impl Refusal {
             Self::FromFuture => "request is created in the future (check the host's clock)".into(),
             Self::Invalid(e) => e.clone(),
             Self::Replayed => "request was already seen (replay)".into(),
-            Self::ReplayCacheFull => "too many live requests remembered; refusing new ones".into(),
+            Self::ReplayCacheFull => {
+                "this host has too many live requests remembered; refusing its new ones".into()
+            }
+            Self::TooLong => format!(
+                "the request lives longer than {} s, more than any helper waits",
+                nod_proto::MAX_REQUEST_LIFETIME_MS / 1000
+            ),
+            Self::BeforeStart => {
+                "the request was made before this agent started (a replay across a restart is \
+                 refused)"
+                    .into()
+            }
         }
     }
 }
@@ -139,6 +157,8 @@ pub struct ApprovalService {
     core: Arc<Core>,
     hosts: Mutex<HostAllowlist>,
     replay: Mutex<ReplayCache>,
+    /// When this agent started: requests created earlier are refused (see `admit`).
+    started_ms: u64,
 }
 
 fn audit_base(body: &RequestBody) -> AuditEvent {
@@ -240,11 +260,12 @@ impl ApprovalService {
         settings: ApprovalSettings,
     ) -> Self {
         Self {
-            replay: Mutex::new(ReplayCache::new(settings.replay_capacity)),
+            replay: Mutex::new(ReplayCache::new(settings.replay_share)),
             agent_key,
             settings,
             core,
             hosts: Mutex::new(hosts),
+            started_ms: now_ms(),
         }
     }
 
@@ -290,9 +311,23 @@ impl ApprovalService {
                 self.settings.allowed_future_skew_ms,
             )
             .map_err(Refusal::from_verify)?;
-        // 6. Replay, keyed by the signature, kept until the request expires.
+        // A request may not outlive the helper's longest timeout: it would fill the replay
+        // cache for as long.
+        let b = verified.body();
+        if b.expires_at_ms.saturating_sub(b.created_at_ms) > nod_proto::MAX_REQUEST_LIFETIME_MS {
+            return Err(Refusal::TooLong);
+        }
+        // The replay cache lives in memory: a request made before this agent started may have
+        // been seen by an earlier one, so it is refused (the host falls back to the password).
+        if b.created_at_ms
+            .saturating_add(self.settings.allowed_future_skew_ms)
+            < self.started_ms
+        {
+            return Err(Refusal::BeforeStart);
+        }
+        // 6. Replay, keyed by the signature, kept until the request expires, per host.
         lock(&self.replay)
-            .check_and_insert(verified.signature(), verified.body().expires_at_ms, now)
+            .check_and_insert(&b.linux_host_id, verified.signature(), b.expires_at_ms, now)
             .map_err(|e| match e {
                 ReplayError::Replayed => Refusal::Replayed,
                 ReplayError::Full => Refusal::ReplayCacheFull,
