@@ -28,6 +28,7 @@ pub mod client_argv;
 pub mod codec;
 pub mod destination;
 pub mod known_hosts;
+pub mod lock;
 pub mod policy;
 pub mod purpose;
 pub mod sign;
@@ -41,7 +42,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::error::AgentError;
 use ssh_agent_lib::proto::extension::SessionBind;
@@ -53,7 +54,6 @@ use ssh_agent_lib::proto::{
 use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
 use ssh_key::public::{EcdsaPublicKey, KeyData};
 use ssh_key::{Certificate, HashAlg, PrivateKey, Signature};
-use subtle::ConstantTimeEq;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -67,12 +67,10 @@ use crate::lock;
 use crate::log::event;
 use bind::{BindError, Bindings};
 use codec::{CappedCodec, CodecError, Frame};
+use lock::LockHash;
 
 /// How long a confirm prompt may stay open before it counts as failed.
 pub const PROMPT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a wrong unlock passphrase holds the connection, to slow down guessing.
-const UNLOCK_FAILURE_DELAY: Duration = Duration::from_millis(500);
 
 /// Why a request got FAILURE. Peers only ever see FAILURE; this is for the log.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +81,8 @@ pub enum SshError {
     NotLocked,
     #[error("wrong unlock passphrase")]
     WrongPassphrase,
+    #[error("unlocking is refused for a while after too many wrong passphrases")]
+    LockedOut,
     #[error("no such key in the agent")]
     UnknownKey,
     #[error("{0} not supported yet")]
@@ -118,6 +118,7 @@ impl SshError {
             Self::Locked
             | Self::NotLocked
             | Self::WrongPassphrase
+            | Self::LockedOut
             | Self::UnknownKey
             | Self::Unsupported(_)
             | Self::RsaTooSmall(_)
@@ -145,6 +146,7 @@ impl SshError {
             Self::NotPermitted(_) => Some("destination_not_permitted"),
             Self::NotLocked
             | Self::WrongPassphrase
+            | Self::LockedOut
             | Self::UnknownKey
             | Self::Unsupported(_)
             | Self::RsaTooSmall(_)
@@ -240,40 +242,10 @@ impl HeldKey {
     }
 }
 
-/// The salted SHA-256 of the lock passphrase; compared in constant time.
-#[derive(Debug)]
-struct LockHash {
-    salt: [u8; 16],
-    hash: Zeroizing<[u8; 32]>,
-}
-
-impl LockHash {
-    fn new(passphrase: &str) -> Self {
-        let mut salt = [0u8; 16];
-        // Without randomness the salt is zero: the hash only ever lives in our memory, so
-        // this costs little.
-        let _ = getrandom::getrandom(&mut salt);
-        let hash = Self::digest(&salt, passphrase);
-        Self { salt, hash }
-    }
-
-    fn digest(salt: &[u8; 16], passphrase: &str) -> Zeroizing<[u8; 32]> {
-        let mut h = Sha256::new();
-        h.update(salt);
-        h.update(passphrase.as_bytes());
-        Zeroizing::new(h.finalize().into())
-    }
-
-    fn matches(&self, passphrase: &str) -> bool {
-        let other = Self::digest(&self.salt, passphrase);
-        bool::from(self.hash.ct_eq(&*other))
-    }
-}
-
 #[derive(Debug, Default)]
 struct HeldKeys {
     keys: Vec<HeldKey>,
-    lock: Option<LockHash>,
+    lock: Option<Arc<LockHash>>,
 }
 
 impl HeldKeys {
@@ -301,6 +273,8 @@ pub struct SshAgentService {
     keyring: Mutex<HeldKeys>,
     /// Asks the person, records every decision and refusal.
     core: Arc<Core>,
+    /// Unlock attempts, one at a time for the whole agent.
+    unlock_throttle: tokio::sync::Mutex<lock::Throttle>,
     /// The least presence a signature that needs the person asks for.
     presence: Required,
     /// Lifetime of keys added without one (`nod ssh-agent -t`).
@@ -318,6 +292,7 @@ impl SshAgentService {
         Self {
             keyring: Mutex::new(HeldKeys::default()),
             core,
+            unlock_throttle: tokio::sync::Mutex::new(lock::Throttle::default()),
             presence: Required::Any,
             default_lifetime: None,
             known_hosts: default_known_hosts(),
@@ -504,29 +479,61 @@ impl SshAgentService {
         Ok(())
     }
 
-    fn lock_agent(&self, passphrase: &str) -> Result<(), SshError> {
-        let mut ring = self.keyring();
-        ring.unlocked()?.lock = Some(LockHash::new(passphrase));
+    async fn lock_agent(&self, passphrase: Zeroizing<String>) -> Result<(), SshError> {
+        self.keyring().unlocked()?;
+        // argon2id takes tens of milliseconds: off the runtime thread.
+        let hash = tokio::task::spawn_blocking(move || LockHash::new(passphrase.as_bytes()))
+            .await
+            .ok()
+            .flatten()
+            .ok_or(SshError::Sign)?;
+        self.keyring().unlocked()?.lock = Some(Arc::new(hash));
         event!("ssh agent: locked");
         Ok(())
     }
 
-    async fn unlock_agent(&self, passphrase: &str) -> Result<(), SshError> {
-        let matches = {
-            let mut ring = self.keyring();
-            match &ring.lock {
-                None => return Err(SshError::NotLocked),
-                Some(hash) if hash.matches(passphrase) => {
-                    ring.lock = None;
-                    true
-                }
-                Some(_) => false,
-            }
+    /// Unlocks with `passphrase`, one attempt at a time for the whole agent, each failure
+    /// making the next attempt wait longer, and a lockout after too many (see [`lock`]).
+    async fn unlock_agent(&self, passphrase: Zeroizing<String>) -> Result<(), SshError> {
+        let mut throttle = self.unlock_throttle.lock().await;
+        let record = |reason: &str| {
+            let event = AuditEvent {
+                service: Service::Ssh,
+                action: Some("unlock".into()),
+                ..Default::default()
+            };
+            let _ = self.core.refuse(event, reason);
         };
+        match throttle.admit(Instant::now()) {
+            lock::Admission::LockedOut(until) => {
+                let left = until.saturating_duration_since(Instant::now()).as_secs();
+                event!("ssh agent: unlock refused: too many wrong passphrases; {left} s left");
+                return Err(SshError::LockedOut);
+            }
+            lock::Admission::TryAt(at) => tokio::time::sleep_until(at).await,
+        }
+        let hash = match &self.keyring().lock {
+            None => return Err(SshError::NotLocked),
+            Some(hash) => Arc::clone(hash),
+        };
+        let matches = tokio::task::spawn_blocking(move || hash.matches(passphrase.as_bytes()))
+            .await
+            .unwrap_or(false);
         if !matches {
-            tokio::time::sleep(UNLOCK_FAILURE_DELAY).await;
+            if throttle.failed(Instant::now()) {
+                event!(
+                    "ssh agent: {} wrong unlock passphrases in a row: unlocking refused for {} s",
+                    lock::LOCKOUT_AFTER,
+                    lock::LOCKOUT.as_secs()
+                );
+                record("unlock_lockout");
+            } else {
+                record("wrong_passphrase");
+            }
             return Err(SshError::WrongPassphrase);
         }
+        throttle.succeeded();
+        self.keyring().lock = None;
         event!("ssh agent: unlocked");
         Ok(())
     }
@@ -943,13 +950,17 @@ impl Session for SshSession {
     }
 
     async fn lock(&mut self, key: String) -> Result<(), AgentError> {
-        let key = Zeroizing::new(key);
-        self.service.lock_agent(&key).map_err(refuse)
+        self.service
+            .lock_agent(Zeroizing::new(key))
+            .await
+            .map_err(refuse)
     }
 
     async fn unlock(&mut self, key: String) -> Result<(), AgentError> {
-        let key = Zeroizing::new(key);
-        self.service.unlock_agent(&key).await.map_err(refuse)
+        self.service
+            .unlock_agent(Zeroizing::new(key))
+            .await
+            .map_err(refuse)
     }
 
     async fn extension(&mut self, extension: Extension) -> Result<Option<Extension>, AgentError> {
@@ -1095,14 +1106,6 @@ mod tests {
             check_login_binding(&hostbound, &bindings),
             Err(SshError::SessionMismatch)
         ));
-    }
-
-    #[test]
-    fn lock_passphrase_matches_only_itself() {
-        let hash = LockHash::new("correct horse");
-        assert!(hash.matches("correct horse"));
-        assert!(!hash.matches("correct hors"));
-        assert!(!hash.matches(""));
     }
 
     #[test]
