@@ -46,8 +46,8 @@ pub fn run(config_path: &Path, user: Option<&str>, out: &mut dyn Write) -> u8 {
             "host public key: {}",
             openssh_public_line(&c.host_key.verifying_key(), "")
         ));
-        for (_, id) in &c.agent_keys {
-            lines.push(format!("pinned agent key: {id}"));
+        for key in &c.agent_keys {
+            lines.push(format!("pinned agent key: {}", key.describe()));
         }
     }
     lines.extend(notes.iter().map(|n| one_line(n)));

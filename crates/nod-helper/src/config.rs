@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Uid;
 use nod_fscheck::{Reason, Rule, TrustedDir};
-use nod_proto::keys::PublicKeyFile;
-use nod_proto::{KeyId, SigningKey, VerifyingKey, parse_private_key_file, parse_public_key_file};
+use nod_proto::{KeyId, PinnedKey, SigningKey, parse_private_key_file, parse_public_key_file};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -60,8 +59,8 @@ pub struct Config {
     pub host_key: SigningKey,
     /// The `key_id` the host claims in its requests.
     pub key_id: KeyId,
-    /// Every pinned agent key, with the key id it must claim.
-    pub agent_keys: Vec<(VerifyingKey, KeyId)>,
+    /// Every pinned agent key, with the key id it must claim if its file names one.
+    pub agent_keys: Vec<PinnedKey>,
     pub host_id: String,
     pub hostname: String,
     pub service: String,
@@ -312,11 +311,7 @@ fn load_host_key(path: &Path, problems: &mut Vec<HelperError>) -> Option<Signing
     }
 }
 
-fn parse_agent_key(
-    path: &Path,
-    text: &str,
-    problems: &mut Vec<HelperError>,
-) -> Option<PublicKeyFile> {
+fn parse_agent_key(path: &Path, text: &str, problems: &mut Vec<HelperError>) -> Option<PinnedKey> {
     match parse_public_key_file(text) {
         Ok(k) => Some(k),
         Err(e) => {
@@ -329,15 +324,15 @@ fn parse_agent_key(
     }
 }
 
-/// `agent_pubkey_file` is one key file, or a directory whose `*.pub` files are all pinned.
-fn load_agent_keys(path: &Path, problems: &mut Vec<HelperError>) -> Vec<(VerifyingKey, KeyId)> {
+/// `agent_pubkey_file` is one key file, or a directory whose `*.pub` files are all pinned. A
+/// file with a `key_id=` line pins that id; one without (as macos-auth writes them) pins the key
+/// for any id its agent claims.
+fn load_agent_keys(path: &Path, problems: &mut Vec<HelperError>) -> Vec<PinnedKey> {
     let as_file = nod_fscheck::open_file(path, Rule::root_file());
     let dir = match as_file {
         Ok(file) => {
             return match read_text(path, file) {
-                Ok(text) => parse_agent_key(path, &text, problems)
-                    .map(|k| vec![(k.key, k.key_id)])
-                    .unwrap_or_default(),
+                Ok(text) => parse_agent_key(path, &text, problems).into_iter().collect(),
                 Err(e) => {
                     problems.push(e);
                     Vec::new()
@@ -371,9 +366,7 @@ fn load_agent_keys(path: &Path, problems: &mut Vec<HelperError>) -> Vec<(Verifyi
         match dir.open_file(name, Rule::root_file()) {
             Ok(file) => match read_text(&file_path, file) {
                 Ok(text) => {
-                    if let Some(k) = parse_agent_key(&file_path, &text, problems) {
-                        keys.push((k.key, k.key_id));
-                    }
+                    keys.extend(parse_agent_key(&file_path, &text, problems));
                 }
                 Err(e) => problems.push(e),
             },

@@ -198,8 +198,15 @@ fn response_signed_by_unpinned_key_is_rejected() {
 }
 
 #[test]
-fn response_with_wrong_agent_key_id_is_rejected() {
+fn response_with_another_key_id_than_the_pinned_one_is_rejected() {
     let Some(s) = Scratch::new() else { return };
+    let vk = agent_key().verifying_key();
+    let pinned = nod_proto::KeyId::new("workstation").unwrap();
+    s.write(
+        "agent.pub",
+        &nod_proto::keys::format_public_key_file(&vk, &pinned, "pinned with an id"),
+        0o644,
+    );
     let rx = agent(&s.socket_path(), |req| {
         let mut body = answer(req, Decision::Approved, &agent_key());
         body.agent_key_id = "some-other-agent".into();

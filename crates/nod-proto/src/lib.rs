@@ -25,7 +25,7 @@ mod message;
 mod serde_bytes64;
 
 pub use error::ProtoError;
-pub use keys::{KeyId, parse_private_key_file, parse_public_key_file, valid_host_id};
+pub use keys::{KeyId, PinnedKey, parse_private_key_file, parse_public_key_file, valid_host_id};
 pub use message::{
     Alg, AuthMethod, Decision, REQUEST_DOMAIN, RESPONSE_DOMAIN, RequestBody, ResponseBody,
     SignedRequest, SignedResponse, VerifiedRequest, VerifiedResponse, check_freshness,

@@ -283,12 +283,7 @@ impl ApprovalService {
         // 3-5. Signature by the pinned key, then key id, then freshness.
         let now = now_ms();
         let verified = request
-            .verify(
-                &host.key,
-                host.key_id.as_str(),
-                now,
-                self.settings.allowed_future_skew_ms,
-            )
+            .verify(&host, now, self.settings.allowed_future_skew_ms)
             .map_err(Refusal::from_verify)?;
         // 6. Replay, keyed by the signature, kept until the request expires.
         lock(&self.replay)
