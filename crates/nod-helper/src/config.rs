@@ -46,7 +46,16 @@ struct RawConfig {
     service: Option<String>,
     timeout_ms: Option<u64>,
     allowed_future_skew_ms: Option<u64>,
+    /// macos-auth's helper-side cache of response signatures. Read so that its config files
+    /// load, and not used: see [`REPLAY_CACHE_IGNORED`].
+    replay_cache_dir: Option<PathBuf>,
 }
+
+/// Why `replay_cache_dir` is accepted and ignored; `check-config` prints it.
+pub const REPLAY_CACHE_IGNORED: &str = "nod-helper binds every reply to its own request: a new \
+     random 32-byte nonce and the request's hash, both covered by the agent's signature. A reply \
+     from an earlier exchange fails that binding (exit 30), so a cache of past replies on disk \
+     would catch nothing more; nothing is written there";
 
 /// A loaded, checked configuration with its keys.
 #[derive(Debug)]
@@ -66,6 +75,8 @@ pub struct Config {
     pub service: String,
     pub timeout_ms: u64,
     pub allowed_future_skew_ms: u64,
+    /// `replay_cache_dir` if the file sets it; it is not used ([`REPLAY_CACHE_IGNORED`]).
+    pub ignored_replay_cache_dir: Option<PathBuf>,
 }
 
 /// The user a request is made for, as the system knows them.
@@ -201,6 +212,7 @@ impl Config {
             allowed_future_skew_ms: raw
                 .allowed_future_skew_ms
                 .unwrap_or(nod_proto::DEFAULT_FUTURE_SKEW_MS),
+            ignored_replay_cache_dir: raw.replay_cache_dir,
         })
     }
 
