@@ -14,8 +14,9 @@
 //! - The wire is untrusted: a reply counts only if signed by a pinned agent key (under the key
 //!   id pinned with it, when its file names one), bound to this request's id, nonce and hash,
 //!   and fresh. A replayed reply fails the binding.
-//! - Missing authenticator (no socket, agent down, no answer in time) falls back to the password
-//!   (exit 10–12); anything unsafe or forged fails closed (20–32). See [`HelperError::exit_code`].
+//! - Missing authenticator (no socket, agent down, no answer in time, a reply that stalls
+//!   halfway) falls back to the password (exit 10–12); anything unsafe, forged or malformed
+//!   fails closed (20–32). See [`HelperError::exit_code`].
 
 #![forbid(unsafe_code)]
 

@@ -59,6 +59,7 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = req.body.hash();
         let _ = SignedRequest::from_json(&req.to_json()).expect("re-encoded request decodes");
     }
+    let _ = SignedResponse::check_prefix(&payload[..payload.len() / 2]);
     if let Ok(resp) = SignedResponse::from_json(&payload) {
         let _ = resp.body.canonical_bytes();
         let _ = SignedResponse::from_json(&resp.to_json()).expect("re-encoded response decodes");

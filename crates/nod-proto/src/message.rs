@@ -384,6 +384,19 @@ impl SignedResponse {
         serde_json::to_vec(self).expect("a response always serializes")
     }
 
+    /// Checks the first bytes of a response payload, as far as they go: `Ok` if they are a
+    /// whole valid response or could still become one, else the decode error they already
+    /// cause. For [`crate::frame::read_frame_or_stall`], so a reply that stalls halfway is told
+    /// apart from one that is broken.
+    pub fn check_prefix(bytes: &[u8]) -> Result<(), ProtoError> {
+        match serde_json::from_slice::<Self>(bytes) {
+            Ok(msg) => msg.body.check_shape(),
+            // serde_json says "EOF" only when the input so far is valid and merely ends.
+            Err(e) if e.is_eof() => Ok(()),
+            Err(e) => Err(ProtoError::Json(e.to_string())),
+        }
+    }
+
     /// The helper-side checks: the signature under a pinned agent key that admits the claimed
     /// `agent_key_id`, the binding to `request` (id, nonce, hash, host, service, user), and
     /// freshness. A response replayed from an earlier exchange fails the binding, because the

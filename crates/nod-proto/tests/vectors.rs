@@ -444,3 +444,46 @@ fn several_pinned_agent_keys_the_signature_picks_the_key() {
         assert_eq!(verify(pinned).unwrap_err(), ProtoError::BadSignature);
     }
 }
+
+#[test]
+fn every_prefix_of_the_vector_response_could_still_be_a_response() {
+    let v = vector();
+    let json = response(&v).to_json();
+    for end in 0..=json.len() {
+        assert_eq!(
+            SignedResponse::check_prefix(&json[..end]),
+            Ok(()),
+            "{:?}",
+            String::from_utf8_lossy(&json[..end])
+        );
+    }
+}
+
+#[test]
+fn a_prefix_that_is_already_wrong_is_refused() {
+    let v = vector();
+    let json = String::from_utf8(response(&v).to_json()).unwrap();
+    for bad in [
+        "x".to_owned(),
+        "{\"hello\"".to_owned(),
+        "{\"body\":{\"protocol_version\":\"1\"".to_owned(),
+        "{\"body\":{\"protocol_version\":1,\"request_id\":\"r\",\"nonce\":[1,2,3]".to_owned(),
+        "{\"body\":{\"protocol_version\":70000".to_owned() + ",",
+        json.replace("\"approved\"", "\"maybe\""),
+        json.clone() + "x",
+    ] {
+        assert!(
+            matches!(
+                SignedResponse::check_prefix(bad.as_bytes()),
+                Err(ProtoError::Json(_))
+            ),
+            "{bad}"
+        );
+    }
+    let mut v2 = v.json["response"].clone();
+    v2["body"]["protocol_version"] = 2.into();
+    assert_eq!(
+        SignedResponse::check_prefix(&bytes(&v2)),
+        Err(ProtoError::UnsupportedVersion(2))
+    );
+}

@@ -182,6 +182,9 @@ pub enum Reply {
     Raw(Vec<u8>),
     /// Say nothing and keep the connection open until the helper hangs up.
     Silent,
+    /// Send these bytes, then nothing more, keeping the connection open until the helper
+    /// hangs up: a reply that stalls halfway.
+    Stall(Vec<u8>),
 }
 
 /// What the fake agent saw.
@@ -248,6 +251,13 @@ where
             let mut sink = Vec::new();
             let _ = conn.read_to_end(&mut sink);
             Vec::new()
+        }
+        Reply::Stall(bytes) => {
+            use std::io::Write;
+            conn.write_all(&bytes).map_err(|e| e.to_string())?;
+            let mut sink = Vec::new();
+            let _ = conn.read_to_end(&mut sink);
+            bytes
         }
     };
     Ok(Seen { request, reply })
