@@ -1,14 +1,16 @@
 //! Remote approval end to end: nod-helper → approval socket (directly, through a tampering
 //! proxy, or through a real sshd `ssh -R` forward) → `nod agent` → command approver, and back;
-//! then the same through `pam_nod.so` under pamtester and real sudo.
+//! then the same through `pam_nod.so` under pamtester and real sudo, with nod's own files and
+//! with a host laid out in macos-auth's formats and defaults.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nod_e2e::{
     Agent, Answer, FallbackMarker, Host, PamService, Scratch, Sshd, SudoersDropIn, TamperProxy,
-    TestUser, code, require, run,
+    TestUser, code, require, run, run_ok,
 };
 
 const APPROVED: i32 = 0;
@@ -236,64 +238,68 @@ fn pamtester_approves_falls_back_and_fails_hard_on_tampering() {
 }
 
 /// Real sudo by a non-root user logged in through a real sshd, whose `ssh -R` forwards the
-/// approval socket from the "workstation" (the agent) to `/run/user/<uid>/nod-agent.sock`.
-#[test]
-fn sudo_over_ssh_forward_runs_when_approved_and_falls_back_to_password() {
-    if !require(&[
-        "sshd",
-        "ssh",
-        "ssh-keygen",
-        "sudo",
-        "visudo",
-        "useradd",
-        "chpasswd",
-    ]) {
-        return;
-    }
-    const PASSWORD: &str = "nod-e2e-password";
-    let scratch = Scratch::new("sudo");
-    let user = TestUser::ensure("nodtest", PASSWORD);
-    let runtime = user.runtime_dir();
-    let remote_socket = runtime.join("nod-agent.sock");
-    let _ = std::fs::remove_file(&remote_socket);
+/// approval socket from the "workstation" (the agent) to `remote_socket` on the host. The
+/// PAM service, sudoers drop-in and sshd live as long as this.
+struct SudoOverSsh {
+    user: TestUser,
+    remote_socket: PathBuf,
+    fallback: FallbackMarker,
+    sshd: Sshd,
+    _service: PamService,
+    _sudoers: SudoersDropIn,
+}
 
-    let mut agent = Agent::start(&scratch);
-    let module = scratch.install("libpam_nod.so", "pam_nod.so");
-    let host = Host::setup(
-        &scratch,
-        "sudo-host",
-        &agent.public_key_file(),
-        "/run/user/{uid}/nod-agent.sock",
-    );
-    agent.add_host("sudo-host", &host.host_pub);
-    let fallback = FallbackMarker::new(&scratch);
-    let service = PamService::new(
-        "sudo",
-        &pam_stack(&host, &module, &fallback, "auth required pam_unix.so"),
-    );
-    let _sudoers = SudoersDropIn::new(
-        "sudo",
-        &format!(
-            "Defaults:{u} pam_service={svc}\n\
-             Defaults:{u} passwd_tries=1\n\
-             Defaults:{u} timestamp_timeout=0\n\
-             Defaults:{u} !lecture\n\
-             {u} ALL=(root) ALL\n",
-            u = user.name,
-            svc = service.name
-        ),
-    );
-    let sshd = Sshd::start(&scratch, &user);
-    // Wait for the forwarded socket, then run sudo; the password (if asked) comes on stdin.
-    let remote_cmd = format!(
-        "i=0; while [ ! -S {sock} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
-         sudo -S -p '' id -u",
-        sock = remote_socket.display()
-    );
-    let agent_socket = agent.socket.clone();
-    let ssh = |stdin: &str| {
-        let mut child = sshd
-            .ssh_with_forward(&user, &remote_socket, &agent_socket, &remote_cmd)
+impl SudoOverSsh {
+    /// `tag` names the PAM service and sudoers drop-in; one `user` per test, because a drop-in
+    /// sets the user's PAM service.
+    fn start(
+        scratch: &Scratch,
+        tag: &str,
+        user: TestUser,
+        host: &Host,
+        remote_socket: PathBuf,
+    ) -> Self {
+        let module = scratch.install("libpam_nod.so", "pam_nod.so");
+        let fallback = FallbackMarker::new(scratch);
+        let service = PamService::new(
+            tag,
+            &pam_stack(host, &module, &fallback, "auth required pam_unix.so"),
+        );
+        let sudoers = SudoersDropIn::new(
+            tag,
+            &format!(
+                "Defaults:{u} pam_service={svc}\n\
+                 Defaults:{u} passwd_tries=1\n\
+                 Defaults:{u} timestamp_timeout=0\n\
+                 Defaults:{u} !lecture\n\
+                 {u} ALL=(root) ALL\n",
+                u = user.name,
+                svc = service.name
+            ),
+        );
+        let _ = std::fs::remove_file(&remote_socket);
+        let sshd = Sshd::start(scratch, &user);
+        Self {
+            user,
+            remote_socket,
+            fallback,
+            sshd,
+            _service: service,
+            _sudoers: sudoers,
+        }
+    }
+
+    /// Logs in with the forward to `agent_socket`, waits for the forwarded socket, then runs
+    /// `sudo id -u`; the password (if asked) comes from `stdin`.
+    fn sudo_id(&self, agent_socket: &Path, stdin: &str) -> std::process::Output {
+        let remote_cmd = format!(
+            "i=0; while [ ! -S {sock} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
+             sudo -S -p '' id -u",
+            sock = self.remote_socket.display()
+        );
+        let mut child = self
+            .sshd
+            .ssh_with_forward(&self.user, &self.remote_socket, agent_socket, &remote_cmd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -306,20 +312,51 @@ fn sudo_over_ssh_forward_runs_when_approved_and_falls_back_to_password() {
             .write_all(stdin.as_bytes())
             .unwrap();
         child.wait_with_output().unwrap()
-    };
+    }
+}
+
+const SUDO_TOOLS: [&str; 7] = [
+    "sshd",
+    "ssh",
+    "ssh-keygen",
+    "sudo",
+    "visudo",
+    "useradd",
+    "chpasswd",
+];
+
+#[test]
+fn sudo_over_ssh_forward_runs_when_approved_and_falls_back_to_password() {
+    if !require(&SUDO_TOOLS) {
+        return;
+    }
+    const PASSWORD: &str = "nod-e2e-password";
+    let scratch = Scratch::new("sudo");
+    let user = TestUser::ensure("nodtest", PASSWORD);
+    let remote_socket = user.runtime_dir().join("nod-agent.sock");
+
+    let mut agent = Agent::start(&scratch);
+    let host = Host::setup(
+        &scratch,
+        "sudo-host",
+        &agent.public_key_file(),
+        "/run/user/{uid}/nod-agent.sock",
+    );
+    agent.add_host("sudo-host", &host.host_pub);
+    let sudo = SudoOverSsh::start(&scratch, "sudo", user, &host, remote_socket);
 
     // Approved: sudo runs the command without a password (stdin is empty).
     agent.answer(Answer::Approve);
-    let out = ssh("");
+    let out = sudo.sudo_id(&agent.socket, "");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "0",
         "sudo did not run after approval: {out:?}"
     );
-    assert!(!fallback.taken());
+    assert!(!sudo.fallback.taken());
     let prompts = agent.prompts();
     assert_eq!(prompts.len(), 1);
-    assert_eq!(prompts[0]["user"], user.name.as_str());
+    assert_eq!(prompts[0]["user"], sudo.user.name.as_str());
     assert!(
         prompts[0]["command"]
             .as_str()
@@ -330,17 +367,102 @@ fn sudo_over_ssh_forward_runs_when_approved_and_falls_back_to_password() {
 
     // Denied: sudo fails and never asks for the password.
     agent.answer(Answer::Deny);
-    let out = ssh(&format!("{PASSWORD}\n"));
+    let out = sudo.sudo_id(&agent.socket, &format!("{PASSWORD}\n"));
     assert!(!out.status.success(), "sudo ran after a denial: {out:?}");
-    assert!(!fallback.taken(), "denial fell back to the password");
+    assert!(!sudo.fallback.taken(), "denial fell back to the password");
 
     // Agent down (the forward still exists): sudo falls back to the password and runs.
     agent.stop();
-    let out = ssh(&format!("{PASSWORD}\n"));
+    let out = sudo.sudo_id(&agent.socket, &format!("{PASSWORD}\n"));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "0",
         "password fallback did not work: {out:?}"
     );
-    assert!(fallback.taken(), "fallback marker not set");
+    assert!(sudo.fallback.taken(), "fallback marker not set");
+}
+
+/// A host set up the way macos-auth sets one up, with its defaults, and nothing added for nod:
+/// key files with only `public_key_hex=`/`private_key_hex=`, its sample `config.toml`
+/// (`key_id = "host-key-1"`, `replay_cache_dir`), the agent's key as `agents.d/agent.pub`
+/// without a key id, and the host allowed with a plain `nod hosts add` (no `--key-id`). Then
+/// `nod-helper`, pamtester and real sudo over an ssh forward are approved by `nod agent`.
+#[test]
+fn macos_auth_files_and_defaults_approve_sudo_with_no_extra_flags() {
+    if !require(&SUDO_TOOLS) || !require(&["pamtester"]) {
+        return;
+    }
+    const PASSWORD: &str = "nod-e2e-macos-password";
+    let scratch = Scratch::new("macos");
+    let user = TestUser::ensure("nodmacos", PASSWORD);
+    // macos-auth's sample names one socket, with the uid written out.
+    let remote_socket = user.runtime_dir().join("macos-auth-agent.sock");
+
+    let agent = Agent::start(&scratch);
+    let host = Host::macos_auth(
+        &scratch,
+        "linux-host-id",
+        &agent.public_key(),
+        &remote_socket.display().to_string(),
+    );
+    let added = run_ok(
+        agent
+            .nod(["hosts", "add", "linux-host-id"])
+            .arg(&host.host_pub),
+    );
+    assert!(added.contains("any key id"), "{added}");
+    let check = run(Command::new(&host.helper)
+        .args(["check-config", "--config"])
+        .arg(&host.config)
+        .args(["--user", &user.name])
+        .env_clear());
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(code(&check), 0, "check-config: {report}");
+    assert!(report.contains("replay_cache_dir"), "{report}");
+
+    // pamtester first, the PAM user root, who owns the agent's socket: the same files, with
+    // socket_path pointing there instead of at the forward.
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    let direct = text.replace(
+        &format!("socket_path = \"{}\"", remote_socket.display()),
+        &format!("socket_path = \"{}\"", agent.socket.display()),
+    );
+    assert_ne!(direct, text);
+    let pam_host = Host {
+        config: scratch.file("etc-macos-auth/config-direct.toml", 0o644, &direct),
+        helper: host.helper.clone(),
+        host_pub: host.host_pub.clone(),
+        host_id: host.host_id.clone(),
+    };
+    let module = scratch.install("libpam_nod.so", "pam_nod.so");
+    let fallback = FallbackMarker::new(&scratch);
+    let service = PamService::new(
+        "pamtester-macos",
+        &pam_stack(&pam_host, &module, &fallback, "auth requisite pam_deny.so"),
+    );
+    agent.answer(Answer::Approve);
+    let out = run(Command::new("pamtester")
+        .args([&service.name, "root", "authenticate"])
+        .stdin(Stdio::null()));
+    assert!(out.status.success(), "pamtester: {out:?}");
+    assert!(!fallback.taken(), "pamtester fell back to the password");
+    drop(service);
+
+    // Real sudo by a user logged in over ssh, through the forward macos-auth's config names.
+    let sudo = SudoOverSsh::start(&scratch, "sudo-macos", user, &host, remote_socket);
+    let out = sudo.sudo_id(&agent.socket, "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "sudo did not run after approval: {out:?}"
+    );
+    assert!(!sudo.fallback.taken(), "fell back to the password");
+    let prompts = agent.prompts();
+    assert_eq!(prompts.len(), 2, "{prompts:?}");
+    for p in &prompts {
+        assert_eq!(p["host_id"], "linux-host-id");
+        assert_eq!(p["host"], "linux.example.com");
+    }
+    assert_eq!(prompts[0]["user"], "root");
+    assert_eq!(prompts[1]["user"], sudo.user.name.as_str());
 }

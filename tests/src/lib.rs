@@ -360,6 +360,13 @@ impl Agent {
         run_ok(&mut self.nod(["agent-key"]))
     }
 
+    /// The agent's public key.
+    pub fn public_key(&self) -> nod_proto::VerifyingKey {
+        nod_proto::parse_public_key_file(&self.public_key_file())
+            .expect("`nod agent-key` prints a key file")
+            .key
+    }
+
     pub fn add_host(&self, host_id: &str, pubkey_file: &Path) {
         run_ok(self.nod(["hosts", "add", host_id]).arg(pubkey_file));
     }
@@ -443,6 +450,70 @@ impl Host {
         }
     }
 
+    /// A host laid out as macos-auth lays one out, with its defaults, and `nod-helper` in
+    /// place of its helper: key files holding nothing but `private_key_hex=` /
+    /// `public_key_hex=` (no key id), the agent's key as `agents.d/agent.pub`, and a
+    /// `config.toml` as macos-auth's `packaging/linux/examples/config.toml.sample` writes it
+    /// (`key_id = "host-key-1"`, `replay_cache_dir`, no `{uid}` placeholder).
+    pub fn macos_auth(
+        scratch: &Scratch,
+        host_id: &str,
+        agent_pub: &nod_proto::VerifyingKey,
+        socket_path: &str,
+    ) -> Self {
+        scratch.dir("etc-macos-auth", 0o755);
+        scratch.dir("etc-macos-auth/agents.d", 0o755);
+        let replay = scratch.dir("etc-macos-auth/replay", 0o700);
+        let helper = scratch.install("nod-helper", "nod-helper");
+        let key = nod_proto::SigningKey::from_bytes(&random_seed());
+        let key_file = scratch.file(
+            "etc-macos-auth/host_ed25519.key",
+            0o600,
+            &format!("private_key_hex={}\n", hex::encode(key.to_bytes())),
+        );
+        let host_pub = scratch.file(
+            "etc-macos-auth/host_ed25519.pub",
+            0o644,
+            &format!(
+                "public_key_hex={}\n",
+                hex::encode(key.verifying_key().as_bytes())
+            ),
+        );
+        let agent_pub_file = scratch.file(
+            "etc-macos-auth/agents.d/agent.pub",
+            0o644,
+            &format!("public_key_hex={}\n", hex::encode(agent_pub.as_bytes())),
+        );
+        let config = scratch.file(
+            "etc-macos-auth/config.toml",
+            0o644,
+            &format!(
+                "# macos-auth Linux helper configuration sample.\n\
+                 # Install as /etc/macos-auth/config.toml after adapting paths and IDs.\n\
+                 \n\
+                 socket_path = \"{socket_path}\"\n\
+                 host_key_file = \"{}\"\n\
+                 agent_pubkey_file = \"{}\"\n\
+                 key_id = \"host-key-1\"\n\
+                 host_id = \"{host_id}\"\n\
+                 hostname = \"linux.example.com\"\n\
+                 service = \"sudo\"\n\
+                 timeout_ms = 15000\n\
+                 allowed_future_skew_ms = 30000\n\
+                 replay_cache_dir = \"{}\"\n",
+                key_file.display(),
+                agent_pub_file.display(),
+                replay.display(),
+            ),
+        );
+        Self {
+            config,
+            helper,
+            host_pub,
+            host_id: host_id.to_owned(),
+        }
+    }
+
     /// `nod-helper request` for `user`, as PAM would run it.
     pub fn request(&self, user: &str, extra: &[&str]) -> Output {
         run(Command::new(&self.helper)
@@ -453,6 +524,16 @@ impl Host {
             .args(extra)
             .env_clear())
     }
+}
+
+/// 32 bytes from the kernel's random generator, for a throwaway key.
+pub fn random_seed() -> [u8; 32] {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .expect("read /dev/urandom");
+    seed
 }
 
 /// The exit code of a finished process; panics if it was killed by a signal.

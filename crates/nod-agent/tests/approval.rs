@@ -312,6 +312,41 @@ async fn hosts_added_while_running_are_picked_up() {
     assert_eq!(resp.body().decision, Decision::Approved);
 }
 
+/// macos-auth's defaults: its `host_ed25519.pub` holds only `public_key_hex=`, and its helper
+/// claims `key_id = "host-key-1"`. Added as it is, the host is pinned by key alone.
+#[tokio::test]
+async fn host_added_from_a_macos_auth_key_file_is_approved_under_host_key_1() {
+    let h = start_with("exit 0", ApprovalSettings::default(), false).await;
+    let mut hosts = HostsFile::load(&h.paths.hosts_file()).unwrap();
+    let file = format!(
+        "public_key_hex={}\n",
+        hex::encode(h.host_key.verifying_key().as_bytes())
+    );
+    hosts
+        .add(
+            HOST_ID,
+            &file,
+            std::path::Path::new("host_ed25519.pub"),
+            None,
+        )
+        .unwrap();
+    hosts.save(&h.paths.hosts_file()).unwrap();
+
+    let mut b = body(&h, "req-host-key-1", 20_000);
+    b.key_id = "host-key-1".into();
+    let req = b.sign(&h.host_key);
+    let resp = verify(&h, &req, ask(&h, &req).await.expect("a reply"));
+    assert_eq!(resp.body().decision, Decision::Approved);
+
+    // The key id picks nothing here; the signature still has to be the host's.
+    let mut forged = body(&h, "req-forged", 20_000);
+    forged.key_id = "host-key-1".into();
+    let forged = forged.sign(&SigningKey::from_bytes(&[0x22; 32]));
+    assert!(ask(&h, &forged).await.is_none());
+    assert_eq!(audit_lines(&h).last().unwrap()["reason"], "bad_signature");
+    assert_eq!(h.approver_runs(), 1);
+}
+
 #[tokio::test]
 async fn audit_chain_records_every_decision_and_verifies() {
     let h = start("exit 0").await;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use nod_proto::keys::openssh_public_line;
 
-use crate::config::{Config, PamUser};
+use crate::config::{Config, PamUser, REPLAY_CACHE_IGNORED};
 use crate::error::{EXIT_CONFIG, HelperError, one_line};
 use crate::socket::check_socket;
 
@@ -46,8 +46,14 @@ pub fn run(config_path: &Path, user: Option<&str>, out: &mut dyn Write) -> u8 {
             "host public key: {}",
             openssh_public_line(&c.host_key.verifying_key(), "")
         ));
-        for (_, id) in &c.agent_keys {
-            lines.push(format!("pinned agent key: {id}"));
+        for key in &c.agent_keys {
+            lines.push(format!("pinned agent key: {}", key.describe()));
+        }
+        if let Some(dir) = &c.ignored_replay_cache_dir {
+            notes.push(format!(
+                "note: replay_cache_dir = {:?} is accepted and ignored: {REPLAY_CACHE_IGNORED}",
+                dir.display().to_string()
+            ));
         }
     }
     lines.extend(notes.iter().map(|n| one_line(n)));

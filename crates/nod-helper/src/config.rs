@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Uid;
 use nod_fscheck::{Reason, Rule, TrustedDir};
-use nod_proto::keys::PublicKeyFile;
-use nod_proto::{KeyId, SigningKey, VerifyingKey, parse_private_key_file, parse_public_key_file};
+use nod_proto::{KeyId, PinnedKey, SigningKey, parse_private_key_file, parse_public_key_file};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -47,7 +46,16 @@ struct RawConfig {
     service: Option<String>,
     timeout_ms: Option<u64>,
     allowed_future_skew_ms: Option<u64>,
+    /// macos-auth's helper-side cache of response signatures. Read so that its config files
+    /// load, and not used: see [`REPLAY_CACHE_IGNORED`].
+    replay_cache_dir: Option<PathBuf>,
 }
+
+/// Why `replay_cache_dir` is accepted and ignored; `check-config` prints it.
+pub const REPLAY_CACHE_IGNORED: &str = "nod-helper binds every reply to its own request: a new \
+     random 32-byte nonce and the request's hash, both covered by the agent's signature. A reply \
+     from an earlier exchange fails that binding (exit 30), so a cache of past replies on disk \
+     would catch nothing more; nothing is written there";
 
 /// A loaded, checked configuration with its keys.
 #[derive(Debug)]
@@ -60,13 +68,15 @@ pub struct Config {
     pub host_key: SigningKey,
     /// The `key_id` the host claims in its requests.
     pub key_id: KeyId,
-    /// Every pinned agent key, with the key id it must claim.
-    pub agent_keys: Vec<(VerifyingKey, KeyId)>,
+    /// Every pinned agent key, with the key id it must claim if its file names one.
+    pub agent_keys: Vec<PinnedKey>,
     pub host_id: String,
     pub hostname: String,
     pub service: String,
     pub timeout_ms: u64,
     pub allowed_future_skew_ms: u64,
+    /// `replay_cache_dir` if the file sets it; it is not used ([`REPLAY_CACHE_IGNORED`]).
+    pub ignored_replay_cache_dir: Option<PathBuf>,
 }
 
 /// The user a request is made for, as the system knows them.
@@ -202,6 +212,7 @@ impl Config {
             allowed_future_skew_ms: raw
                 .allowed_future_skew_ms
                 .unwrap_or(nod_proto::DEFAULT_FUTURE_SKEW_MS),
+            ignored_replay_cache_dir: raw.replay_cache_dir,
         })
     }
 
@@ -312,11 +323,7 @@ fn load_host_key(path: &Path, problems: &mut Vec<HelperError>) -> Option<Signing
     }
 }
 
-fn parse_agent_key(
-    path: &Path,
-    text: &str,
-    problems: &mut Vec<HelperError>,
-) -> Option<PublicKeyFile> {
+fn parse_agent_key(path: &Path, text: &str, problems: &mut Vec<HelperError>) -> Option<PinnedKey> {
     match parse_public_key_file(text) {
         Ok(k) => Some(k),
         Err(e) => {
@@ -329,15 +336,15 @@ fn parse_agent_key(
     }
 }
 
-/// `agent_pubkey_file` is one key file, or a directory whose `*.pub` files are all pinned.
-fn load_agent_keys(path: &Path, problems: &mut Vec<HelperError>) -> Vec<(VerifyingKey, KeyId)> {
+/// `agent_pubkey_file` is one key file, or a directory whose `*.pub` files are all pinned. A
+/// file with a `key_id=` line pins that id; one without (as macos-auth writes them) pins the key
+/// for any id its agent claims.
+fn load_agent_keys(path: &Path, problems: &mut Vec<HelperError>) -> Vec<PinnedKey> {
     let as_file = nod_fscheck::open_file(path, Rule::root_file());
     let dir = match as_file {
         Ok(file) => {
             return match read_text(path, file) {
-                Ok(text) => parse_agent_key(path, &text, problems)
-                    .map(|k| vec![(k.key, k.key_id)])
-                    .unwrap_or_default(),
+                Ok(text) => parse_agent_key(path, &text, problems).into_iter().collect(),
                 Err(e) => {
                     problems.push(e);
                     Vec::new()
@@ -371,9 +378,7 @@ fn load_agent_keys(path: &Path, problems: &mut Vec<HelperError>) -> Vec<(Verifyi
         match dir.open_file(name, Rule::root_file()) {
             Ok(file) => match read_text(&file_path, file) {
                 Ok(text) => {
-                    if let Some(k) = parse_agent_key(&file_path, &text, problems) {
-                        keys.push((k.key, k.key_id));
-                    }
+                    keys.extend(parse_agent_key(&file_path, &text, problems));
                 }
                 Err(e) => problems.push(e),
             },

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nod_proto::keys::PublicKeyFile;
-use nod_proto::parse_public_key_file;
+use nod_proto::{KeyId, PinnedKey, parse_public_key_file};
 
 use crate::config::{Config, PamUser};
 use crate::error::{HelperError, one_line};
@@ -300,7 +299,7 @@ fn sshd_checks(config: Option<&Path>, user: Option<&PamUser>) -> Vec<Check> {
 }
 
 /// Reads `--agent-key`: a file, or the bare `public_key_hex` value.
-fn parse_agent_key(given: &str) -> Result<PublicKeyFile, String> {
+fn parse_agent_key(given: &str) -> Result<PinnedKey, String> {
     let text = if Path::new(given).is_file() {
         std::fs::read_to_string(given).map_err(|e| format!("cannot read {given}: {e}"))?
     } else if given.len() == 64 && given.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -321,15 +320,30 @@ fn agent_key_check(given: &str, config: &Config) -> Check {
             );
         }
     };
-    match config.agent_keys.iter().find(|(k, _)| *k == wanted.key) {
-        Some((_, id)) if *id == wanted.key_id => Check::ok(format!(
+    // The id the agent claims: its file's `key_id=` line, else its fingerprint (what
+    // `nod agent` always claims).
+    let claims = wanted
+        .key_id
+        .clone()
+        .unwrap_or_else(|| KeyId::fingerprint(&wanted.key));
+    let same_key: Vec<&PinnedKey> = config
+        .agent_keys
+        .iter()
+        .filter(|p| p.key == wanted.key)
+        .collect();
+    match same_key.iter().find(|p| p.admits(claims.as_str())) {
+        Some(p) => Check::ok(format!(
             "the workstation's agent key {} is pinned",
-            wanted.key_id
+            p.describe()
         )),
-        Some((_, id)) => Check::fail(
+        None if !same_key.is_empty() => Check::fail(
             format!(
-                "the workstation's agent key is pinned under key id {id}, but the agent claims {}",
-                wanted.key_id
+                "the workstation's agent key is pinned as {}, but the agent claims key id {claims}",
+                same_key
+                    .iter()
+                    .map(|p| p.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             "remove the key_id= line from the pinned .pub file in /etc/nod/agents.d \
              (or run `nod pair` again from the workstation)",
@@ -337,14 +351,14 @@ fn agent_key_check(given: &str, config: &Config) -> Check {
         None => Check::fail(
             format!(
                 "the workstation's agent key {} is not pinned here (pinned: {})",
-                wanted.key_id,
+                KeyId::fingerprint(&wanted.key),
                 if config.agent_keys.is_empty() {
                     "none".to_owned()
                 } else {
                     config
                         .agent_keys
                         .iter()
-                        .map(|(_, id)| id.to_string())
+                        .map(PinnedKey::describe)
                         .collect::<Vec<_>>()
                         .join(", ")
                 }

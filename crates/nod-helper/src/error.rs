@@ -48,6 +48,8 @@ pub enum HelperError {
     AgentClosed,
     /// The deadline passed before a single reply byte arrived.
     AgentTimedOut { timeout_ms: u64 },
+    /// The reply began, every byte of it valid so far, and then stopped until the deadline.
+    AgentStalled { timeout_ms: u64, received: usize },
     /// The agent answered `unavailable`.
     AgentUnavailable { detail: String },
     /// The agent answered `cancelled`.
@@ -76,6 +78,7 @@ impl HelperError {
             | Self::AgentUnreachable { .. }
             | Self::AgentClosed
             | Self::AgentTimedOut { .. }
+            | Self::AgentStalled { .. }
             | Self::AgentUnavailable { .. } => EXIT_UNAVAILABLE,
             Self::Cancelled { .. } => EXIT_CANCELLED,
             // A local failure to build the request is not an attack and the password still
@@ -96,11 +99,18 @@ impl HelperError {
     ///
     /// EOF or a dead connection before the first byte, and a deadline with no byte, mean the
     /// agent is not there (sshd accepts the forward even when the agent is down): unavailable,
-    /// not a protocol error, so the person can still use the password.
+    /// not a protocol error, so the person can still use the password. So is a reply that
+    /// starts and then stalls past the deadline ([`ProtoError::Stalled`]): a slow or stuck
+    /// link is a missing authenticator, not an attack. Only bytes that already fail to decode
+    /// make it a protocol error; a stall never makes anything count as approved.
     pub fn from_reply(e: ProtoError, timeout_ms: u64) -> Self {
         use io::ErrorKind::{BrokenPipe, ConnectionReset, TimedOut, WouldBlock};
         match e {
             ProtoError::Closed => Self::AgentClosed,
+            ProtoError::Stalled { received } => Self::AgentStalled {
+                timeout_ms,
+                received,
+            },
             ProtoError::Io {
                 kind: WouldBlock | TimedOut,
                 started: false,
@@ -144,6 +154,13 @@ impl fmt::Display for HelperError {
             Self::AgentTimedOut { timeout_ms } => write!(
                 f,
                 "no reply from the agent within {timeout_ms} ms — answer the prompt sooner, or raise timeout_ms"
+            ),
+            Self::AgentStalled {
+                timeout_ms,
+                received,
+            } => write!(
+                f,
+                "the agent's reply stopped after {received} bytes and was not complete within {timeout_ms} ms — is the ssh connection to your workstation stuck? (raise timeout_ms if it is only slow)"
             ),
             Self::AgentUnavailable { detail } => {
                 write!(f, "the agent could not ask for approval{detail}")
@@ -229,6 +246,13 @@ mod tests {
             ),
             (HelperError::AgentClosed, 10),
             (HelperError::AgentTimedOut { timeout_ms: 1 }, 10),
+            (
+                HelperError::AgentStalled {
+                    timeout_ms: 1,
+                    received: 5,
+                },
+                10,
+            ),
             (HelperError::AgentUnavailable { detail: s() }, 10),
             (HelperError::Cancelled { detail: s() }, 11),
             (HelperError::Failed { detail: s() }, 12),
@@ -263,6 +287,7 @@ mod tests {
             HelperError::AgentUnreachable { .. } => "AgentUnreachable",
             HelperError::AgentClosed => "AgentClosed",
             HelperError::AgentTimedOut { .. } => "AgentTimedOut",
+            HelperError::AgentStalled { .. } => "AgentStalled",
             HelperError::AgentUnavailable { .. } => "AgentUnavailable",
             HelperError::Cancelled { .. } => "Cancelled",
             HelperError::Failed { .. } => "Failed",
@@ -275,7 +300,7 @@ mod tests {
         }
     }
 
-    const VARIANT_COUNT: usize = 17;
+    const VARIANT_COUNT: usize = 18;
 
     #[test]
     fn every_variant_maps_to_its_documented_exit_code() {
@@ -306,9 +331,11 @@ mod tests {
                 "{kind}"
             );
         }
+        assert_eq!(code(ProtoError::Stalled { received: 1 }), 10);
+        // An I/O error mid-frame that is not a stall at the deadline stays a protocol error.
         assert_eq!(
             code(ProtoError::Io {
-                kind: TimedOut,
+                kind: ConnectionReset,
                 started: true
             }),
             32

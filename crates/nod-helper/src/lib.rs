@@ -11,11 +11,12 @@
 //!   errors.
 //! - Only the PAM user's own forward may answer: the socket must be a socket owned by them, and
 //!   the peer's kernel credentials are checked after connecting.
-//! - The wire is untrusted: a reply counts only if signed by a pinned agent key under the key id
-//!   pinned for it, bound to this request's id, nonce and hash, and fresh. A replayed reply
-//!   fails the binding.
-//! - Missing authenticator (no socket, agent down, no answer in time) falls back to the password
-//!   (exit 10–12); anything unsafe or forged fails closed (20–32). See [`HelperError::exit_code`].
+//! - The wire is untrusted: a reply counts only if signed by a pinned agent key (under the key
+//!   id pinned with it, when its file names one), bound to this request's id, nonce and hash,
+//!   and fresh. A replayed reply fails the binding.
+//! - Missing authenticator (no socket, agent down, no answer in time, a reply that stalls
+//!   halfway) falls back to the password (exit 10–12); anything unsafe, forged or malformed
+//!   fails closed (20–32). See [`HelperError::exit_code`].
 
 #![forbid(unsafe_code)]
 

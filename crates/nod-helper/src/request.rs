@@ -3,7 +3,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use nod_proto::frame::{read_frame, write_frame};
+use nod_proto::frame::{read_frame_or_stall, write_frame};
 use nod_proto::{Alg, Decision, PROTOCOL_VERSION, ProtoError, RequestBody, SignedResponse};
 
 use crate::config::{Config, PamUser};
@@ -50,7 +50,10 @@ pub fn run(config: &Config, info: &RequestInfo, start: Instant) -> Result<(), He
         ),
         e => HelperError::Protocol(e),
     })?;
-    let reply = read_frame(&mut io).map_err(|e| HelperError::from_reply(e, timeout_ms))?;
+    // A reply that starts and then stops before the deadline is "unavailable", unless what did
+    // arrive is already broken: see `HelperError::from_reply`.
+    let reply = read_frame_or_stall(&mut io, SignedResponse::check_prefix)
+        .map_err(|e| HelperError::from_reply(e, timeout_ms))?;
     drop(stream);
 
     let response =

@@ -137,27 +137,11 @@ fn agent_with_host_key_id(
     s: &Scratch,
     id: &'static str,
 ) -> std::sync::mpsc::Receiver<Result<Seen, String>> {
-    use nod_proto::SignedRequest;
-    use nod_proto::frame::{read_frame, write_frame};
-    let listener = std::os::unix::net::UnixListener::bind(s.socket_path()).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let result = (|| {
-            let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
-            let payload = read_frame(&mut conn).map_err(|e| e.to_string())?;
-            let req = SignedRequest::from_json(&payload)
-                .and_then(|r| r.verify(&host_key().verifying_key(), id, now_ms(), 30_000))
-                .map_err(|e| e.to_string())?;
-            let reply = signed(answer(&req, Decision::Approved, &agent_key()), &agent_key());
-            write_frame(&mut conn, &reply).map_err(|e| e.to_string())?;
-            Ok(Seen {
-                request: req,
-                reply,
-            })
-        })();
-        let _ = tx.send(result);
-    });
-    rx
+    let host = nod_proto::PinnedKey {
+        key: host_key().verifying_key(),
+        key_id: Some(nod_proto::KeyId::new(id).unwrap()),
+    };
+    agent_pinning(&s.socket_path(), host, decide(Decision::Approved))
 }
 
 fn check_config(s: &Scratch, user: Option<&str>) -> (i32, String) {
@@ -228,8 +212,11 @@ fn gen_key_writes_a_private_key_only_root_can_read() {
     let key = nod_proto::parse_private_key_file(&fs::read_to_string(&private).unwrap()).unwrap();
     let pubfile = nod_proto::parse_public_key_file(&fs::read_to_string(&public).unwrap()).unwrap();
     assert_eq!(pubfile.key, key.verifying_key());
+    // The host claims its fingerprint; the .pub file pins no id, which admits it.
+    let fingerprint = nod_proto::KeyId::fingerprint(&pubfile.key);
+    assert_eq!(pubfile.key_id, None);
     assert!(
-        stdout.contains(&format!("key_id={}", pubfile.key_id)),
+        stdout.contains(&format!("key_id={fingerprint}")),
         "{stdout}"
     );
     assert!(stdout.contains("ssh-ed25519 AAAA"), "{stdout}");
@@ -240,7 +227,7 @@ fn gen_key_writes_a_private_key_only_root_can_read() {
     s.write("host.key", &fs::read_to_string(&private).unwrap(), 0o600);
     let (code, report) = check_config(&s, Some("root"));
     assert_eq!(code, 0, "{report}");
-    assert!(report.contains(pubfile.key_id.as_str()), "{report}");
+    assert!(report.contains(fingerprint.as_str()), "{report}");
 }
 
 #[test]
@@ -278,7 +265,7 @@ fn gen_key_refuses_to_overwrite_without_force() {
     );
     let pubfile =
         nod_proto::parse_public_key_file(&fs::read_to_string(s.path("host.pub")).unwrap()).unwrap();
-    assert_eq!(pubfile.key_id.as_str(), "web-1");
+    assert_eq!(pubfile.key_id.unwrap().as_str(), "web-1");
     let leftovers: Vec<_> = fs::read_dir(&s.dir)
         .unwrap()
         .filter_map(|e| e.ok())

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nod_proto::{Decision, MAX_FRAME_LEN, ResponseBody, SignedResponse};
+use nod_proto::{Decision, MAX_FRAME_LEN, ResponseBody, SignedResponse, frame};
 
 #[test]
 fn approved_response_exits_0_and_prints_nothing() {
@@ -151,6 +151,67 @@ fn agent_that_never_replies_is_unavailable_at_the_deadline() {
     wait(&rx);
 }
 
+/// The first `keep` bytes of the framed, signed approval of `req`.
+fn approval_prefix(req: &nod_proto::VerifiedRequest, keep: fn(usize) -> usize) -> Vec<u8> {
+    let payload = signed(answer(req, Decision::Approved, &agent_key()), &agent_key());
+    let framed = frame::encode(&payload).unwrap();
+    framed[..keep(framed.len())].to_vec()
+}
+
+#[test]
+fn reply_that_starts_and_stalls_past_the_deadline_is_unavailable() {
+    let Some(s) = Scratch::new() else { return };
+    type Cut = fn(usize) -> usize;
+    let cuts: [(&str, Cut); 4] = [
+        ("first byte", |_| 1),
+        ("header", |_| 4),
+        ("half", |n| n / 2),
+        ("all but the last byte", |n| n - 1),
+    ];
+    for (name, keep) in cuts {
+        let sock = format!("stall-{}.sock", name.replace(' ', "-"));
+        s.write_config_with(&sock, "agent.pub", "");
+        let rx = agent(&s.path(&sock), move |req| {
+            Reply::Stall(approval_prefix(req, keep))
+        });
+        let start = Instant::now();
+        let out = s.request(&["--timeout-ms", "400"]);
+        let took = start.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(10), "stalled after {name}: {err}");
+        assert!(err.contains("stopped after"), "{name}: {err}");
+        assert!(
+            took >= Duration::from_millis(350),
+            "{name}: gave up early: {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "{name}: deadline not kept: {took:?}"
+        );
+        wait(&rx);
+    }
+}
+
+#[test]
+fn reply_that_stalls_after_bytes_that_do_not_decode_is_a_protocol_error() {
+    let Some(s) = Scratch::new() else { return };
+    let replies: [(&str, &[u8]); 3] = [
+        ("a header above the cap", b"\x7f"),
+        ("an unknown field", b"\0\0\x01\0{\"hello\""),
+        ("not JSON", b"\0\0\x01\0GET / HTTP/1.0"),
+    ];
+    for (name, bytes) in replies {
+        let sock = format!("garbage-{}.sock", name.replace(' ', "-"));
+        s.write_config_with(&sock, "agent.pub", "");
+        let rx = agent(&s.path(&sock), move |_| Reply::Stall(bytes.to_vec()));
+        let out = s.request(&["--timeout-ms", "300"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(32), "{name}: {err}");
+        assert!(err.contains("protocol error"), "{name}: {err}");
+        wait(&rx);
+    }
+}
+
 #[test]
 fn response_field_changed_after_signing_is_rejected() {
     let Some(s) = Scratch::new() else { return };
@@ -198,8 +259,15 @@ fn response_signed_by_unpinned_key_is_rejected() {
 }
 
 #[test]
-fn response_with_wrong_agent_key_id_is_rejected() {
+fn response_with_another_key_id_than_the_pinned_one_is_rejected() {
     let Some(s) = Scratch::new() else { return };
+    let vk = agent_key().verifying_key();
+    let pinned = nod_proto::KeyId::new("workstation").unwrap();
+    s.write(
+        "agent.pub",
+        &nod_proto::keys::format_public_key_file(&vk, &pinned, "pinned with an id"),
+        0o644,
+    );
     let rx = agent(&s.socket_path(), |req| {
         let mut body = answer(req, Decision::Approved, &agent_key());
         body.agent_key_id = "some-other-agent".into();

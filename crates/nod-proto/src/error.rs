@@ -37,6 +37,9 @@ pub enum ProtoError {
         kind: std::io::ErrorKind,
         started: bool,
     },
+    /// The peer sent the first `received` bytes of a frame, each still valid so far, and then
+    /// nothing until the reader timed out (see [`crate::frame::read_frame_or_stall`]).
+    Stalled { received: usize },
 }
 
 impl ProtoError {
@@ -98,6 +101,12 @@ impl fmt::Display for ProtoError {
                     "before any byte"
                 };
                 write!(f, "i/o error {when}: {kind}")
+            }
+            Self::Stalled { received } => {
+                write!(
+                    f,
+                    "the reply stopped after {received} bytes and did not go on"
+                )
             }
         }
     }

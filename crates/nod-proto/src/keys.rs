@@ -6,8 +6,14 @@
 //! which pins the key id a signer must claim (macos-auth reads only the first line, so such a
 //! file stays readable by it).
 //!
-//! The default key id of a key is its OpenSSH fingerprint, `SHA256:<base64>`, the same string
-//! `ssh-keygen -lf` prints.
+//! A file without a `key_id=` line pins the key alone ([`PinnedKey::key_id`] is `None`): a
+//! message signed by that key may claim any key id. The signature under the pinned key is what
+//! authenticates; a key id only picks among pinned keys. macos-auth writes its key files that
+//! way and signs with ids of its own choosing (`host-key-1`, `agent-key-1`), so this is what
+//! makes its files and defaults work unchanged.
+//!
+//! The key id a nod signer claims by default is its key's OpenSSH fingerprint,
+//! `SHA256:<base64>`, the same string `ssh-keygen -lf` prints.
 
 use std::fmt;
 
@@ -72,12 +78,31 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// A public key read from a file, with the key id it pins.
+/// A pinned public key (read from a key file or an allowlist), with the key id it pins, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicKeyFile {
+pub struct PinnedKey {
     pub key: VerifyingKey,
-    /// The `key_id=` line if present, else the key's fingerprint.
-    pub key_id: KeyId,
+    /// `Some`: a message signed by this key must claim exactly this id (a `key_id=` line, or
+    /// an id given when the key was pinned). `None`: it may claim any id.
+    pub key_id: Option<KeyId>,
+}
+
+impl PinnedKey {
+    /// Whether a message that claims `claimed` as its key id may be checked against this key.
+    /// This only picks candidates: whatever it says, the signature still has to verify.
+    pub fn admits(&self, claimed: &str) -> bool {
+        self.key_id.as_ref().is_none_or(|id| id.as_str() == claimed)
+    }
+
+    /// The key's fingerprint and what it pins, for reports: `SHA256:… (key id X)` or
+    /// `SHA256:… (any key id)`.
+    pub fn describe(&self) -> String {
+        let fingerprint = KeyId::fingerprint(&self.key);
+        match &self.key_id {
+            Some(id) => format!("{fingerprint} (key id {id})"),
+            None => format!("{fingerprint} (any key id)"),
+        }
+    }
 }
 
 fn ssh_wire_blob(key: &VerifyingKey) -> Vec<u8> {
@@ -137,7 +162,7 @@ fn parse_openssh_ed25519(line: &str) -> Result<VerifyingKey, ProtoError> {
 
 /// Parses a public key file (macos-auth hex format or an OpenSSH `ssh-ed25519` line), with an
 /// optional `key_id=` line after it. Anything else in the file is an error.
-pub fn parse_public_key_file(text: &str) -> Result<PublicKeyFile, ProtoError> {
+pub fn parse_public_key_file(text: &str) -> Result<PinnedKey, ProtoError> {
     let mut lines = meaningful_lines(text);
     let first = lines
         .next()
@@ -158,10 +183,7 @@ pub fn parse_public_key_file(text: &str) -> Result<PublicKeyFile, ProtoError> {
             }
         }
     }
-    Ok(PublicKeyFile {
-        key_id: key_id.unwrap_or_else(|| KeyId::fingerprint(&key)),
-        key,
-    })
+    Ok(PinnedKey { key, key_id })
 }
 
 /// Parses a private key file: `private_key_hex=<64 hex>` and nothing else.
@@ -188,6 +210,7 @@ pub fn format_private_key_file(key: &SigningKey) -> Zeroizing<String> {
 }
 
 /// The text of a public key file, with a `key_id=` line when the id is not the fingerprint.
+/// (A file without one pins no id, which is all a signer that claims its fingerprint needs.)
 pub fn format_public_key_file(key: &VerifyingKey, key_id: &KeyId, comment: &str) -> String {
     let mut out = String::new();
     for line in comment.lines() {
@@ -235,7 +258,36 @@ mod tests {
         let vk = key().verifying_key();
         let id = KeyId::new("host-key-1").unwrap();
         let parsed = parse_public_key_file(&format_public_key_file(&vk, &id, "")).unwrap();
-        assert_eq!(parsed.key_id, id);
+        assert_eq!(parsed.key_id, Some(id));
+        assert!(parsed.admits("host-key-1"));
+        assert!(!parsed.admits("host-key-2"));
+        assert!(!parsed.admits(KeyId::fingerprint(&vk).as_str()));
+    }
+
+    #[test]
+    fn file_without_key_id_line_admits_any_id() {
+        let vk = key().verifying_key();
+        // As macos-auth's `gen-key --public-key-file` writes it: one line, nothing else.
+        let text = format!("public_key_hex={}\n", hex::encode(vk.as_bytes()));
+        let parsed = parse_public_key_file(&text).unwrap();
+        assert_eq!(
+            parsed,
+            PinnedKey {
+                key: vk,
+                key_id: None
+            }
+        );
+        for claimed in [
+            "host-key-1",
+            "agent-key-1",
+            KeyId::fingerprint(&vk).as_str(),
+        ] {
+            assert!(parsed.admits(claimed), "{claimed}");
+        }
+        assert!(parsed.describe().ends_with("(any key id)"));
+        // A file for a signer that claims its fingerprint needs no line either.
+        let nod_file = format_public_key_file(&vk, &KeyId::fingerprint(&vk), "agent");
+        assert_eq!(parse_public_key_file(&nod_file).unwrap().key_id, None);
     }
 
     #[test]

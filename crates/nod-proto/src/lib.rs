@@ -25,7 +25,7 @@ mod message;
 mod serde_bytes64;
 
 pub use error::ProtoError;
-pub use keys::{KeyId, parse_private_key_file, parse_public_key_file, valid_host_id};
+pub use keys::{KeyId, PinnedKey, parse_private_key_file, parse_public_key_file, valid_host_id};
 pub use message::{
     Alg, AuthMethod, Decision, REQUEST_DOMAIN, RESPONSE_DOMAIN, RequestBody, ResponseBody,
     SignedRequest, SignedResponse, VerifiedRequest, VerifiedResponse, check_freshness,
@@ -63,6 +63,7 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = req.body.hash();
         let _ = SignedRequest::from_json(&req.to_json()).expect("re-encoded request decodes");
     }
+    let _ = SignedResponse::check_prefix(&payload[..payload.len() / 2]);
     if let Ok(resp) = SignedResponse::from_json(&payload) {
         let _ = resp.body.canonical_bytes();
         let _ = SignedResponse::from_json(&resp.to_json()).expect("re-encoded response decodes");

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::canonical::Canonical;
-use crate::keys::KeyId;
+use crate::keys::PinnedKey;
 use crate::{MAX_RESPONSE_LIFETIME_MS, NONCE_LEN, PROTOCOL_VERSION, ProtoError, serde_bytes64};
 
 /// Domain string that starts the canonical bytes of every request.
@@ -304,20 +304,23 @@ impl SignedRequest {
     }
 
     /// The agent-side checks, in the order of docs/design.md §1 once the host is known: signature by
-    /// the pinned host key, then key id, then freshness. Replay and rate limits are the caller's
-    /// state and come after.
+    /// the host's pinned key, then key id (the pinned one, if the host was pinned with an id;
+    /// else any), then freshness. Replay and rate limits are the caller's state and come after.
     pub fn verify(
         self,
-        host_key: &VerifyingKey,
-        expected_key_id: &str,
+        host: &PinnedKey,
         now_ms: u64,
         allowed_future_skew_ms: u64,
     ) -> Result<VerifiedRequest, ProtoError> {
         let canonical = self.body.canonical_bytes();
-        verify_strict(host_key, &canonical, &self.signature)?;
-        if self.body.key_id != expected_key_id {
+        verify_strict(&host.key, &canonical, &self.signature)?;
+        if let Some(pinned) = host
+            .key_id
+            .as_ref()
+            .filter(|id| id.as_str() != self.body.key_id)
+        {
             return Err(ProtoError::WrongKeyId {
-                expected: expected_key_id.to_owned(),
+                expected: pinned.as_str().to_owned(),
                 got: self.body.key_id,
             });
         }
@@ -381,29 +384,56 @@ impl SignedResponse {
         serde_json::to_vec(self).expect("a response always serializes")
     }
 
-    /// The helper-side checks: the signature under one of the pinned agent keys, the key id
-    /// pinned for that key, the binding to `request` (id, nonce, hash, host, service, user), and
+    /// Checks the first bytes of a response payload, as far as they go: `Ok` if they are a
+    /// whole valid response or could still become one, else the decode error they already
+    /// cause. For [`crate::frame::read_frame_or_stall`], so a reply that stalls halfway is told
+    /// apart from one that is broken.
+    pub fn check_prefix(bytes: &[u8]) -> Result<(), ProtoError> {
+        match serde_json::from_slice::<Self>(bytes) {
+            Ok(msg) => msg.body.check_shape(),
+            // serde_json says "EOF" only when the input so far is valid and merely ends.
+            Err(e) if e.is_eof() => Ok(()),
+            Err(e) => Err(ProtoError::Json(e.to_string())),
+        }
+    }
+
+    /// The helper-side checks: the signature under a pinned agent key that admits the claimed
+    /// `agent_key_id`, the binding to `request` (id, nonce, hash, host, service, user), and
     /// freshness. A response replayed from an earlier exchange fails the binding, because the
     /// helper's nonce and request hash are new for every request.
+    ///
+    /// The claimed id only narrows the candidates: a key pinned with an id is tried only for
+    /// that id, a key pinned without one for any id, and the response counts only if one of
+    /// those candidates verifies its signature. A signature that verifies only under a key
+    /// pinned with another id is [`ProtoError::WrongKeyId`]; one that no pinned key verifies
+    /// is [`ProtoError::BadSignature`].
     pub fn verify(
         self,
-        pinned: &[(VerifyingKey, KeyId)],
+        pinned: &[PinnedKey],
         request: &RequestBody,
         now_ms: u64,
         allowed_future_skew_ms: u64,
     ) -> Result<VerifiedResponse, ProtoError> {
         let canonical = self.body.canonical_bytes();
-        let (_, key_id) = pinned
+        let verifies = |p: &&PinnedKey| verify_strict(&p.key, &canonical, &self.signature).is_ok();
+        let claimed = &self.body.agent_key_id;
+        if !pinned
             .iter()
-            .find(|(key, _)| verify_strict(key, &canonical, &self.signature).is_ok())
-            .ok_or(ProtoError::BadSignature)?;
-        let body = self.body;
-        if body.agent_key_id != key_id.as_str() {
-            return Err(ProtoError::WrongKeyId {
-                expected: key_id.as_str().to_owned(),
-                got: body.agent_key_id,
+            .filter(|p| p.admits(claimed))
+            .any(|p| verifies(&p))
+        {
+            // Only for the error: is it the wrong id for a pinned key, or no pinned key at all?
+            return Err(match pinned.iter().find(verifies) {
+                Some(PinnedKey {
+                    key_id: Some(id), ..
+                }) => ProtoError::WrongKeyId {
+                    expected: id.as_str().to_owned(),
+                    got: self.body.agent_key_id,
+                },
+                _ => ProtoError::BadSignature,
             });
         }
+        let body = self.body;
         let checks: [(&'static str, bool); 6] = [
             ("request_id", body.request_id == request.request_id),
             ("nonce", body.nonce == request.nonce),

@@ -1,9 +1,8 @@
 //! The macos-auth v1 deterministic vector, reproduced byte for byte.
 
-use nod_proto::keys::PublicKeyFile;
 use nod_proto::{
-    Decision, KeyId, ProtoError, RequestBody, ResponseBody, SignedRequest, SignedResponse,
-    SigningKey, VerifyingKey, frame,
+    Decision, KeyId, PinnedKey, ProtoError, RequestBody, ResponseBody, SignedRequest,
+    SignedResponse, SigningKey, VerifyingKey, frame,
 };
 use serde_json::Value;
 
@@ -45,8 +44,24 @@ fn response(v: &Vector) -> SignedResponse {
     SignedResponse::from_json(&bytes(&v.json["response"])).unwrap()
 }
 
-fn pinned_agent(v: &Vector) -> Vec<(VerifyingKey, KeyId)> {
-    vec![(v.agent.verifying_key(), KeyId::new("agent-key-1").unwrap())]
+fn pin(key: VerifyingKey, key_id: Option<&str>) -> PinnedKey {
+    PinnedKey {
+        key,
+        key_id: key_id.map(|id| KeyId::new(id).unwrap()),
+    }
+}
+
+fn pinned_agent(v: &Vector) -> Vec<PinnedKey> {
+    vec![pin(v.agent.verifying_key(), Some("agent-key-1"))]
+}
+
+fn pinned_host(v: &Vector) -> PinnedKey {
+    pin(v.host.verifying_key(), Some("host-key-1"))
+}
+
+/// A public key file as macos-auth's `gen-key --public-key-file` writes it: one line.
+fn macos_auth_pub_file(v: &Vector, field: &str) -> String {
+    format!("public_key_hex={}\n", v.json[field].as_str().unwrap())
 }
 
 #[test]
@@ -135,9 +150,7 @@ fn decodes_every_field_of_the_response() {
 #[test]
 fn agent_side_verification_accepts_the_vector_request() {
     let v = vector();
-    let verified = request(&v)
-        .verify(&v.host.verifying_key(), "host-key-1", NOW, 30_000)
-        .unwrap();
+    let verified = request(&v).verify(&pinned_host(&v), NOW, 30_000).unwrap();
     assert_eq!(
         hex::encode(verified.hash()),
         v.json["request_hash_hex"].as_str().unwrap()
@@ -157,9 +170,7 @@ fn helper_side_verification_accepts_the_vector_response() {
 #[test]
 fn answering_the_vector_request_reproduces_the_vector_response() {
     let v = vector();
-    let verified = request(&v)
-        .verify(&v.host.verifying_key(), "host-key-1", NOW, 30_000)
-        .unwrap();
+    let verified = request(&v).verify(&pinned_host(&v), NOW, 30_000).unwrap();
     let body = ResponseBody::answering(
         &verified,
         Decision::Approved,
@@ -222,7 +233,7 @@ fn rejects_response_signed_by_another_key() {
 fn rejects_response_with_wrong_key_id() {
     let v = vector();
     let req = request(&v).body;
-    let pinned = vec![(v.agent.verifying_key(), KeyId::new("other-id").unwrap())];
+    let pinned = vec![pin(v.agent.verifying_key(), Some("other-id"))];
     assert!(matches!(
         response(&v).verify(&pinned, &req, NOW, 30_000),
         Err(ProtoError::WrongKeyId { .. })
@@ -257,21 +268,20 @@ fn rejects_expired_and_future_responses() {
 #[test]
 fn rejects_request_with_bad_signature_or_key_id_or_age() {
     let v = vector();
-    let host = v.host.verifying_key();
+    let host = pinned_host(&v);
     let mut tampered = request(&v);
     tampered.body.pam_user = "root".into();
     assert_eq!(
-        tampered
-            .verify(&host, "host-key-1", NOW, 30_000)
-            .unwrap_err(),
+        tampered.verify(&host, NOW, 30_000).unwrap_err(),
         ProtoError::BadSignature
     );
+    let other_id = pin(v.host.verifying_key(), Some("other"));
     assert!(matches!(
-        request(&v).verify(&host, "other", NOW, 30_000),
+        request(&v).verify(&other_id, NOW, 30_000),
         Err(ProtoError::WrongKeyId { .. })
     ));
     assert!(matches!(
-        request(&v).verify(&host, "host-key-1", 1_700_000_030_001, 30_000),
+        request(&v).verify(&host, 1_700_000_030_001, 30_000),
         Err(ProtoError::Expired { .. })
     ));
 }
@@ -326,9 +336,9 @@ fn key_files_in_both_formats_pin_the_vector_keys() {
         "# agent\npublic_key_hex={}\nkey_id=agent-key-1\n",
         v.json["agent_public_key_hex"].as_str().unwrap()
     );
-    let PublicKeyFile { key, key_id } = nod_proto::parse_public_key_file(&hex_file).unwrap();
+    let PinnedKey { key, key_id } = nod_proto::parse_public_key_file(&hex_file).unwrap();
     assert_eq!(key, v.agent.verifying_key());
-    assert_eq!(key_id.as_str(), "agent-key-1");
+    assert_eq!(key_id, Some(KeyId::new("agent-key-1").unwrap()));
     let private = format!(
         "private_key_hex={}\n",
         v.json["host_private_key_hex"].as_str().unwrap()
@@ -338,5 +348,142 @@ fn key_files_in_both_formats_pin_the_vector_keys() {
             .unwrap()
             .verifying_key(),
         v.host.verifying_key()
+    );
+}
+
+// macos-auth's defaults: its key files carry no key id, its helper claims `host-key-1` and its
+// agent `agent-key-1`. A key pinned from such a file admits whatever id its signer claims.
+
+#[test]
+fn host_pinned_from_a_macos_auth_key_file_accepts_host_key_1() {
+    let v = vector();
+    let host =
+        nod_proto::parse_public_key_file(&macos_auth_pub_file(&v, "host_public_key_hex")).unwrap();
+    assert_eq!(host.key_id, None);
+    assert_eq!(request(&v).body.key_id, "host-key-1");
+    let verified = request(&v).verify(&host, NOW, 30_000).unwrap();
+    assert_eq!(
+        hex::encode(verified.hash()),
+        v.json["request_hash_hex"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn agent_pinned_from_a_macos_auth_key_file_accepts_agent_key_1() {
+    let v = vector();
+    let agent =
+        nod_proto::parse_public_key_file(&macos_auth_pub_file(&v, "agent_public_key_hex")).unwrap();
+    assert_eq!(agent.key_id, None);
+    let verified = response(&v)
+        .verify(&[agent], &request(&v).body, NOW, 30_000)
+        .unwrap();
+    assert_eq!(verified.body().agent_key_id, "agent-key-1");
+    assert_eq!(verified.decision(), Decision::Approved);
+}
+
+#[test]
+fn a_pin_without_key_id_still_needs_the_signature() {
+    let v = vector();
+    let unpinned_host = pin(v.host.verifying_key(), None);
+    let mut tampered = request(&v);
+    tampered.body.key_id = "host-key-2".into();
+    assert_eq!(
+        tampered.verify(&unpinned_host, NOW, 30_000).unwrap_err(),
+        ProtoError::BadSignature
+    );
+    let forged = request(&v).body.sign(&SigningKey::from_bytes(&[1; 32]));
+    assert_eq!(
+        forged.verify(&unpinned_host, NOW, 30_000).unwrap_err(),
+        ProtoError::BadSignature
+    );
+    let mut tampered = response(&v);
+    tampered.body.agent_key_id = "agent-key-2".into();
+    assert_eq!(
+        tampered.verify(
+            &[pin(v.agent.verifying_key(), None)],
+            &request(&v).body,
+            NOW,
+            30_000
+        ),
+        Err(ProtoError::BadSignature)
+    );
+}
+
+/// Several pinned agent keys, as an agents.d/ with many files: a key pinned with an id is a
+/// candidate only for that id, a key pinned without one for any id; the signature decides.
+#[test]
+fn several_pinned_agent_keys_the_signature_picks_the_key() {
+    let v = vector();
+    let req = request(&v).body;
+    let agent = v.agent.verifying_key();
+    let other = SigningKey::from_bytes(&[1; 32]).verifying_key();
+    let third = SigningKey::from_bytes(&[2; 32]).verifying_key();
+    let verify = |pinned: Vec<PinnedKey>| response(&v).verify(&pinned, &req, NOW, 30_000);
+
+    // Another key pinned under the claimed id does not get in the way of the signer's own pin.
+    assert!(verify(vec![pin(other, Some("agent-key-1")), pin(agent, None)]).is_ok());
+    assert!(verify(vec![pin(other, None), pin(third, None), pin(agent, None)]).is_ok());
+    assert!(verify(vec![pin(other, None), pin(agent, Some("agent-key-1"))]).is_ok());
+    // The same key pinned twice: once under another id, once without an id.
+    assert!(verify(vec![pin(agent, Some("laptop")), pin(agent, None)]).is_ok());
+
+    // The signer's key is pinned only under another id: that id is what it must claim.
+    assert_eq!(
+        verify(vec![pin(other, None), pin(agent, Some("laptop"))]).unwrap_err(),
+        ProtoError::WrongKeyId {
+            expected: "laptop".into(),
+            got: "agent-key-1".into()
+        }
+    );
+    // The signer's key is not pinned at all, whatever ids the pinned keys have.
+    for pinned in [
+        vec![],
+        vec![pin(other, None)],
+        vec![pin(other, Some("agent-key-1")), pin(third, None)],
+    ] {
+        assert_eq!(verify(pinned).unwrap_err(), ProtoError::BadSignature);
+    }
+}
+
+#[test]
+fn every_prefix_of_the_vector_response_could_still_be_a_response() {
+    let v = vector();
+    let json = response(&v).to_json();
+    for end in 0..=json.len() {
+        assert_eq!(
+            SignedResponse::check_prefix(&json[..end]),
+            Ok(()),
+            "{:?}",
+            String::from_utf8_lossy(&json[..end])
+        );
+    }
+}
+
+#[test]
+fn a_prefix_that_is_already_wrong_is_refused() {
+    let v = vector();
+    let json = String::from_utf8(response(&v).to_json()).unwrap();
+    for bad in [
+        "x".to_owned(),
+        "{\"hello\"".to_owned(),
+        "{\"body\":{\"protocol_version\":\"1\"".to_owned(),
+        "{\"body\":{\"protocol_version\":1,\"request_id\":\"r\",\"nonce\":[1,2,3]".to_owned(),
+        "{\"body\":{\"protocol_version\":70000".to_owned() + ",",
+        json.replace("\"approved\"", "\"maybe\""),
+        json.clone() + "x",
+    ] {
+        assert!(
+            matches!(
+                SignedResponse::check_prefix(bad.as_bytes()),
+                Err(ProtoError::Json(_))
+            ),
+            "{bad}"
+        );
+    }
+    let mut v2 = v.json["response"].clone();
+    v2["body"]["protocol_version"] = 2.into();
+    assert_eq!(
+        SignedResponse::check_prefix(&bytes(&v2)),
+        Err(ProtoError::UnsupportedVersion(2))
     );
 }

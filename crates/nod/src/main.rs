@@ -183,7 +183,8 @@ enum HostsCommand {
     Add {
         host_id: String,
         pubkey_file: PathBuf,
-        /// Key id the host signs with; default: the file's key_id= line, else the fingerprint.
+        /// Key id the host must claim; default: the file's key_id= line, else any (the
+        /// host's signature under this key is what counts).
         #[arg(long, value_name = "ID")]
         key_id: Option<String>,
     },
@@ -222,11 +223,10 @@ fn hosts_add(paths: &Paths, host_id: &str, file: &Path, key_id: Option<&str>) ->
         .find(|e| e.id == host_id)
         .context("host vanished after adding it")?;
     match outcome {
-        AddOutcome::Added => println!("added host {host_id} (key id {})", entry.key_id),
-        AddOutcome::Replaced => println!(
-            "replaced the key of host {host_id} (key id now {})",
-            entry.key_id
-        ),
+        AddOutcome::Added => println!("added host {host_id} ({})", entry.pins()),
+        AddOutcome::Replaced => {
+            println!("replaced the key of host {host_id} ({} now)", entry.pins())
+        }
     }
     Ok(())
 }
@@ -237,7 +237,8 @@ fn hosts_list(paths: &Paths) -> Result<()> {
         eprintln!("no hosts allowed yet; add one with `nod hosts add <host_id> <pubkey-file>`");
     }
     for entry in hosts.entries() {
-        println!("{}\t{}\t{}", entry.id, entry.key_id, entry.public_key_hex);
+        let key_id = entry.key_id.as_deref().unwrap_or("(any key id)");
+        println!("{}\t{key_id}\t{}", entry.id, entry.public_key_hex);
     }
     Ok(())
 }

@@ -354,17 +354,21 @@ pub fn run(paths: &Paths, args: &PairArgs) -> Result<()> {
     // Step 1: allow the host here.
     let parsed = parse_public_key_file(&host_pub)
         .map_err(|e| anyhow!("{}:{host_pub_path}: {e}", args.dest))?;
+    // The id the host's config sets, else its key file's; with neither, as `nod hosts add`,
+    // none is pinned and the host's signature decides.
     let key_id = config
         .key_id
         .clone()
-        .unwrap_or_else(|| parsed.key_id.as_str().to_owned());
+        .or_else(|| parsed.key_id.as_ref().map(|id| id.as_str().to_owned()));
+    let pins = key_id
+        .as_ref()
+        .map_or_else(|| "any key id".to_owned(), |id| format!("key id {id}"));
     let hosts_path = paths.hosts_file();
     let mut hosts = HostsFile::load(&hosts_path)?;
-    let same = hosts.entries().any(|e| {
-        e.id == config.host_id
-            && e.public_key_hex == crate::doctor::hex_lower(parsed.key.as_bytes())
-            && e.key_id == key_id
-    });
+    let key_hex = crate::doctor::hex_lower(parsed.key.as_bytes());
+    let same = hosts
+        .entries()
+        .any(|e| e.id == config.host_id && e.public_key_hex == key_hex && e.key_id == key_id);
     if same {
         println!(
             "unchanged: host {} is already allowed with this key",
@@ -373,15 +377,16 @@ pub fn run(paths: &Paths, args: &PairArgs) -> Result<()> {
     } else {
         let pinned = hosts.entries().find(|e| e.id == config.host_id);
         if let Some(old) = pinned
+            && old.public_key_hex != key_hex
             && !args.replace_host_key
         {
             bail!(
-                "host {} is already allowed with another key (key id {}); {}:{host_pub_path} now \
-                 holds key id {key_id}. A host key that changes is what an impostor would look \
+                "host {} is already allowed with another key ({}); {}:{host_pub_path} now \
+                 holds another. A host key that changes is what an impostor would look \
                  like: find out why (was it regenerated with `nod-helper gen-key --force`?), \
                  then run again with --replace-host-key. Nothing was changed.",
                 config.host_id,
-                old.key_id,
+                old.pins(),
                 args.dest
             );
         }
@@ -390,12 +395,12 @@ pub fn run(paths: &Paths, args: &PairArgs) -> Result<()> {
             &config.host_id,
             &host_pub,
             Path::new(&host_pub_path),
-            Some(&key_id),
+            key_id.as_deref(),
         )?;
         hosts.save(&hosts_path)?;
         changed += 1;
         println!(
-            "{} host {} (key id {key_id}) in {}",
+            "{} host {} ({pins}) in {}",
             if replaced {
                 "replaced the key of"
             } else {

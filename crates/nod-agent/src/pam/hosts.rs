@@ -1,12 +1,18 @@
 //! The host allowlist, `$XDG_CONFIG_HOME/nod/hosts.toml`: which Linux hosts may ask for
-//! approval, and the Ed25519 key (and key id) each one signs with.
+//! approval, and the Ed25519 key (and, optionally, the key id) each one signs with.
 //!
 //! ```toml
 //! [[host]]
 //! id = "web-1"
 //! public_key_hex = "…64 hex…"
-//! key_id = "SHA256:…"
+//! key_id = "host-key-1"   # optional
 //! ```
+//!
+//! A host with a `key_id` must claim exactly that id in its requests. A host without one may
+//! claim any id: its signature under the pinned key is what authenticates it, and the id it
+//! claims is signed along with the rest of the request. That is what `nod hosts add` writes for
+//! a key file without a `key_id=` line, such as macos-auth's `host_ed25519.pub`, whose helper
+//! claims `host-key-1` by default.
 //!
 //! The file is written by `nod hosts add|remove` (atomically, mode 0600) and re-read by the
 //! running agent when it changes, so adding a host needs no restart.
@@ -18,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use nod_proto::{KeyId, VerifyingKey, parse_public_key_file};
+use nod_proto::{KeyId, PinnedKey, VerifyingKey, parse_public_key_file};
 use serde::{Deserialize, Serialize};
 
 use crate::files::{check_not_writable_by_others, ensure_private_dir, write_atomic};
@@ -55,7 +61,20 @@ pub use nod_proto::valid_host_id;
 pub struct HostEntry {
     pub id: String,
     pub public_key_hex: String,
-    pub key_id: String,
+    /// The key id the host must claim; absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+impl HostEntry {
+    /// What the entry pins, for messages: `key id <id>`, or `any key id` (a key id cannot
+    /// contain spaces, so the two never meet).
+    pub fn pins(&self) -> String {
+        match &self.key_id {
+            Some(id) => format!("key id {id}"),
+            None => "any key id".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -65,12 +84,9 @@ struct HostsFileToml {
     host: Vec<HostEntry>,
 }
 
-/// A host whose key parsed: what the approval service checks a request against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowedHost {
-    pub key: VerifyingKey,
-    pub key_id: KeyId,
-}
+/// A host whose key parsed: what the approval service checks a request against
+/// ([`nod_proto::SignedRequest::verify`]).
+pub type AllowedHost = PinnedKey;
 
 /// What `add` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +110,12 @@ fn parse_entry(entry: HostEntry) -> Result<(HostEntry, AllowedHost), String> {
         .map_err(|_| format!("host {:?}: public_key_hex must be 64 hex digits", entry.id))?;
     let key = VerifyingKey::from_bytes(&bytes)
         .map_err(|_| format!("host {:?}: public_key_hex is not an Ed25519 key", entry.id))?;
-    let key_id =
-        KeyId::new(&entry.key_id).map_err(|_| format!("host {:?}: key_id is invalid", entry.id))?;
+    let key_id = match &entry.key_id {
+        Some(id) => {
+            Some(KeyId::new(id).map_err(|_| format!("host {:?}: key_id is invalid", entry.id))?)
+        }
+        None => None,
+    };
     Ok((entry, AllowedHost { key, key_id }))
 }
 
@@ -154,8 +174,9 @@ impl HostsFile {
     }
 
     /// Adds (or replaces) a host from the text of its public key file: macos-auth
-    /// `public_key_hex=` or an OpenSSH `ssh-ed25519` line. The key id is `key_id` if given,
-    /// else the file's `key_id=` line, else the key's fingerprint.
+    /// `public_key_hex=` or an OpenSSH `ssh-ed25519` line. The key id pinned is `key_id` if
+    /// given, else the file's `key_id=` line; with neither, none is pinned and the host may
+    /// claim any id under its key.
     pub fn add(
         &mut self,
         host_id: &str,
@@ -173,13 +194,13 @@ impl HostsFile {
             ),
         })?;
         let key_id = match key_id {
-            Some(id) => KeyId::new(id).map_err(|_| HostsError::BadKeyId(id.to_owned()))?,
+            Some(id) => Some(KeyId::new(id).map_err(|_| HostsError::BadKeyId(id.to_owned()))?),
             None => parsed.key_id,
         };
         let entry = HostEntry {
             id: host_id.to_owned(),
             public_key_hex: hex::encode(parsed.key.as_bytes()),
-            key_id: key_id.as_str().to_owned(),
+            key_id: key_id.as_ref().map(|id| id.as_str().to_owned()),
         };
         let allowed = AllowedHost {
             key: parsed.key,
@@ -314,19 +335,77 @@ mod tests {
     }
 
     #[test]
-    fn add_takes_key_id_from_flag_then_file_then_fingerprint() {
+    fn add_takes_key_id_from_flag_then_file_else_pins_none() {
         let mut hosts = HostsFile::default();
         let p = Path::new("k.pub");
         let hex_file = format_public_key_file(&vk(1), &KeyId::new("pinned").unwrap(), "c");
         hosts.add("a", &hex_file, p, None).unwrap();
-        assert_eq!(hosts.get("a").unwrap().key_id.as_str(), "pinned");
+        assert_eq!(
+            hosts.get("a").unwrap().key_id,
+            Some(KeyId::new("pinned").unwrap())
+        );
         hosts.add("b", &hex_file, p, Some("flag")).unwrap();
-        assert_eq!(hosts.get("b").unwrap().key_id.as_str(), "flag");
+        assert_eq!(
+            hosts.get("b").unwrap().key_id,
+            Some(KeyId::new("flag").unwrap())
+        );
         hosts
             .add("c", &openssh_public_line(&vk(2), "root@c"), p, None)
             .unwrap();
-        assert_eq!(hosts.get("c").unwrap().key_id, KeyId::fingerprint(&vk(2)));
+        assert_eq!(hosts.get("c").unwrap().key_id, None);
         assert_eq!(hosts.get("c").unwrap().key, vk(2));
+    }
+
+    /// macos-auth's `gen-key --public-key-file host_ed25519.pub` writes one line; its helper
+    /// then claims `host-key-1`.
+    #[test]
+    fn macos_auth_host_key_file_pins_the_key_for_any_key_id() {
+        let mut hosts = HostsFile::default();
+        let text = format!("public_key_hex={}\n", hex::encode(vk(3).as_bytes()));
+        hosts
+            .add("linux-host-id", &text, Path::new("host_ed25519.pub"), None)
+            .unwrap();
+        let host = hosts.get("linux-host-id").unwrap();
+        assert_eq!(host.key, vk(3));
+        assert!(host.admits("host-key-1"));
+        assert!(host.admits(KeyId::fingerprint(&vk(3)).as_str()));
+
+        // Saved without a key_id line, and read back the same way.
+        let file = HostsFileToml {
+            host: hosts.entries().cloned().collect(),
+        };
+        let text = toml::to_string(&file).unwrap();
+        assert!(!text.contains("key_id"), "{text}");
+        assert_eq!(HostsFile::parse(&text).unwrap(), hosts);
+
+        // An explicit --key-id still pins.
+        hosts
+            .add(
+                "linux-host-id",
+                &text_of(&vk(3)),
+                Path::new("k"),
+                Some("host-key-1"),
+            )
+            .unwrap();
+        let host = hosts.get("linux-host-id").unwrap();
+        assert!(host.admits("host-key-1"));
+        assert!(!host.admits("host-key-2"));
+    }
+
+    fn text_of(key: &VerifyingKey) -> String {
+        format!("public_key_hex={}\n", hex::encode(key.as_bytes()))
+    }
+
+    #[test]
+    fn entries_written_with_a_key_id_still_pin_it() {
+        let text = format!(
+            "[[host]]\nid = \"web-1\"\npublic_key_hex = \"{}\"\nkey_id = \"SHA256:abc\"\n",
+            hex::encode(vk(4).as_bytes())
+        );
+        let hosts = HostsFile::parse(&text).unwrap();
+        let host = hosts.get("web-1").unwrap();
+        assert!(host.admits("SHA256:abc"));
+        assert!(!host.admits("host-key-1"));
     }
 
     #[test]

@@ -304,12 +304,7 @@ impl ApprovalService {
         // 3-5. Signature by the pinned key, then key id, then freshness.
         let now = now_ms();
         let verified = request
-            .verify(
-                &host.key,
-                host.key_id.as_str(),
-                now,
-                self.settings.allowed_future_skew_ms,
-            )
+            .verify(&host, now, self.settings.allowed_future_skew_ms)
             .map_err(Refusal::from_verify)?;
         // A request may not outlive the helper's longest timeout: it would fill the replay
         // cache for as long.

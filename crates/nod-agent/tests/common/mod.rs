@@ -19,8 +19,8 @@ use nod_agent::pam::{ApprovalService, ApprovalSettings};
 use nod_agent::paths::Paths;
 use nod_proto::keys::openssh_public_line;
 use nod_proto::{
-    Alg, KeyId, RequestBody, SignedRequest, SignedResponse, SigningKey, VerifiedResponse,
-    VerifyingKey, frame,
+    Alg, KeyId, PinnedKey, RequestBody, SignedRequest, SignedResponse, SigningKey,
+    VerifiedResponse, VerifyingKey, frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -108,8 +108,10 @@ pub async fn start_rated(
     if allow_host {
         let mut hosts = HostsFile::default();
         let line = openssh_public_line(&host_key.verifying_key(), "root@web-1");
+        // Pinned with the key id the requests claim, so a wrong one can be tested.
+        let key_id = KeyId::fingerprint(&host_key.verifying_key());
         hosts
-            .add(HOST_ID, &line, Path::new("host.pub"), None)
+            .add(HOST_ID, &line, Path::new("host.pub"), Some(key_id.as_str()))
             .unwrap();
         hosts.save(&paths.hosts_file()).unwrap();
     }
@@ -207,7 +209,10 @@ pub async fn ask(h: &Harness, request: &SignedRequest) -> Option<SignedResponse>
 pub fn verify(h: &Harness, request: &SignedRequest, response: SignedResponse) -> VerifiedResponse {
     response
         .verify(
-            &[(h.agent_pub, h.agent_key_id.clone())],
+            &[PinnedKey {
+                key: h.agent_pub,
+                key_id: Some(h.agent_key_id.clone()),
+            }],
             &request.body,
             now_ms(),
             30_000,

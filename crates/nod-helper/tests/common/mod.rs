@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nod_proto::frame::{read_frame, write_frame};
 use nod_proto::keys::{format_private_key_file, format_public_key_file};
 use nod_proto::{
-    AuthMethod, Decision, KeyId, ResponseBody, SignedRequest, SignedResponse, SigningKey,
-    VerifiedRequest,
+    AuthMethod, Decision, KeyId, PinnedKey, ResponseBody, SignedRequest, SignedResponse,
+    SigningKey, VerifiedRequest,
 };
 
 pub const HOST_ID: &str = "test-host";
@@ -182,6 +182,9 @@ pub enum Reply {
     Raw(Vec<u8>),
     /// Say nothing and keep the connection open until the helper hangs up.
     Silent,
+    /// Send these bytes, then nothing more, keeping the connection open until the helper
+    /// hangs up: a reply that stalls halfway.
+    Stall(Vec<u8>),
 }
 
 /// What the fake agent saw.
@@ -191,21 +194,38 @@ pub struct Seen {
 }
 
 /// A fake agent that accepts one connection on `socket`, checks the request with the host key
-/// like `nod agent` would, and answers with whatever `respond` returns.
+/// like `nod agent` would (pinned under its fingerprint, the helper's default key id), and
+/// answers with whatever `respond` returns.
 pub fn agent<F>(socket: &Path, respond: F) -> Receiver<Result<Seen, String>>
+where
+    F: FnOnce(&VerifiedRequest) -> Reply + Send + 'static,
+{
+    let host = PinnedKey {
+        key: host_key().verifying_key(),
+        key_id: Some(key_id(&host_key())),
+    };
+    agent_pinning(socket, host, respond)
+}
+
+/// [`agent`] with the host key pinned as `host`.
+pub fn agent_pinning<F>(
+    socket: &Path,
+    host: PinnedKey,
+    respond: F,
+) -> Receiver<Result<Seen, String>>
 where
     F: FnOnce(&VerifiedRequest) -> Reply + Send + 'static,
 {
     let listener = UnixListener::bind(socket).unwrap();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        let result = serve(&listener, respond);
+        let result = serve(&listener, &host, respond);
         let _ = tx.send(result);
     });
     rx
 }
 
-fn serve<F>(listener: &UnixListener, respond: F) -> Result<Seen, String>
+fn serve<F>(listener: &UnixListener, host: &PinnedKey, respond: F) -> Result<Seen, String>
 where
     F: FnOnce(&VerifiedRequest) -> Reply,
 {
@@ -214,14 +234,7 @@ where
         .unwrap();
     let payload = read_frame(&mut conn).map_err(|e| e.to_string())?;
     let request = SignedRequest::from_json(&payload)
-        .and_then(|r| {
-            r.verify(
-                &host_key().verifying_key(),
-                key_id(&host_key()).as_str(),
-                now_ms(),
-                30_000,
-            )
-        })
+        .and_then(|r| r.verify(host, now_ms(), 30_000))
         .map_err(|e| format!("agent rejected the helper's request: {e}"))?;
     let reply = match respond(&request) {
         Reply::Frame(p) => {
@@ -238,6 +251,13 @@ where
             let mut sink = Vec::new();
             let _ = conn.read_to_end(&mut sink);
             Vec::new()
+        }
+        Reply::Stall(bytes) => {
+            use std::io::Write;
+            conn.write_all(&bytes).map_err(|e| e.to_string())?;
+            let mut sink = Vec::new();
+            let _ = conn.read_to_end(&mut sink);
+            bytes
         }
     };
     Ok(Seen { request, reply })
