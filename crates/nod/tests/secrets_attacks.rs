@@ -39,7 +39,7 @@ const FORGE_CREDS_PY: &str = include_str!("fixtures/forge_creds.py");
 const PID_REUSE_PY: &str = include_str!("fixtures/pid_reuse.py");
 const PLACE_PID_PY: &str = include_str!("fixtures/place_pid.py");
 const SEND_EXEC_PY: &str = include_str!("fixtures/send_exec.py");
-const EXEC_INTO_CLIENT_PY: &str = include_str!("fixtures/exec_into_client.py");
+const USE_SESSION_PY: &str = include_str!("fixtures/use_session.py");
 
 fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
@@ -599,15 +599,16 @@ fn send_then_exec(lab: &Lab, mode: &str) -> String {
 }
 
 /// Attack 3: the attacker sends, then execs the registered binary while a forked reader keeps
-/// the socket; with the agent frozen from the send until the exec is done (5 runs), and as a
-/// plain race (30 runs). Every run must get nothing.
+/// the socket; with the agent frozen from the send until the exec is done (5 runs), as a plain
+/// race (30 runs), and frozen before the connection is accepted while the attacker opens a
+/// session and execs, the reader then using that session (5 runs). Every run must get nothing.
 #[test]
 fn sending_then_execing_the_registered_binary_gets_nothing() {
     let Some(lab) = Lab::new("sendexec") else {
         return;
     };
     let mut leaked = Vec::new();
-    for (mode, runs) in [("freeze", 5), ("race", 30)] {
+    for (mode, runs) in [("freeze", 5), ("race", 30), ("hello", 5)] {
         for run in 0..runs {
             let seen = send_then_exec(&lab, mode);
             if seen.contains(&lab.secret) {
@@ -620,16 +621,17 @@ fn sending_then_execing_the_registered_binary_gets_nothing() {
         &if leaked.is_empty() {
             String::new()
         } else {
-            format!("{} of 35 runs got {}: {leaked:?}", leaked.len(), lab.secret)
+            format!("{} of 40 runs got {}: {leaked:?}", leaked.len(), lab.secret)
         },
     );
 }
 
-/// Attack 3 from the other side: a process that connected and then exec'd the registered
-/// client is refused on that connection, though the same client on its own connection is
-/// served.
+/// A session belongs to the image that opened it: a registered client that opens one and then
+/// execs another program (here the attacker, which gets the connection and the session id)
+/// cannot lend it. (A process that execs a registered client *before* its session is judged
+/// just runs that client, which asks for its own secret: no different from running it.)
 #[test]
-fn a_connection_whose_process_execd_since_connecting_is_refused() {
+fn a_session_is_refused_once_its_process_execs_another_program() {
     let Some(lab) = Lab::new("execd") else { return };
     let nodc = lab.bin("nodc");
     let own = ok(lab
@@ -642,16 +644,24 @@ fn a_connection_whose_process_execd_since_connecting_is_refused() {
         "the registered client on its own connection: {}",
         text(&own)
     );
-    let mut cmd = lab.attacker(EXEC_INTO_CLIENT_PY);
-    cmd.arg(lab.socket()).arg(&nodc).arg(SERVICE).arg(TARGET);
+    let script = lab.dir.path("work/use-session");
+    fs::write(
+        &script,
+        format!("#!{}\n{}", lab.bin("attacker").display(), USE_SESSION_PY),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    lab.user.chown(&script);
+    let mut cmd = lab.cmd(&nodc);
+    cmd.arg("--hello-then-exec").arg(&script);
     let o = output_within(&mut cmd, Duration::from_secs(20));
     let seen = stdout_and_stderr(&o);
     assert!(
-        seen.contains(&format!("EXEC {}", nodc.display())) && !seen.contains("NOT-ACCEPTED"),
-        "the exec did not happen: {seen}"
+        seen.contains("SESSION-OPEN") && seen.contains("SESSION-USED"),
+        "the session was not opened and handed over: {seen}"
     );
     lab.assert_no_secret(
-        "a connection opened by python, used after exec'ing the registered client",
+        "a session opened by the registered client, used after it exec'd the attacker",
         &seen,
     );
 }
@@ -698,8 +708,11 @@ fn tracer_pid(pid: u32) -> Option<u32> {
 const TRACED: &str = "trace=connect,read,recvfrom,recvmsg,sendto,write";
 
 /// The trace shows the client connecting to the broker and sending its request.
+/// Whether the traced client reached the broker: it connected and opened its session (the
+/// broker may refuse it there, before any request is sent).
 fn asked_the_broker(trace: &str) -> bool {
-    trace.contains("secrets.sock") && trace.contains(r#"\"action\":\"read\""#)
+    trace.contains("secrets.sock")
+        && (trace.contains(r#"\"type\":\"HELLO\""#) || trace.contains(r#"\"action\":\"read\""#))
 }
 
 /// Attack 4b: the attacker traces the registered client with `strace`, which prints every
