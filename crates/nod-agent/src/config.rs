@@ -15,6 +15,8 @@
 //! rate_limit_per_minute = 20
 //! [secrets]
 //! backend = "auto"          # auto | file | secret-service
+//! [ssh]
+//! idle_timeout = "1h"       # close SSH agent connections idle this long
 //! ```
 
 use std::fs;
@@ -161,6 +163,28 @@ pub enum SecretsBackend {
     SecretService,
 }
 
+/// `[ssh]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// A connection with no message in flight is closed after this long.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::duration::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
 /// `[secrets]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -180,6 +204,8 @@ pub struct AgentConfig {
     pub secrets: SecretsConfig,
     #[serde(default)]
     pub presence: PresenceConfig,
+    #[serde(default)]
+    pub ssh: SshConfig,
 }
 
 /// `agent.toml` could not be used.
@@ -252,6 +278,9 @@ impl AgentConfig {
                 "[approval] rate_limit_burst and rate_limit_per_minute must be at least 1".into(),
             );
         }
+        if self.ssh.idle_timeout.is_zero() {
+            return Err("[ssh] idle_timeout must be longer than 0s".into());
+        }
         if a.allowed_future_skew_ms > MAX_SKEW_MS {
             return Err(format!(
                 "[approval] allowed_future_skew_ms must be at most {MAX_SKEW_MS}; fix the host's clock instead"
@@ -320,6 +349,10 @@ mod tests {
         assert!(parse("[approver]\nkind = []").is_err());
         assert!(parse("[approver]\nkind = [\"auto\"]").is_err());
         assert!(parse("[presence]\npam = \"strong\"").is_err());
+        let c = parse("[ssh]\nidle_timeout = \"90s\"").unwrap();
+        assert_eq!(c.ssh.idle_timeout, std::time::Duration::from_secs(90));
+        assert!(parse("[ssh]\nidle_timeout = \"0s\"").is_err());
+        assert!(parse("[ssh]\nidle_timeout = \"soon\"").is_err());
     }
 
     #[test]
@@ -329,6 +362,7 @@ mod tests {
             "[approver]\nkinds = \"tty\"",
             "[approval]\nrate_limit_burts = 5",
             "[ssh]\nx = 1",
+            "[ssh]\nidle = \"1h\"",
             "[secrets]\nbackend_kind = \"file\"",
         ] {
             let err = parse(text).unwrap_err().to_string();

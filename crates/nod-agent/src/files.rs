@@ -102,3 +102,107 @@ pub(crate) fn test_dir(tag: &str) -> std::path::PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// What identifies one version of a file: inode, size, modification and change time. The
+/// change time moves with `chmod`/`chown` too, so making a file readable again is a change.
+pub(crate) type Stamp = Option<(u64, u64, i64, i64, i64, i64)>;
+
+/// The stamp of `path` now; `None` when it cannot be seen.
+pub(crate) fn stamp(path: &Path) -> Stamp {
+    let m = fs::metadata(path).ok()?;
+    Some((
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+/// How long a failed load waits before it is tried again, whatever the file's stamp says.
+pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A file the agent re-reads when it changes: [`Watched::current`] loads it again when its
+/// stamp changed, and after a failure also when [`RETRY_AFTER`] has passed, so a read that
+/// failed for a passing reason (out of descriptors, a file briefly unreadable) recovers by
+/// itself. It logs once when a failed file loads again.
+#[derive(Debug)]
+pub(crate) struct Watched<T> {
+    path: std::path::PathBuf,
+    stamp: Stamp,
+    loaded: bool,
+    failed_at: Option<std::time::Instant>,
+    value: T,
+}
+
+impl<T: Default> Watched<T> {
+    /// Nothing loaded yet; the first [`Watched::current`] loads.
+    pub(crate) fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            stamp: None,
+            loaded: false,
+            failed_at: None,
+            value: T::default(),
+        }
+    }
+
+    /// The value, loaded again first if the file changed, or if the last load failed a while
+    /// ago. `load` returns the new value or an error to log; while it fails, the value is
+    /// `T::default()` (fail closed: no hosts, no keys). Returns whether the value was loaded
+    /// again by this call.
+    pub(crate) fn current<E: std::fmt::Display>(
+        &mut self,
+        load: impl FnOnce(&Path, Stamp) -> Result<T, E>,
+    ) -> (&T, bool) {
+        let now = stamp(&self.path);
+        let retry = self.failed_at.is_some_and(|t| t.elapsed() >= RETRY_AFTER);
+        if self.loaded && now == self.stamp && !retry {
+            return (&self.value, false);
+        }
+        self.stamp = now;
+        self.loaded = true;
+        match load(&self.path, now) {
+            Ok(value) => {
+                if self.failed_at.take().is_some() {
+                    crate::log::event!("{}: read again, working", self.path.display());
+                }
+                self.value = value;
+            }
+            Err(e) => {
+                if self.failed_at.is_none() {
+                    crate::log::event!("{e}");
+                }
+                self.failed_at = Some(std::time::Instant::now());
+                self.value = T::default();
+            }
+        }
+        (&self.value, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_load_is_tried_again_after_a_while_even_if_the_file_did_not_change() {
+        let dir = test_dir("watched");
+        let path = dir.join("f");
+        fs::write(&path, "x").unwrap();
+        let mut w: Watched<u32> = Watched::new(&path);
+        let (v, loaded) = w.current(|_, _| Err::<u32, _>("out of descriptors"));
+        assert_eq!((*v, loaded), (0, true));
+        // Same stamp, just failed: not tried again at once.
+        let (_, loaded) = w.current(|_, _| Ok::<u32, String>(7));
+        assert!(!loaded);
+        std::thread::sleep(RETRY_AFTER);
+        let (v, loaded) = w.current(|_, _| Ok::<u32, String>(7));
+        assert_eq!((*v, loaded), (7, true));
+        // Loaded and unchanged: not read again.
+        let (v, loaded) = w.current(|_, _| Ok::<u32, String>(9));
+        assert_eq!((*v, loaded), (7, false));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -23,6 +23,7 @@ use crate::pam::hosts::HostAllowlist;
 use crate::pam::{ApprovalService, ApprovalSettings};
 use crate::paths::{Paths, PathsError};
 use crate::secrets::{SecretsError, SecretsFiles, SecretsService, SecretsSettings};
+use crate::socket::Capped;
 use crate::ssh::SshAgentService;
 
 /// What `nod agent` was asked to do.
@@ -166,6 +167,10 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
     let ssh_agent = Arc::new(
         SshAgentService::new(Arc::clone(&core))
             .with_presence(config.presence.ssh)
+            .with_limits(crate::ssh::SshLimits {
+                idle: config.ssh.idle_timeout,
+                ..crate::ssh::SshLimits::default()
+            })
             .with_keystore(keystore),
     );
     let secrets_files = SecretsFiles::from_paths(&paths);
@@ -213,11 +218,14 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
             ssh_socket_path.display()
         );
         event!("secrets socket {} ready", secrets_socket_path.display());
+        // One share of the descriptors for each socket (see `socket`).
+        let cap = crate::socket::cap_from_limit(3);
+        event!("connections: at most {cap} at once on each socket");
         tokio::select! {
             () = Arc::clone(core.audit_log()).flush_periodically() => {}
-            () = service.serve(listener) => {}
-            () = ssh_agent.serve(ssh_listener) => {}
-            () = secrets.serve(secrets_listener) => {}
+            () = service.serve(Capped::new(listener, cap, "approval")) => {}
+            () = ssh_agent.serve(Capped::new(ssh_listener, cap, "ssh agent")) => {}
+            () = secrets.serve(Capped::new(secrets_listener, cap, "secrets")) => {}
             _ = sigint.recv() => event!("SIGINT: shutting down"),
             _ = sigterm.recv() => event!("SIGTERM: shutting down"),
         }

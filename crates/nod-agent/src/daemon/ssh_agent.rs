@@ -549,6 +549,10 @@ fn serve(
     let service = Arc::new(
         SshAgentService::new(Arc::clone(&core))
             .with_presence(config.presence.ssh)
+            .with_limits(crate::ssh::SshLimits {
+                idle: config.ssh.idle_timeout,
+                ..crate::ssh::SshLimits::default()
+            })
             .with_default_lifetime(options.lifetime)
             .with_keystore(Keystore::open(&paths)),
     );
@@ -573,7 +577,11 @@ fn serve(
         }
         tokio::select! {
             () = Arc::clone(core.audit_log()).flush_periodically() => {}
-            () = service.serve(listener) => {}
+            () = service.serve(crate::socket::Capped::new(
+                listener,
+                crate::socket::cap_from_limit(1),
+                "ssh agent",
+            )) => {}
             _ = sigint.recv() => event!("SIGINT: shutting down"),
             _ = sigterm.recv() => event!("SIGTERM: shutting down"),
             _ = sighup.recv() => event!("SIGHUP: shutting down"),

@@ -20,14 +20,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use nod_proto::{KeyId, PinnedKey, VerifyingKey, parse_public_key_file};
 use serde::{Deserialize, Serialize};
 
-use crate::files::{check_not_writable_by_others, ensure_private_dir, write_atomic};
+use crate::files::{Watched, check_not_writable_by_others, ensure_private_dir, write_atomic};
 use crate::log::event;
 
 /// Longest host id accepted.
@@ -240,68 +238,41 @@ impl HostsFile {
     }
 }
 
-/// What identifies one version of the file: a rename replaces the inode, an edit in place
-/// changes mtime or size.
-type Stamp = Option<(SystemTime, u64, u64)>;
-
 /// The allowlist as the running agent sees it: reloaded whenever the file changes. One `stat`
 /// per connection is cheap next to an Ed25519 verification.
 #[derive(Debug)]
 pub struct HostAllowlist {
-    path: PathBuf,
-    stamp: Stamp,
-    hosts: HostsFile,
-}
-
-fn stamp(path: &Path) -> Stamp {
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+    file: Watched<HostsFile>,
 }
 
 impl HostAllowlist {
     /// Loads the file now; a broken file is logged and treated as empty (fail closed).
     pub fn open(path: &Path) -> Self {
         let mut list = Self {
-            path: path.to_owned(),
-            stamp: None,
-            hosts: HostsFile::default(),
+            file: Watched::new(path),
         };
-        list.reload(stamp(path));
+        list.current();
         list
     }
 
-    fn reload(&mut self, stamp: Stamp) {
-        self.stamp = stamp;
-        self.hosts = match HostsFile::load(&self.path) {
-            Ok(hosts) if stamp.is_none() => {
-                event!(
-                    "no host allowlist at {} yet; allow a host with `nod hosts add <host_id> <pubkey-file>`",
-                    self.path.display()
-                );
-                hosts
-            }
-            Ok(hosts) => {
-                event!(
-                    "host allowlist {}: {} host(s)",
-                    self.path.display(),
-                    hosts.len()
-                );
-                hosts
-            }
-            Err(e) => {
-                event!("{e}; no host is allowed until it is fixed");
-                HostsFile::default()
-            }
-        };
-    }
-
-    /// The current allowlist, re-read first if the file changed since the last call.
+    /// The current allowlist, read again first if the file changed since the last call, or
+    /// if the last read failed a moment ago.
     pub fn current(&mut self) -> &HostsFile {
-        let now = stamp(&self.path);
-        if now != self.stamp {
-            self.reload(now);
-        }
-        &self.hosts
+        let (hosts, _) = self.file.current(|path, stamp| {
+            let hosts = HostsFile::load(path)
+                .map_err(|e| format!("{e}; no host is allowed until it is fixed"))?;
+            if stamp.is_none() {
+                event!(
+                    "no host allowlist at {} yet; allow a host with `nod hosts add <host_id> \
+                     <pubkey-file>`",
+                    path.display()
+                );
+            } else {
+                event!("host allowlist {}: {} host(s)", path.display(), hosts.len());
+            }
+            Ok::<_, String>(hosts)
+        });
+        hosts
     }
 }
 

@@ -26,7 +26,7 @@ use nod_proto::{
     VerifiedRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::time::{Instant, timeout};
 
 use super::hosts::HostAllowlist;
@@ -39,7 +39,7 @@ use crate::keystore::AgentKey;
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
-use crate::socket::hung_up;
+use crate::socket::{Capped, hung_up};
 
 /// How long before the request's expiry a prompt is given up, to leave time for the reply.
 const REPLY_MARGIN_MS: u64 = 500;
@@ -275,20 +275,14 @@ impl ApprovalService {
 
     /// Accepts connections forever, one task each, so a slow or hostile peer never holds up
     /// the others.
-    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+    pub async fn serve(self: Arc<Self>, listener: Capped) {
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let service = Arc::clone(&self);
-                    tokio::spawn(async move { service.handle(stream).await });
-                }
-                Err(e) => {
-                    // Out of fds or memory: back off instead of spinning; the exchanges in
-                    // flight finish and free what they hold.
-                    event!("approval socket: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            let (stream, permit) = listener.accept().await;
+            let service = Arc::clone(&self);
+            tokio::spawn(async move {
+                service.handle(stream).await;
+                drop(permit);
+            });
         }
     }
 

@@ -35,8 +35,7 @@ use nod_client::proto::{
 };
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::net::UnixStream;
 use tokio::time::{Instant, timeout};
 
 use self::conn::{Line, LineReader, ReadError};
@@ -54,6 +53,7 @@ use crate::lock;
 use crate::log::event;
 use crate::now_ms;
 use crate::paths::Paths;
+use crate::socket::Capped;
 
 /// Longest service, target or attribute name, in bytes.
 pub const MAX_NAME: usize = 256;
@@ -70,11 +70,6 @@ pub struct SecretsSettings {
     /// A connection with no complete line for this long is closed (§Transport: 30 s).
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
-    /// Connections served at once; more are closed on accept, so a flood meets a clean
-    /// refusal instead of `EMFILE` for every socket of the agent. Default: 8192, or half the
-    /// open-files limit if that is lower (the other half is for the approval socket, files and
-    /// approvers).
-    pub max_connections: usize,
     /// Longest a policy prompt stays open.
     pub prompt_timeout: Duration,
     /// The least presence a policy change needs (`[presence] secrets` in agent.toml).
@@ -86,12 +81,6 @@ impl Default for SecretsSettings {
         Self {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
-            max_connections: nix::sys::resource::getrlimit(
-                nix::sys::resource::Resource::RLIMIT_NOFILE,
-            )
-            .map(|(soft, _)| usize::try_from(soft / 2).unwrap_or(usize::MAX))
-            .unwrap_or(1024)
-            .clamp(64, 8192),
             prompt_timeout: Duration::from_secs(120),
             presence: Required::Any,
         }
@@ -369,7 +358,6 @@ pub struct SecretsService {
     own: std::sync::OnceLock<Option<Binary>>,
     /// Grants the person gave the `nod` command line (`nod secrets get --remember`).
     cli_grants: Mutex<HashMap<CliScope, std::time::Instant>>,
-    connections: Arc<Semaphore>,
     /// The agent's sockets, for `nod status`.
     sockets: serde_json::Value,
     uid: u32,
@@ -391,7 +379,6 @@ impl SecretsService {
             event!("{e}");
         }
         Self {
-            connections: Arc::new(Semaphore::new(settings.max_connections)),
             sockets: serde_json::Value::Null,
             settings,
             core,
@@ -429,12 +416,12 @@ impl SecretsService {
 
     /// Turns on `SO_PASSCRED` (inherited by accepted sockets) and serves for ever, one task per
     /// connection, so idle or slow peers never hold up others.
-    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
-        if let Err(e) = setsockopt(&listener, sockopt::PassCred, &true) {
+    pub async fn serve(self: Arc<Self>, listener: Capped) {
+        if let Err(e) = setsockopt(listener.listener(), sockopt::PassCred, &true) {
             // Without credentials every line is refused; say why once.
             event!("secrets socket: cannot enable SO_PASSCRED: {e}");
         }
-        if let Err(e) = sys::set_pass_pidfd(&listener) {
+        if let Err(e) = sys::set_pass_pidfd(listener.listener()) {
             event!(
                 "secrets socket: this kernel gives no pidfd of each message's sender ({e}; \
                  Linux 6.5 has SO_PASSPIDFD): senders are matched to the connected process by \
@@ -450,23 +437,12 @@ impl SecretsService {
             ),
         }
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
-                        event!("secrets socket: too many connections; closing a new one");
-                        continue;
-                    };
-                    let service = Arc::clone(&self);
-                    tokio::spawn(async move {
-                        service.handle(stream).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    event!("secrets socket: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            let (stream, permit) = listener.accept().await;
+            let service = Arc::clone(&self);
+            tokio::spawn(async move {
+                service.handle(stream).await;
+                drop(permit);
+            });
         }
     }
 

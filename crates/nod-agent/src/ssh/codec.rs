@@ -13,6 +13,7 @@ use ssh_agent_lib::proto::{Request, Response};
 use ssh_agent_lib::ssh_encoding::Decode;
 use tokio_util::bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
+use zeroize::Zeroize;
 
 /// Longest message body accepted, as in OpenSSH's `ssh-agent.c`.
 pub const MAX_FRAME_LEN: usize = 256 * 1024;
@@ -58,20 +59,25 @@ impl Decoder for CappedCodec {
         if len > MAX_FRAME_LEN {
             return Err(CodecError::TooLong(len));
         }
+        // Wait for the rest without reserving room for it: a peer that announces 256 KiB and
+        // stalls must not cost 256 KiB.
         if src.len() < LEN_PREFIX + len {
-            src.reserve(LEN_PREFIX + len - src.len());
             return Ok(None);
         }
         src.advance(LEN_PREFIX);
-        let frame = src.split_to(len);
+        let mut frame = src.split_to(len);
         let mut body: &[u8] = &frame;
-        Ok(Some(match Request::decode(&mut body) {
+        let decoded = match Request::decode(&mut body) {
             Ok(_) if !body.is_empty() => {
                 Frame::Invalid(format!("{} trailing bytes after the message", body.len()))
             }
             Ok(request) => Frame::Request(Box::new(request)),
             Err(e) => Frame::Invalid(e.to_string()),
-        }))
+        };
+        // The message may have carried a private key (`ssh-add`): wipe the wire copy now that
+        // the decoded key (zeroized on drop) holds it.
+        frame.as_mut().zeroize();
+        Ok(Some(decoded))
     }
 }
 

@@ -39,7 +39,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde::Serialize;
 
@@ -54,9 +53,11 @@ use ssh_agent_lib::proto::{
 use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
 use ssh_key::public::{EcdsaPublicKey, KeyData};
 use ssh_key::{Certificate, HashAlg, PrivateKey, Signature};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder};
 use zeroize::Zeroizing;
 
 use crate::approvers::{Outcome, Prompt, Required, SshDestination, SshSignPrompt};
@@ -65,6 +66,7 @@ use crate::caller::chain::{self, ProcessLink};
 use crate::decision::{Ask, Core, decision_word};
 use crate::lock;
 use crate::log::event;
+use crate::socket::Capped;
 use bind::{BindError, Bindings};
 use codec::{CappedCodec, CodecError, Frame};
 use lock::LockHash;
@@ -205,6 +207,24 @@ impl Caller {
     }
 }
 
+/// Deadlines of one connection to the agent.
+#[derive(Debug, Clone, Copy)]
+pub struct SshLimits {
+    /// A connection with no message in flight is closed after this long (`[ssh] idle_timeout`).
+    pub idle: Duration,
+    /// A message, once begun, must arrive in full within this, and a reply be taken.
+    pub frame: Duration,
+}
+
+impl Default for SshLimits {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(3600),
+            frame: Duration::from_secs(10),
+        }
+    }
+}
+
 /// One key the agent holds.
 #[derive(Debug)]
 struct HeldKey {
@@ -277,6 +297,8 @@ pub struct SshAgentService {
     unlock_throttle: tokio::sync::Mutex<lock::Throttle>,
     /// The least presence a signature that needs the person asks for.
     presence: Required,
+    /// How long connections may sit idle, and a message take to arrive.
+    limits: SshLimits,
     /// Lifetime of keys added without one (`nod ssh-agent -t`).
     default_lifetime: Option<Duration>,
     /// Where destination names come from.
@@ -293,12 +315,19 @@ impl SshAgentService {
             keyring: Mutex::new(HeldKeys::default()),
             core,
             unlock_throttle: tokio::sync::Mutex::new(lock::Throttle::default()),
+            limits: SshLimits::default(),
             presence: Required::Any,
             default_lifetime: None,
             known_hosts: default_known_hosts(),
             signers: sign::Signers::default(),
             stored: stored::Stored::default(),
         }
+    }
+
+    /// Closes connections idle for `idle` and messages not complete within `frame`.
+    pub fn with_limits(mut self, limits: SshLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Signatures that need the person need this presence (`[presence] ssh`).
@@ -314,22 +343,18 @@ impl SshAgentService {
     }
 
     /// Accepts connections forever, one task each.
-    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+    pub async fn serve(self: Arc<Self>, listener: Capped) {
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let session = SshSession {
-                        caller: Caller::of(&stream),
-                        service: Arc::clone(&self),
-                        bindings: Bindings::default(),
-                    };
-                    tokio::spawn(session.run(stream));
-                }
-                Err(e) => {
-                    event!("ssh agent socket: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            let (stream, permit) = listener.accept().await;
+            let session = SshSession {
+                caller: Caller::of(&stream),
+                service: Arc::clone(&self),
+                bindings: Bindings::default(),
+            };
+            tokio::spawn(async move {
+                session.run(stream).await;
+                drop(permit);
+            });
         }
     }
 
@@ -825,47 +850,47 @@ struct SshSession {
 impl SshSession {
     /// Serves one client until it hangs up or breaks the framing. A message that cannot be
     /// handled gets FAILURE and the connection stays open.
-    async fn run(mut self, stream: UnixStream) {
-        let mut framed = Framed::new(stream, CappedCodec::default());
-        while let Some(frame) = framed.next().await {
-            let response = match frame {
-                // Signing may ask the person: the prompt watches this connection, so a client
-                // that hangs up (an interrupted `ssh`) withdraws it.
-                Ok(Frame::Request(request)) if matches!(*request, Request::SignRequest(_)) => {
-                    let Request::SignRequest(request) = *request else {
-                        unreachable!()
+    async fn run(mut self, mut stream: UnixStream) {
+        let limits = self.service.limits;
+        let mut codec = CappedCodec::default();
+        // Grows with what arrives, never with what a length prefix announces, and is let go
+        // between messages, so idle connections hold no buffer.
+        let mut buf = BytesMut::new();
+        let mut frame_started: Option<Instant> = None;
+        loop {
+            let frame = match codec.decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    // More bytes are needed: a connection may sit idle for long, but a message
+                    // once begun must arrive in full within seconds.
+                    let deadline = if buf.is_empty() {
+                        Instant::now() + limits.idle
+                    } else {
+                        *frame_started.get_or_insert_with(Instant::now) + limits.frame
                     };
-                    let gone = crate::socket::hung_up(framed.get_ref());
-                    match self
-                        .service
-                        .sign(&request, &self.caller, &self.bindings, gone)
-                        .await
-                    {
-                        Ok(signature) => Response::SignResponse(signature),
-                        Err(e) => {
-                            event!("ssh agent: {e}");
-                            Response::Failure
+                    let mut chunk = [0u8; 4096];
+                    match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return,
+                        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                        Err(_) if buf.is_empty() => {
+                            event!(
+                                "ssh agent: closing a connection from {} idle for {} s",
+                                self.caller.describe(),
+                                limits.idle.as_secs()
+                            );
+                            return;
+                        }
+                        Err(_) => {
+                            event!(
+                                "ssh agent: closing a connection from {}: a message stalled \
+                                 for {} s",
+                                self.caller.describe(),
+                                limits.frame.as_secs()
+                            );
+                            return;
                         }
                     }
-                }
-                Ok(Frame::Request(request)) => match self.handle(*request).await {
-                    Ok(response) => response,
-                    // Already logged, with the reason, by `refuse`.
-                    Err(AgentError::Failure) => Response::Failure,
-                    Err(e) => {
-                        event!(
-                            "ssh agent: request from {} failed: {e}",
-                            self.caller.describe()
-                        );
-                        Response::Failure
-                    }
-                },
-                Ok(Frame::Invalid(why)) => {
-                    event!(
-                        "ssh agent: invalid message from {}: {why:?}",
-                        self.caller.describe()
-                    );
-                    Response::Failure
+                    continue;
                 }
                 Err(CodecError::TooLong(len)) => {
                     event!(
@@ -880,8 +905,61 @@ impl SshSession {
                     return;
                 }
             };
-            if let Err(e) = framed.send(response).await {
+            frame_started = None;
+            if buf.is_empty() {
+                buf = BytesMut::new();
+            }
+            let response = match frame {
+                // Signing may ask the person: the prompt watches this connection, so a client
+                // that hangs up (an interrupted `ssh`) withdraws it.
+                Frame::Request(request) if matches!(*request, Request::SignRequest(_)) => {
+                    let Request::SignRequest(request) = *request else {
+                        unreachable!()
+                    };
+                    let gone = crate::socket::hung_up(&stream);
+                    match self
+                        .service
+                        .sign(&request, &self.caller, &self.bindings, gone)
+                        .await
+                    {
+                        Ok(signature) => Response::SignResponse(signature),
+                        Err(e) => {
+                            event!("ssh agent: {e}");
+                            Response::Failure
+                        }
+                    }
+                }
+                Frame::Request(request) => match self.handle(*request).await {
+                    Ok(response) => response,
+                    // Already logged, with the reason, by `refuse`.
+                    Err(AgentError::Failure) => Response::Failure,
+                    Err(e) => {
+                        event!(
+                            "ssh agent: request from {} failed: {e}",
+                            self.caller.describe()
+                        );
+                        Response::Failure
+                    }
+                },
+                Frame::Invalid(why) => {
+                    event!(
+                        "ssh agent: invalid message from {}: {why:?}",
+                        self.caller.describe()
+                    );
+                    Response::Failure
+                }
+            };
+            let mut out = BytesMut::new();
+            if let Err(e) = codec.encode(response, &mut out) {
                 event!("ssh agent: reply to {} failed: {e}", self.caller.describe());
+                return;
+            }
+            let send = tokio::time::timeout(limits.frame, stream.write_all(&out));
+            if !matches!(send.await, Ok(Ok(()))) {
+                event!(
+                    "ssh agent: reply to {} failed or stalled",
+                    self.caller.describe()
+                );
                 return;
             }
         }

@@ -138,7 +138,9 @@ pub async fn start_rated(
     let socket = paths.approval_socket().unwrap();
     fs::create_dir_all(socket.parent().unwrap()).unwrap();
     let listener = UnixListener::bind(&socket).unwrap();
-    let task = tokio::spawn(Arc::clone(&service).serve(listener));
+    let task = tokio::spawn(
+        Arc::clone(&service).serve(nod_agent::socket::Capped::new(listener, 1024, "approval")),
+    );
     Harness {
         dir,
         paths,
