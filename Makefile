@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 15
 
-.PHONY: all build run check fmt-check clippy test fuzz-smoke bench clean assets package-deb package-rpm package-test
+.PHONY: all build run check fmt-check clippy test soak fuzz-smoke bench clean assets package-deb package-rpm package-test
 
 all: build
 
@@ -17,7 +17,7 @@ run:
 
 # Everything CI checks: formatting, lints, a short fuzz run, unit + end-to-end tests, and the
 # packages built from the debug build and installed on this (throwaway CI) machine.
-check: fmt-check clippy fuzz-smoke package-test test
+check: fmt-check clippy fuzz-smoke package-test test soak
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -45,6 +45,12 @@ fuzz-smoke:
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t $$tmp -- -max_total_time=$(FUZZ_SECONDS) -max_len=8192 2>&1 | tail -n 2; \
 		rm -rf $$tmp; \
 	done
+
+# Floods, stalls and descriptor exhaustion against a real agent (debug build), with every
+# legitimate request served and memory bounded; about a minute.
+soak: build
+	$(CARGO) build -p nod-e2e --bin nod-soak
+	NOD_BIN_DIR=$(CURDIR)/target/debug target/debug/nod-soak
 
 # Side-by-side benchmarks; prints ratios against the peers measured in the same run.
 bench:

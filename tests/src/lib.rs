@@ -48,6 +48,16 @@ pub fn require(tools: &[&str]) -> bool {
     false
 }
 
+/// Raises this process's soft open-files limit to the hard one (floods need thousands).
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// Finds a program on PATH, also in the sbin directories a non-login root shell may lack.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -235,6 +245,35 @@ impl Agent {
         cmd.envs(env.iter().copied());
         agent.spawn(cmd);
         agent
+    }
+
+    /// Starts `nod agent` with `approver` as its command approver under an open-files limit
+    /// of `nofile` (soft and hard, through `prlimit`).
+    pub fn start_limited(scratch: &Scratch, approver: &Path, nofile: u64) -> Self {
+        let mut agent = Self::prepare(
+            scratch,
+            Some("[approval]\nrate_limit_burst = 100000\nrate_limit_per_minute = 1000000\n"),
+        );
+        let template = agent.nod(["agent", "--approver", "command", "--approver-command"]);
+        let mut cmd = Command::new(which("prlimit").expect("prlimit (util-linux)"));
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(template.get_program())
+            .args(template.get_args())
+            .arg(approver)
+            .env_clear();
+        for (k, v) in template.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        agent.spawn(cmd);
+        agent
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The agent's home with its XDG directories, the scripted approver and `agent_toml`;

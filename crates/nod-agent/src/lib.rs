@@ -54,7 +54,8 @@
 //! `docs/protocol/secrets.md`, types in `nod-client`.
 //! Behaviour: `docs/design.md` §1, "Approvers", "Audit" and "Files".
 
-// `caller::sys` is the one module allowed `unsafe` (pidfd socket options and control messages).
+// `sys` is the one module allowed `unsafe` (pidfd socket options and control messages, and
+// handing freed memory back to the system).
 #![deny(unsafe_code)]
 
 pub mod approvers;
@@ -72,6 +73,7 @@ pub mod paths;
 pub mod secrets;
 pub mod socket;
 pub mod ssh;
+mod sys;
 
 pub use daemon::agent::{AgentError, AgentOptions, run_agent};
 

@@ -9,4 +9,3 @@
 pub mod chain;
 pub mod identity;
 pub mod pidfd;
-pub(crate) mod sys;

@@ -39,7 +39,7 @@ use crate::keystore::AgentKey;
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
-use crate::socket::{Capped, hung_up};
+use crate::socket::{Capped, Conn, Held, hung_up};
 
 /// How long before the request's expiry a prompt is given up, to leave time for the reply.
 const REPLY_MARGIN_MS: u64 = 500;
@@ -217,8 +217,13 @@ pub fn wire_answer(decision: &Decision) -> (Wire, AuthMethod, Option<&'static st
 }
 
 /// Reads one request frame: header, size check against the protocol cap (nod-proto's
-/// `payload_len`) before reading on, then exactly the announced payload.
-async fn read_request_frame(stream: &mut UnixStream) -> Result<Vec<u8>, ProtoError> {
+/// `payload_len`) before reading on, then exactly the announced payload, into a buffer that
+/// grows as bytes arrive (never sized from the header), counted against the socket's
+/// in-flight budget.
+async fn read_request_frame(
+    stream: &mut UnixStream,
+    held: &mut Held,
+) -> Result<Vec<u8>, ProtoError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -235,20 +240,34 @@ async fn read_request_frame(stream: &mut UnixStream) -> Result<Vec<u8>, ProtoErr
         }
     }
     let len = frame::payload_len(header)?;
-    // Grow the buffer as bytes arrive instead of allocating the announced length up front:
-    // a thousand peers announcing 1 MiB each and then stalling must not cost a gigabyte.
-    let mut payload = Vec::with_capacity(len.min(64 * 1024));
-    let got = (&mut *stream)
-        .take(len as u64)
-        .read_to_end(&mut payload)
-        .await
-        .map_err(|e| ProtoError::Io {
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        stream.readable().await.map_err(|e| ProtoError::Io {
             kind: e.kind(),
             started: true,
         })?;
-    if got != len {
-        return Err(ProtoError::FrameTruncated);
+        let mut chunk = [0u8; 4096];
+        let want = (len - payload.len()).min(chunk.len());
+        match stream.try_read(&mut chunk[..want]) {
+            Ok(0) => return Err(ProtoError::FrameTruncated),
+            Ok(n) => {
+                if !held.set(payload.len() + n) {
+                    return Err(ProtoError::InvalidField(
+                        "too many bytes of unfinished requests on this socket",
+                    ));
+                }
+                payload.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                return Err(ProtoError::Io {
+                    kind: e.kind(),
+                    started: true,
+                });
+            }
+        }
     }
+    held.set(0);
     Ok(payload)
 }
 
@@ -277,12 +296,9 @@ impl ApprovalService {
     /// the others.
     pub async fn serve(self: Arc<Self>, listener: Capped) {
         loop {
-            let (stream, permit) = listener.accept().await;
+            let (stream, conn) = listener.accept().await;
             let service = Arc::clone(&self);
-            tokio::spawn(async move {
-                service.handle(stream).await;
-                drop(permit);
-            });
+            tokio::spawn(async move { service.handle(stream, conn).await });
         }
     }
 
@@ -326,24 +342,35 @@ impl ApprovalService {
 
     /// Serves one connection: read, check, decide, reply. Never panics on peer input and never
     /// returns an error: whatever goes wrong is logged and the connection is closed.
-    pub async fn handle(&self, mut stream: UnixStream) {
-        // 1. Frame size and JSON, under the read deadline.
-        let payload =
-            match timeout(self.settings.read_timeout, read_request_frame(&mut stream)).await {
-                Ok(Ok(payload)) => payload,
-                Ok(Err(ProtoError::Closed)) => return,
-                Ok(Err(e)) => {
-                    event!("approval: refused a connection: {e}");
-                    return;
-                }
-                Err(_) => {
-                    event!(
-                        "approval: refused a connection: no complete request within {:?}",
-                        self.settings.read_timeout
-                    );
-                    return;
-                }
-            };
+    pub async fn handle(&self, mut stream: UnixStream, mut conn: Conn) {
+        // 1. Frame size and JSON, under the read deadline. Until it has arrived, the
+        // connection may be closed to make room for another.
+        conn.idle();
+        let evicted = conn.eviction();
+        let read = timeout(
+            self.settings.read_timeout,
+            read_request_frame(&mut stream, &mut conn.held),
+        );
+        let payload = tokio::select! {
+            r = read => r,
+            () = evicted => return,
+        };
+        conn.busy();
+        let payload = match payload {
+            Ok(Ok(payload)) => payload,
+            Ok(Err(ProtoError::Closed)) => return,
+            Ok(Err(e)) => {
+                event!("approval: refused a connection: {e}");
+                return;
+            }
+            Err(_) => {
+                event!(
+                    "approval: refused a connection: no complete request within {:?}",
+                    self.settings.read_timeout
+                );
+                return;
+            }
+        };
         let request = match SignedRequest::from_json(&payload) {
             Ok(request) => request,
             Err(e) => {

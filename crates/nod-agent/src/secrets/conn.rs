@@ -14,7 +14,8 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use crate::caller::identity::Sender;
-use crate::caller::sys::recv_with_sender;
+use crate::socket::Held;
+use crate::sys::recv_with_sender;
 
 const CHUNK: usize = 16 * 1024;
 
@@ -31,6 +32,8 @@ pub struct Line {
 pub enum ReadError {
     #[error("line longer than {MAX_LINE} bytes")]
     TooLong,
+    #[error("too many bytes of unfinished lines on this socket")]
+    OverBudget,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -74,19 +77,33 @@ impl LineReader {
         }
     }
 
-    /// The next line, or `None` at end of stream (a trailing partial line is dropped).
-    pub async fn next_line(&mut self, stream: &UnixStream) -> Result<Option<Line>, ReadError> {
+    /// Whether no part of a line is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The next line, or `None` at end of stream (a trailing partial line is dropped). The
+    /// bytes of a partial line count against the socket's in-flight budget (`held`).
+    pub async fn next_line(
+        &mut self,
+        stream: &UnixStream,
+        held: &mut Held,
+    ) -> Result<Option<Line>, ReadError> {
         loop {
             if let Some(line) = self.take_line()? {
+                held.set(self.buf.len());
                 return Ok(Some(line));
             }
             // Never read more than the cap allows, so the buffer stays bounded.
             let room = (MAX_LINE + 1 - self.buf.len()).min(CHUNK);
-            let mut chunk = [0u8; CHUNK];
             let fd = stream.as_raw_fd();
-            let received = stream
+            let (received, bytes) = stream
                 .async_io(Interest::READABLE, || {
-                    recv_with_sender(fd, &mut chunk[..room])
+                    // On the stack only while reading: an idle connection holds no buffer.
+                    let mut chunk = [0u8; CHUNK];
+                    let r = recv_with_sender(fd, &mut chunk[..room])?;
+                    let bytes = chunk[..r.bytes].to_vec();
+                    Ok((r, bytes))
                 })
                 .await?;
             let n = received.bytes;
@@ -106,7 +123,10 @@ impl LineReader {
             }
             // Keep the newest chunk's pidfd: it names the process that finished the line.
             self.sender = sender;
-            self.buf.extend_from_slice(&chunk[..n]);
+            if !held.set(self.buf.len() + n) {
+                return Err(ReadError::OverBudget);
+            }
+            self.buf.extend_from_slice(&bytes);
             if let Some(line) = self.take_line()? {
                 return Ok(Some(line));
             }

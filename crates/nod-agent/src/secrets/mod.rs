@@ -46,14 +46,14 @@ use crate::approvers::{Outcome, Prompt, Required, SecretsPrompt, SecretsUsePromp
 use crate::audit::{AuditEvent, Service, clip};
 use crate::caller::chain::{CallerScope, ProcessLink};
 use crate::caller::identity::{self as peer, Binary, HashCache, Judged, PeerError};
-use crate::caller::sys;
 use crate::config::SecretsBackend;
 use crate::decision::{Ask, Core, Decision};
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
 use crate::paths::Paths;
-use crate::socket::Capped;
+use crate::socket::{self, Capped};
+use crate::sys;
 
 /// Longest service, target or attribute name, in bytes.
 pub const MAX_NAME: usize = 256;
@@ -437,12 +437,9 @@ impl SecretsService {
             ),
         }
         loop {
-            let (stream, permit) = listener.accept().await;
+            let (stream, conn) = listener.accept().await;
             let service = Arc::clone(&self);
-            tokio::spawn(async move {
-                service.handle(stream).await;
-                drop(permit);
-            });
+            tokio::spawn(async move { service.handle(stream, conn).await });
         }
     }
 
@@ -462,7 +459,7 @@ impl SecretsService {
         )
     }
 
-    async fn handle(&self, mut stream: UnixStream) {
+    async fn handle(&self, mut stream: UnixStream, mut slot: socket::Conn) {
         // Refuse another uid at once (the per-line credentials are checked again below).
         let _ = setsockopt(&stream, sockopt::PassCred, &true);
         let _ = sys::set_pass_pidfd(&stream);
@@ -497,12 +494,33 @@ impl SecretsService {
         };
         let mut reader = LineReader::default();
         loop {
-            let line = match timeout(self.settings.idle_timeout, reader.next_line(&stream)).await {
+            // Waiting for a line with nothing of it buffered, the connection may be closed to
+            // make room for another.
+            if reader.is_empty() {
+                slot.idle();
+            } else {
+                slot.busy();
+            }
+            let evicted = slot.eviction();
+            let next = timeout(
+                self.settings.idle_timeout,
+                reader.next_line(&stream, &mut slot.held),
+            );
+            let next = tokio::select! {
+                r = next => r,
+                () = evicted => return,
+            };
+            slot.busy();
+            let line = match next {
                 Err(_) | Ok(Ok(None)) => return,
                 Ok(Ok(Some(line))) => line,
                 Ok(Err(ReadError::TooLong)) => {
                     let resp = Refusal::Malformed(DecodeError::TooLong.to_string()).response();
                     self.send(&mut stream, &resp).await;
+                    return;
+                }
+                Ok(Err(ReadError::OverBudget)) => {
+                    event!("secrets: closing a connection: {}", ReadError::OverBudget);
                     return;
                 }
                 Ok(Err(ReadError::Io(_))) => return,

@@ -53,7 +53,7 @@ use ssh_agent_lib::proto::{
 use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
 use ssh_key::public::{EcdsaPublicKey, KeyData};
 use ssh_key::{Certificate, HashAlg, PrivateKey, Signature};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tokio_util::bytes::BytesMut;
@@ -66,7 +66,7 @@ use crate::caller::chain::{self, ProcessLink};
 use crate::decision::{Ask, Core, decision_word};
 use crate::lock;
 use crate::log::event;
-use crate::socket::Capped;
+use crate::socket::{Capped, Conn};
 use bind::{BindError, Bindings};
 use codec::{CappedCodec, CodecError, Frame};
 use lock::LockHash;
@@ -345,16 +345,13 @@ impl SshAgentService {
     /// Accepts connections forever, one task each.
     pub async fn serve(self: Arc<Self>, listener: Capped) {
         loop {
-            let (stream, permit) = listener.accept().await;
+            let (stream, conn) = listener.accept().await;
             let session = SshSession {
                 caller: Caller::of(&stream),
                 service: Arc::clone(&self),
                 bindings: Bindings::default(),
             };
-            tokio::spawn(async move {
-                session.run(stream).await;
-                drop(permit);
-            });
+            tokio::spawn(session.run(stream, conn));
         }
     }
 
@@ -850,7 +847,7 @@ struct SshSession {
 impl SshSession {
     /// Serves one client until it hangs up or breaks the framing. A message that cannot be
     /// handled gets FAILURE and the connection stays open.
-    async fn run(mut self, mut stream: UnixStream) {
+    async fn run(mut self, mut stream: UnixStream, mut conn: Conn) {
         let limits = self.service.limits;
         let mut codec = CappedCodec::default();
         // Grows with what arrives, never with what a length prefix announces, and is let go
@@ -864,14 +861,29 @@ impl SshSession {
                     // More bytes are needed: a connection may sit idle for long, but a message
                     // once begun must arrive in full within seconds.
                     let deadline = if buf.is_empty() {
+                        conn.idle();
                         Instant::now() + limits.idle
                     } else {
+                        conn.busy();
                         *frame_started.get_or_insert_with(Instant::now) + limits.frame
                     };
-                    let mut chunk = [0u8; 4096];
-                    match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) => return,
-                        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    let readable = tokio::select! {
+                        r = tokio::time::timeout_at(deadline, stream.readable()) => r,
+                        () = conn.evicted() => return,
+                    };
+                    match readable.map(|r| r.and_then(|()| read_some(&stream, &mut buf))) {
+                        Ok(Ok(Some(0))) | Ok(Err(_)) => return,
+                        Ok(Ok(None)) => {}
+                        Ok(Ok(Some(_))) => {
+                            if !conn.held.set(buf.len()) {
+                                event!(
+                                    "ssh agent: closing a connection from {}: too many bytes of \
+                                     unfinished messages on this socket",
+                                    self.caller.describe()
+                                );
+                                return;
+                            }
+                        }
                         Err(_) if buf.is_empty() => {
                             event!(
                                 "ssh agent: closing a connection from {} idle for {} s",
@@ -906,9 +918,11 @@ impl SshSession {
                 }
             };
             frame_started = None;
+            conn.busy();
             if buf.is_empty() {
                 buf = BytesMut::new();
             }
+            conn.held.set(buf.len());
             let response = match frame {
                 // Signing may ask the person: the prompt watches this connection, so a client
                 // that hangs up (an interrupted `ssh`) withdraws it.
@@ -963,6 +977,20 @@ impl SshSession {
                 return;
             }
         }
+    }
+}
+
+/// One non-blocking read into `buf`, through a buffer on the stack (an idle connection holds
+/// none): `Some(n)` bytes (0 at end of stream), or `None` when nothing was ready after all.
+fn read_some(stream: &UnixStream, buf: &mut BytesMut) -> std::io::Result<Option<usize>> {
+    let mut chunk = [0u8; 4096];
+    match stream.try_read(&mut chunk) {
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The agent's one piece of `unsafe`: the socket options and control messages that carry the
 //! kernel's pidfd of a peer, which neither `nix` nor `rustix` wraps (Linux ≥ 6.5:
-//! `SO_PASSPIDFD`, `SCM_PIDFD`), and taking ownership of the descriptors the kernel installs
-//! for a received message.
+//! `SO_PASSPIDFD`, `SCM_PIDFD`), taking ownership of the descriptors the kernel installs for a
+//! received message, and `malloc_trim`.
 
 #![allow(unsafe_code)]
 
@@ -97,4 +97,14 @@ pub fn recv_with_sender(socket: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         }
     }
     Ok(received)
+}
+
+/// Hands the memory the allocator holds free back to the system (glibc's `malloc_trim`): after
+/// a flood of connections the freed buffers would otherwise stay resident.
+pub fn trim_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no arguments that
+    // point anywhere and is safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
