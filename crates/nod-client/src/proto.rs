@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Longest request line, newline excluded (§Transport: 64 KiB).
 pub const MAX_LINE: usize = 64 * 1024;
@@ -205,12 +205,31 @@ impl Message {
         serde_json::from_slice(line).map_err(|e| DecodeError::Json(e.to_string()))
     }
 
-    /// One line, newline included.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec(self).expect("a message always serializes");
-        v.push(b'\n');
-        v
+    /// One line, newline included, in a buffer wiped on drop (a write carries values).
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        encode_line(self)
     }
+}
+
+/// `value` as one JSON line in a buffer sized exactly once and wiped on drop: a buffer that
+/// grew by reallocation would leave copies of the secrets it holds in freed memory.
+pub fn encode_line<T: Serialize>(value: &T) -> Zeroizing<Vec<u8>> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("a message always serializes");
+    let mut v = Zeroizing::new(Vec::with_capacity(count.0 + 1));
+    serde_json::to_writer(&mut *v, value).expect("a message always serializes");
+    v.push(b'\n');
+    v
 }
 
 /// §Response `status`.
@@ -376,11 +395,9 @@ impl Response {
         self.reason.as_deref().and_then(Reason::from_wire)
     }
 
-    /// One line, newline included.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec(self).expect("a response always serializes");
-        v.push(b'\n');
-        v
+    /// One line, newline included, in a buffer wiped on drop (a read carries values).
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        encode_line(self)
     }
 }
 

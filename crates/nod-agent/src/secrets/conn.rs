@@ -14,6 +14,8 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use crate::caller::identity::Sender;
+use zeroize::Zeroizing;
+
 use crate::socket::Held;
 use crate::sys::recv_with_sender;
 
@@ -22,7 +24,8 @@ const CHUNK: usize = 16 * 1024;
 /// One complete line and its sender.
 #[derive(Debug)]
 pub struct Line {
-    pub bytes: Vec<u8>,
+    /// Wiped on drop: a write request carries secret values.
+    pub bytes: Zeroizing<Vec<u8>>,
     /// `None` when the line's bytes came from several processes (or without credentials).
     pub sender: Option<Sender>,
 }
@@ -41,7 +44,9 @@ pub enum ReadError {
 /// Splits a stream into lines, remembering who sent each.
 #[derive(Debug, Default)]
 pub struct LineReader {
-    buf: Vec<u8>,
+    /// Grown by copying into a new buffer and wiping the old one, never by reallocation,
+    /// which would leave copies of secret values in freed memory.
+    buf: Zeroizing<Vec<u8>>,
     /// Sender of the bytes in `buf` (a partial line).
     sender: Option<Sender>,
     /// `buf` holds bytes from more than one sender, or bytes without credentials.
@@ -58,9 +63,8 @@ impl LineReader {
         match self.buf.iter().position(|&b| b == b'\n') {
             Some(i) if i > MAX_LINE => Err(ReadError::TooLong),
             Some(i) => {
-                let rest = self.buf.split_off(i + 1);
-                let mut bytes = std::mem::replace(&mut self.buf, rest);
-                bytes.pop();
+                let bytes = Zeroizing::new(self.buf[..i].to_vec());
+                self.buf = Zeroizing::new(self.buf[i + 1..].to_vec());
                 // A descriptor that cannot be duplicated leaves the line without a sender,
                 // which refuses it.
                 let sender = if self.mixed {
@@ -75,6 +79,17 @@ impl LineReader {
             None if self.buf.len() > MAX_LINE => Err(ReadError::TooLong),
             None => Ok(None),
         }
+    }
+
+    /// Appends `data`, growing into a fresh buffer (the old one is wiped as it drops).
+    fn append(&mut self, data: &[u8]) {
+        let need = self.buf.len() + data.len();
+        if need > self.buf.capacity() {
+            let mut grown = Zeroizing::new(Vec::with_capacity(need.max(2 * self.buf.capacity())));
+            grown.extend_from_slice(&self.buf);
+            self.buf = grown;
+        }
+        self.buf.extend_from_slice(data);
     }
 
     /// Whether no part of a line is buffered.
@@ -100,9 +115,9 @@ impl LineReader {
             let (received, bytes) = stream
                 .async_io(Interest::READABLE, || {
                     // On the stack only while reading: an idle connection holds no buffer.
-                    let mut chunk = [0u8; CHUNK];
+                    let mut chunk = Zeroizing::new([0u8; CHUNK]);
                     let r = recv_with_sender(fd, &mut chunk[..room])?;
-                    let bytes = chunk[..r.bytes].to_vec();
+                    let bytes = Zeroizing::new(chunk[..r.bytes].to_vec());
                     Ok((r, bytes))
                 })
                 .await?;
@@ -126,7 +141,7 @@ impl LineReader {
             if !held.set(self.buf.len() + n) {
                 return Err(ReadError::OverBudget);
             }
-            self.buf.extend_from_slice(&bytes);
+            self.append(&bytes);
             if let Some(line) = self.take_line()? {
                 return Ok(Some(line));
             }

@@ -58,7 +58,7 @@ use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tokio_util::bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::approvers::{Outcome, Prompt, Required, SshDestination, SshSignPrompt};
 use crate::audit::{AuditEvent, Service, clip};
@@ -385,12 +385,15 @@ impl SshAgentService {
         identities
     }
 
+    /// Adds a key or certificate. It is taken by reference and copied once into the agent's
+    /// keyring, so the decoded message can be dropped where it lies (its key zeroizes in
+    /// place) instead of being moved, which would leave copies behind.
     fn add(
         &self,
-        credential: PrivateCredential,
+        credential: &PrivateCredential,
         constraints: &[KeyConstraint],
     ) -> Result<(), SshError> {
-        let (keypair, cert, comment) = match credential {
+        let (keypair, cert, comment) = match credential.clone() {
             PrivateCredential::Key { privkey, comment } => (privkey, None, comment),
             PrivateCredential::Cert {
                 certificate,
@@ -943,6 +946,32 @@ impl SshSession {
                         }
                     }
                 }
+                // Keys are added from the message where it lies, which is then dropped (its key
+                // zeroizing in place) and the stack that decoded it wiped: no copy of the key
+                // is left behind in memory the agent no longer uses.
+                Frame::Request(request)
+                    if matches!(
+                        *request,
+                        Request::AddIdentity(_) | Request::AddIdConstrained(_)
+                    ) =>
+                {
+                    let added = match &*request {
+                        Request::AddIdentity(add) => self.service.add(&add.credential, &[]),
+                        Request::AddIdConstrained(add) => {
+                            self.service.add(&add.identity.credential, &add.constraints)
+                        }
+                        _ => unreachable!(),
+                    };
+                    drop(request);
+                    scrub_stack();
+                    match added {
+                        Ok(()) => Response::Success,
+                        Err(e) => {
+                            event!("ssh agent: {e}");
+                            Response::Failure
+                        }
+                    }
+                }
                 Frame::Request(request) => match self.handle(*request).await {
                     Ok(response) => response,
                     // Already logged, with the reason, by `refuse`.
@@ -980,11 +1009,20 @@ impl SshSession {
     }
 }
 
+/// Overwrites the stack below the caller, where the frames that decoded and copied a key just
+/// were (those copies are not zeroized when the frames return).
+#[inline(never)]
+fn scrub_stack() {
+    let mut area = [0u8; 256 * 1024];
+    area.zeroize();
+    std::hint::black_box(&area);
+}
+
 /// One non-blocking read into `buf`, through a buffer on the stack (an idle connection holds
 /// none): `Some(n)` bytes (0 at end of stream), or `None` when nothing was ready after all.
 fn read_some(stream: &UnixStream, buf: &mut BytesMut) -> std::io::Result<Option<usize>> {
-    let mut chunk = [0u8; 4096];
-    match stream.try_read(&mut chunk) {
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    match stream.try_read(&mut chunk[..]) {
         Ok(n) => {
             buf.extend_from_slice(&chunk[..n]);
             Ok(Some(n))
@@ -1020,7 +1058,7 @@ impl Session for SshSession {
     }
 
     async fn add_identity(&mut self, identity: AddIdentity) -> Result<(), AgentError> {
-        self.service.add(identity.credential, &[]).map_err(refuse)
+        self.service.add(&identity.credential, &[]).map_err(refuse)
     }
 
     async fn add_identity_constrained(
@@ -1028,7 +1066,7 @@ impl Session for SshSession {
         identity: AddIdentityConstrained,
     ) -> Result<(), AgentError> {
         self.service
-            .add(identity.identity.credential, &identity.constraints)
+            .add(&identity.identity.credential, &identity.constraints)
             .map_err(refuse)
     }
 
