@@ -291,3 +291,33 @@ fn an_askpass_that_cannot_reach_a_display_falls_back_and_never_denies() {
     let last = agent.audit().pop().unwrap();
     assert_eq!(last["decision"], "unavailable", "{last}");
 }
+
+#[test]
+fn a_host_that_needs_verified_presence_is_not_approved_by_a_click() {
+    if !require(&[]) {
+        return;
+    }
+    let scratch = Scratch::new("host-presence");
+    // The scripted approver approves; it is a program, so it is not a verified presence.
+    let agent = Agent::start(&scratch);
+    let strict = Host::setup(
+        &scratch,
+        "strict-host",
+        &agent.public_key_file(),
+        &agent.socket.display().to_string(),
+    );
+    run_ok(
+        agent
+            .nod(["hosts", "add", "strict-host"])
+            .arg(&strict.host_pub)
+            .args(["--presence", "verified"]),
+    );
+    assert_eq!(code(&strict.request("root", &[])), UNAVAILABLE);
+    let last = agent.audit().pop().unwrap();
+    assert_eq!(last["decision"], "unavailable", "{last}");
+    assert_eq!(last["reason"], "presence_unavailable", "{last}");
+
+    // Re-added without --presence, the host follows agent.toml (any) and is approved.
+    agent.add_host("strict-host", &strict.host_pub);
+    assert_eq!(code(&strict.request("root", &[])), APPROVED);
+}

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use nod_agent::approvers::{ApproverChoice, parse_choice};
 use nod_agent::audit::{self, Verdict};
-use nod_agent::config::KindSetting;
+use nod_agent::config::{KindSetting, Required};
 use nod_agent::keystore::Keystore;
 use nod_agent::pam::hosts::{AddOutcome, HostsFile};
 use nod_agent::paths::Paths;
@@ -187,8 +187,12 @@ enum HostsCommand {
         /// host's signature under this key is what counts).
         #[arg(long, value_name = "ID")]
         key_id: Option<String>,
+        /// The least presence this host's requests need: `any` approver, or `verified` (a
+        /// password or a fingerprint). Default: `[presence] pam` of agent.toml.
+        #[arg(long, value_name = "any|verified")]
+        presence: Option<Required>,
     },
-    /// List the allowed hosts.
+    /// List the allowed hosts: id, key id, presence, public key.
     List,
     /// Stop allowing a host.
     Remove { host_id: String },
@@ -211,12 +215,19 @@ fn agent_key(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-fn hosts_add(paths: &Paths, host_id: &str, file: &Path, key_id: Option<&str>) -> Result<()> {
+fn hosts_add(
+    paths: &Paths,
+    host_id: &str,
+    file: &Path,
+    key_id: Option<&str>,
+    presence: Option<Required>,
+) -> Result<()> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read the host key file {}", file.display()))?;
     let path = paths.hosts_file();
     let mut hosts = HostsFile::load(&path)?;
     let outcome = hosts.add(host_id, &text, file, key_id)?;
+    hosts.set_presence(host_id, presence)?;
     hosts.save(&path)?;
     let entry = hosts
         .entries()
@@ -238,7 +249,15 @@ fn hosts_list(paths: &Paths) -> Result<()> {
     }
     for entry in hosts.entries() {
         let key_id = entry.key_id.as_deref().unwrap_or("(any key id)");
-        println!("{}\t{key_id}\t{}", entry.id, entry.public_key_hex);
+        let presence = match entry.presence {
+            Some(Required::Any) => "any",
+            Some(Required::Verified) => "verified",
+            None => "(agent.toml)",
+        };
+        println!(
+            "{}\t{key_id}\t{presence}\t{}",
+            entry.id, entry.public_key_hex
+        );
     }
     Ok(())
 }
@@ -293,7 +312,8 @@ fn run(cli: Cli) -> Result<()> {
                 host_id,
                 pubkey_file,
                 key_id,
-            } => hosts_add(&paths, &host_id, &pubkey_file, key_id.as_deref()),
+                presence,
+            } => hosts_add(&paths, &host_id, &pubkey_file, key_id.as_deref(), presence),
             HostsCommand::List => hosts_list(&paths),
             HostsCommand::Remove { host_id } => hosts_remove(&paths, &host_id),
         },

@@ -63,10 +63,13 @@ fn hosts_add_list_remove_round_trip_with_both_key_formats() {
     assert!(o.status.success(), "{}", stderr(&o));
 
     let list = stdout(&run(&dir, &["hosts", "list"]));
-    assert!(list.contains(&format!("web-1\tweb-key\t{}", hex::encode(vk1.as_bytes()))));
+    assert!(list.contains(&format!(
+        "web-1\tweb-key\t(agent.toml)\t{}",
+        hex::encode(vk1.as_bytes())
+    )));
     // A key file without a key_id= line pins the key for any key id.
     assert!(list.contains(&format!(
-        "db.example.com\t(any key id)\t{}",
+        "db.example.com\t(any key id)\t(agent.toml)\t{}",
         hex::encode(vk2.as_bytes())
     )));
 
@@ -80,12 +83,17 @@ fn hosts_add_list_remove_round_trip_with_both_key_formats() {
             db.to_str().unwrap(),
             "--key-id",
             "rotated",
+            "--presence",
+            "verified",
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("replaced"), "{}", stdout(&o));
     let list = stdout(&run(&dir, &["hosts", "list"]));
-    assert!(list.contains(&format!("web-1\trotated\t{}", hex::encode(vk2.as_bytes()))));
+    assert!(list.contains(&format!(
+        "web-1\trotated\tverified\t{}",
+        hex::encode(vk2.as_bytes())
+    )));
 
     let o = run(&dir, &["hosts", "remove", "db.example.com"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use nod_proto::{KeyId, PinnedKey, VerifyingKey, parse_public_key_file};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Required;
 use crate::files::{Watched, check_not_writable_by_others, ensure_private_dir, write_atomic};
 use crate::log::event;
 
@@ -62,6 +63,9 @@ pub struct HostEntry {
     /// The key id the host must claim; absent: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// The least presence this host's requests need; absent: `[presence] pam` of agent.toml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Required>,
 }
 
 impl HostEntry {
@@ -199,6 +203,7 @@ impl HostsFile {
             id: host_id.to_owned(),
             public_key_hex: hex::encode(parsed.key.as_bytes()),
             key_id: key_id.as_ref().map(|id| id.as_str().to_owned()),
+            presence: None,
         };
         let allowed = AllowedHost {
             key: parsed.key,
@@ -222,6 +227,27 @@ impl HostsFile {
 
     pub fn get(&self, host_id: &str) -> Option<&AllowedHost> {
         self.hosts.get(host_id).map(|(_, allowed)| allowed)
+    }
+
+    /// The presence `host_id`'s requests need, when its entry says.
+    pub fn presence(&self, host_id: &str) -> Option<Required> {
+        self.hosts
+            .get(host_id)
+            .and_then(|(entry, _)| entry.presence)
+    }
+
+    /// Sets (or, with `None`, clears) the presence `host_id`'s requests need.
+    pub fn set_presence(
+        &mut self,
+        host_id: &str,
+        presence: Option<Required>,
+    ) -> Result<(), HostsError> {
+        let (entry, _) = self
+            .hosts
+            .get_mut(host_id)
+            .ok_or_else(|| HostsError::UnknownHost(host_id.to_owned()))?;
+        entry.presence = presence;
+        Ok(())
     }
 
     /// The entries, sorted by host id.

@@ -303,14 +303,23 @@ impl ApprovalService {
     }
 
     /// Checks 2-6 of one decoded request (check 7, the rate limit, is the decision core's).
-    fn admit(&self, request: SignedRequest) -> Result<VerifiedRequest, Refusal> {
+    /// Returns the verified request and the presence the host's requests need, if its
+    /// allowlist entry says.
+    fn admit(
+        &self,
+        request: SignedRequest,
+    ) -> Result<(VerifiedRequest, Option<Required>), Refusal> {
         let body = &request.body;
         // 2. The host must be allowlisted; the file is re-read if it changed.
-        let host = lock(&self.hosts)
-            .current()
-            .get(&body.linux_host_id)
-            .cloned()
-            .ok_or(Refusal::UnknownHost)?;
+        let (host, presence) = {
+            let mut hosts = lock(&self.hosts);
+            let hosts = hosts.current();
+            let host = hosts
+                .get(&body.linux_host_id)
+                .cloned()
+                .ok_or(Refusal::UnknownHost)?;
+            (host, hosts.presence(&body.linux_host_id))
+        };
         // 3-5. Signature by the pinned key, then key id, then freshness.
         let now = now_ms();
         let verified = request
@@ -337,7 +346,7 @@ impl ApprovalService {
                 ReplayError::Replayed => Refusal::Replayed,
                 ReplayError::Full => Refusal::ReplayCacheFull,
             })?;
-        Ok(verified)
+        Ok((verified, presence))
     }
 
     /// Serves one connection: read, check, decide, reply. Never panics on peer input and never
@@ -387,8 +396,8 @@ impl ApprovalService {
             record.pam_service.as_deref().unwrap_or_default(),
             record.user.as_deref().unwrap_or_default(),
         );
-        let verified = match self.admit(request) {
-            Ok(verified) => verified,
+        let (verified, host_presence) = match self.admit(request) {
+            Ok(admitted) => admitted,
             Err(refusal) => {
                 event!(
                     "approval: {what}: refused without reply: {}",
@@ -416,7 +425,7 @@ impl ApprovalService {
             prompt: Prompt::Pam(PamPrompt::from_request(body)),
             event: record,
             deadline: Instant::now() + left.min(self.settings.max_prompt),
-            required: self.settings.presence,
+            required: host_presence.unwrap_or(self.settings.presence),
             rate_key: Some(rate_key),
             share_key: None,
         };
