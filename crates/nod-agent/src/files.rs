@@ -88,7 +88,8 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
             .mode(0o600)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
-        let file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+        let file =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
         (&*file).write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use nod_agent::keystore::{Asker, Keystore, Protector, ProtectorKind, tpm_description};
-use nod_agent::secrets::SecretsFiles;
 use nod_agent::keystore::ssh::{
     KeyType, StoredKey, ca_line, decrypt_import, generate, parse_import,
 };
+use nod_agent::keystore::{Asker, Keystore, Protector, ProtectorKind, tpm_description};
 use nod_agent::paths::Paths;
+use nod_agent::secrets::SecretsFiles;
 use nod_agent::ssh::cert::{self, SessionCertRequest};
 use nod_agent::ssh::policy::{Policy, format_duration, parse_duration};
 use zeroize::Zeroizing;
@@ -194,9 +194,7 @@ fn protection(paths: &Paths, store: &Keystore, command: KeysCommand) -> Result<(
             // Open the current protector first (and finish any migration of an earlier
             // version's files under it), then ask for the new secret.
             if store.protector()?.is_some() {
-                store
-                    .wrap_key()?
-                    .context("the keystore key vanished")?;
+                store.wrap_key()?.context("the keystore key vanished")?;
                 SecretsFiles::new(paths, store).migrate()?;
             }
             let pass = new_secret(protector, &secret)?;
@@ -207,7 +205,9 @@ fn protection(paths: &Paths, store: &Keystore, command: KeysCommand) -> Result<(
                 describe(store.protector()?.as_ref())
             );
             if protector == ProtectorKind::File {
-                eprintln!("warning: anyone with a copy of this disk can now open every key and secret");
+                eprintln!(
+                    "warning: anyone with a copy of this disk can now open every key and secret"
+                );
             }
         }
         KeysCommand::Unlock {
@@ -229,9 +229,10 @@ fn protection(paths: &Paths, store: &Keystore, command: KeysCommand) -> Result<(
                     "nod keystore passphrase: ",
                     passphrase_stdin,
                 )?),
-                Protector::Tpm { .. } => {
-                    Some(passphrase::read("nod keystore TPM PIN: ", passphrase_stdin)?)
-                }
+                Protector::Tpm { .. } => Some(passphrase::read(
+                    "nod keystore TPM PIN: ",
+                    passphrase_stdin,
+                )?),
             };
             store.unlock_to_cache(secret.as_deref().map(|p| &p[..]), timeout)?;
             eprintln!(

@@ -287,7 +287,8 @@ fn run(cli: Cli) -> Result<()> {
                 paths: Some(paths),
                 // From a terminal, the agent asks for the keystore's passphrase or PIN itself.
                 asker: std::io::stdin().is_terminal().then(|| {
-                    std::sync::Arc::new(keys::TtyAsker) as std::sync::Arc<dyn nod_agent::keystore::Asker>
+                    std::sync::Arc::new(keys::TtyAsker)
+                        as std::sync::Arc<dyn nod_agent::keystore::Asker>
                 }),
             };
             Ok(run_agent(options)?)

@@ -51,9 +51,14 @@ impl Swtpm {
     /// `None` (skip) when swtpm or its TCTI is not installed; a failure under CI=true.
     fn start() -> Option<Self> {
         let found = Path::new("/usr/bin/swtpm").exists()
-            && ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"]
-                .iter()
-                .any(|d| Path::new(d).join("libtss2-tcti-swtpm.so.0").exists());
+            && [
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib/aarch64-linux-gnu",
+                "/usr/lib64",
+                "/usr/lib",
+            ]
+            .iter()
+            .any(|d| Path::new(d).join("libtss2-tcti-swtpm.so.0").exists());
         if !found {
             assert!(
                 !ci(),
@@ -302,7 +307,10 @@ fn tpm_protected_home_copied_to_another_machine_opens_nothing() {
     assert!(status.contains("protector: tpm"), "{status}");
     assert_opens(&home, Some(&tcti));
     let log = agent_log(&home);
-    assert!(log.contains("keys at rest: protector tpm; keystore unlocked"), "{log}");
+    assert!(
+        log.contains("keys at rest: protector tpm; keystore unlocked"),
+        "{log}"
+    );
 
     // Another machine: the same files, another TPM.
     let Some(other) = Swtpm::start() else { return };
@@ -333,7 +341,11 @@ fn tpm_pin_is_asked_for_and_a_wrong_one_refused() {
     ok(run(&home, None, &["keys", "lock"]));
     let agent = start_agent(&home, Some(&tcti));
     let got = fails(run(&home, Some(&tcti), &["secrets", "get", "svc", "t1"]));
-    assert!(text(&got).contains("run `nod keys unlock`"), "{}", out(&got));
+    assert!(
+        text(&got).contains("run `nod keys unlock`"),
+        "{}",
+        out(&got)
+    );
     let wrong = fails(run_in(
         &home,
         Some(&tcti),
@@ -644,7 +656,10 @@ fn start_up_removes_temp_files_of_killed_writers_and_keeps_a_live_one() {
     // What a writer killed after creating its temp file leaves (the lock died with it), and
     // one whose writer is still running (it holds the lock).
     write_private(&data.join(".secrets.enc.tmp-00112233445566aa"), b"old copy");
-    write_private(&data.join(".ssh_keys.sealed.tmp-00112233445566bb"), b"old copy");
+    write_private(
+        &data.join(".ssh_keys.sealed.tmp-00112233445566bb"),
+        b"old copy",
+    );
     let live = data.join(".secrets.enc.tmp-00112233445566cc");
     write_private(&live, b"being written");
     let mut holder = Command::new("flock")
@@ -658,9 +673,16 @@ fn start_up_removes_temp_files_of_killed_writers_and_keeps_a_live_one() {
 
     let agent = start_agent(&home, None);
     let after = temps(&data);
-    assert_eq!(after, [".secrets.enc.tmp-00112233445566cc"], "before: {before:?}");
+    assert_eq!(
+        after,
+        [".secrets.enc.tmp-00112233445566cc"],
+        "before: {before:?}"
+    );
     let log = agent_log(&home);
-    assert!(log.contains("temp files left by interrupted writes"), "{log}");
+    assert!(
+        log.contains("temp files left by interrupted writes"),
+        "{log}"
+    );
     // Every write that was acknowledged is there.
     for target in &acknowledged {
         let got = ok(run(&home, None, &["secrets", "get", "svc", target]));

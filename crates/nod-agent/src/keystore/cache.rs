@@ -19,7 +19,9 @@
 use std::fs;
 use std::time::Duration;
 
-use linux_keyutils::{Key, KeyPermissionsBuilder, KeyRing, KeyRingIdentifier, KeySerialId, Permission};
+use linux_keyutils::{
+    Key, KeyPermissionsBuilder, KeyRing, KeyRingIdentifier, KeySerialId, Permission,
+};
 use nix::unistd::getuid;
 
 use super::KeystoreError;
@@ -42,9 +44,8 @@ fn user_keyring() -> Result<KeyRing, KeystoreError> {
 
 /// Puts `key` into the user keyring for `timeout` (replacing an earlier copy).
 pub fn store(key: &WrapKey, timeout: Duration) -> Result<(), KeystoreError> {
-    let err = |what: &str, e: linux_keyutils::KeyError| {
-        KeystoreError::Keyring(format!("{what}: {e:?}"))
-    };
+    let err =
+        |what: &str, e: linux_keyutils::KeyError| KeystoreError::Keyring(format!("{what}: {e:?}"));
     let cached = user_keyring()?
         .add_key(&description(&key.id()), &key.bytes()[..])
         .map_err(|e| err("adding the key", e))?;
@@ -78,7 +79,11 @@ fn candidates(key_id: &[u8; KEY_ID_LEN]) -> Vec<Key> {
             found.push(key);
         }
     }
-    found.extend(proc_keys(&desc).into_iter().map(|id| Key::from_id(KeySerialId::new(id))));
+    found.extend(
+        proc_keys(&desc)
+            .into_iter()
+            .map(|id| Key::from_id(KeySerialId::new(id))),
+    );
     found
 }
 
@@ -86,8 +91,8 @@ fn candidates(key_id: &[u8; KEY_ID_LEN]) -> Vec<Key> {
 fn proc_keys(desc: &str) -> Vec<i32> {
     use std::io::Read;
     let mut text = String::new();
-    let read = fs::File::open("/proc/keys")
-        .and_then(|f| f.take(MAX_PROC_KEYS).read_to_string(&mut text));
+    let read =
+        fs::File::open("/proc/keys").and_then(|f| f.take(MAX_PROC_KEYS).read_to_string(&mut text));
     if read.is_err() {
         return Vec::new();
     }

@@ -729,9 +729,9 @@ fn build_protector(
     match kind {
         ProtectorKind::File => Ok(Protector::File(Zeroizing::new(*key.bytes()))),
         ProtectorKind::Passphrase => {
-            let pass = secret
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| KeystoreError::Refused("an empty passphrase protects nothing".into()))?;
+            let pass = secret.filter(|p| !p.is_empty()).ok_or_else(|| {
+                KeystoreError::Refused("an empty passphrase protects nothing".into())
+            })?;
             Protector::passphrase(key, pass, Argon2Cost::default())
         }
         ProtectorKind::Tpm => seal_tpm(key, secret.filter(|p| !p.is_empty())),

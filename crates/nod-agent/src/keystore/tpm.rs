@@ -138,7 +138,14 @@ impl Tpm {
         })?;
         let primary = context
             .execute_with_nullauth_session(|ctx| {
-                ctx.create_primary(Hierarchy::Owner, primary_template()?, None, None, None, None)
+                ctx.create_primary(
+                    Hierarchy::Owner,
+                    primary_template()?,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
             })
             .map_err(tpm_err("creating the storage primary key"))?
             .key_handle;
@@ -189,8 +196,8 @@ fn auth(pin: Option<&[u8]>) -> Result<Option<Auth>, KeystoreError> {
 /// Seals `key` to the TPM; returns the object's public and private blobs.
 pub fn seal(key: &WrapKey, pin: Option<&[u8]>) -> Result<(Vec<u8>, Vec<u8>), KeystoreError> {
     let mut tpm = Tpm::open()?;
-    let data = SensitiveData::try_from(key.bytes().to_vec())
-        .map_err(tpm_err("preparing the key"))?;
+    let data =
+        SensitiveData::try_from(key.bytes().to_vec()).map_err(tpm_err("preparing the key"))?;
     let template = sealed_template(pin.is_some()).map_err(tpm_err("the sealed object"))?;
     let auth = auth(pin)?;
     let primary = tpm.primary;

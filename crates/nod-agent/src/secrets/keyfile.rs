@@ -10,7 +10,6 @@ use std::path::Path;
 use nix::unistd::getuid;
 use zeroize::Zeroizing;
 
-
 /// A 32-byte key, zeroized on drop.
 pub type Key32 = Zeroizing<[u8; 32]>;
 

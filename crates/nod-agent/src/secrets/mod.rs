@@ -125,8 +125,7 @@ impl SecretsFiles {
             let mut policy =
                 PolicyStore::open(&self.policy, &self.legacy_policy_key, &self.keystore);
             policy.current().map_err(SecretsError::Policy)?;
-            if legacy(&self.legacy_policy_key) && std::fs::symlink_metadata(&self.policy).is_ok()
-            {
+            if legacy(&self.legacy_policy_key) && std::fs::symlink_metadata(&self.policy).is_ok() {
                 return Err(SecretsError::Policy(PolicyError::Io {
                     path: self.policy.clone(),
                     message: "not migrated yet; see the log".into(),

@@ -462,7 +462,11 @@ mod tests {
         let protector = crate::keystore::Protector::passphrase(
             ks.wrap_key().unwrap().unwrap(),
             b"pw",
-            crate::keystore::Argon2Cost { m_kib: 64, t: 1, p: 1 },
+            crate::keystore::Argon2Cost {
+                m_kib: 64,
+                t: 1,
+                p: 1,
+            },
         )
         .unwrap();
         fs::write(ks.protector_path(), protector.encode().as_bytes()).unwrap();

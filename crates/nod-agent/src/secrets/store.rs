@@ -99,7 +99,11 @@ pub struct FileStore {
 impl FileStore {
     /// Opens `path`, sealed by `keystore`. A store of an earlier version, with its key at
     /// `legacy_key_path`, is migrated first.
-    pub fn open(path: &Path, legacy_key_path: &Path, keystore: &Keystore) -> Result<Self, StoreError> {
+    pub fn open(
+        path: &Path,
+        legacy_key_path: &Path,
+        keystore: &Keystore,
+    ) -> Result<Self, StoreError> {
         let io_err = |p: &Path| {
             let p = p.to_owned();
             move |source| StoreError::Io { path: p, source }
@@ -108,7 +112,9 @@ impl FileStore {
             Ok(f) => {
                 use std::io::Read;
                 let mut d = Vec::new();
-                f.take(MAX_STORE).read_to_end(&mut d).map_err(io_err(path))?;
+                f.take(MAX_STORE)
+                    .read_to_end(&mut d)
+                    .map_err(io_err(path))?;
                 Some(d)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -326,7 +332,11 @@ mod tests {
         let s = FileStore::open(&data, &key_path, &keystore(&dir)).unwrap();
         assert_eq!(s.get("aws", "prod").unwrap().value.expose(), "old-secret");
         assert!(!key_path.exists());
-        assert!(fs::read(&data).unwrap().starts_with(crate::keystore::seal::MAGIC));
+        assert!(
+            fs::read(&data)
+                .unwrap()
+                .starts_with(crate::keystore::seal::MAGIC)
+        );
         let s = FileStore::open(&data, &key_path, &keystore(&dir)).unwrap();
         assert_eq!(s.get("aws", "prod").unwrap().value.expose(), "old-secret");
         fs::remove_dir_all(dir).unwrap();
@@ -335,7 +345,8 @@ mod tests {
     #[test]
     fn services_match_exactly() {
         let dir = tempdir();
-        let mut s = FileStore::open(&dir.join("s.enc"), &dir.join("s.key"), &keystore(&dir)).unwrap();
+        let mut s =
+            FileStore::open(&dir.join("s.enc"), &dir.join("s.key"), &keystore(&dir)).unwrap();
         s.apply("a:b", write(&[("x", "1")])).unwrap();
         s.apply("a", write(&[("y", "2")])).unwrap();
         assert!(s.get("a", "x").is_none());
