@@ -130,6 +130,12 @@ pub struct TtyAsker;
 
 impl Asker for TtyAsker {
     fn ask(&self, prompt: &str) -> Option<Zeroizing<Vec<u8>>> {
+        // No terminal: nobody to ask, and the caller says "keystore is locked" and what to do.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .ok()?;
         match passphrase::read(prompt, false) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -139,6 +145,9 @@ impl Asker for TtyAsker {
         }
     }
 }
+
+/// Shortest passphrase accepted for the passphrase protector.
+const MIN_PASSPHRASE: usize = 8;
 
 /// The new secret for `kind`: a passphrase (always), a PIN (with --pin), else none.
 fn new_secret(kind: ProtectorKind, args: &SecretArgs) -> Result<Option<Zeroizing<Vec<u8>>>> {
@@ -151,6 +160,13 @@ fn new_secret(kind: ProtectorKind, args: &SecretArgs) -> Result<Option<Zeroizing
     let first = passphrase::read(&format!("New keystore {what}: "), args.passphrase_stdin)?;
     if first.is_empty() {
         anyhow::bail!("an empty {what} protects nothing");
+    }
+    // A PIN is guarded by the TPM's lockout; a passphrase only by Argon2id's cost per guess.
+    if kind == ProtectorKind::Passphrase && first.len() < MIN_PASSPHRASE {
+        anyhow::bail!(
+            "a passphrase of fewer than {MIN_PASSPHRASE} characters falls to an offline guess \
+             against a copy of the disk; choose a longer one (or `nod keys protect tpm --pin`)"
+        );
     }
     if !args.passphrase_stdin {
         let again = passphrase::read(&format!("Repeat the {what}: "), false)?;

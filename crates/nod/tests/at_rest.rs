@@ -67,6 +67,20 @@ impl Swtpm {
             eprintln!("skipped: swtpm or libtss2-tcti-swtpm0 not installed");
             return None;
         }
+        // nod runs nod-tpm from its own directory; `cargo build --workspace` builds it.
+        let nod_tpm = nod_bin().with_file_name("nod-tpm");
+        if !nod_tpm.exists() {
+            assert!(
+                !ci(),
+                "{} is missing: run `cargo build --workspace`",
+                nod_tpm.display()
+            );
+            eprintln!(
+                "skipped: {} is missing (cargo build --workspace)",
+                nod_tpm.display()
+            );
+            return None;
+        }
         let state = TempDir::new("nod-swtpm", &[]);
         for _ in 0..20 {
             let port = free_port_pair();
@@ -546,6 +560,22 @@ fn assert_nothing_lost(dir: &TempDir) {
     assert_opens(&copy, None);
 }
 
+/// Where a migration stopped: (store migrated, store key gone, policy key gone, protector).
+fn migration_state(dir: &TempDir) -> (bool, bool, bool, String) {
+    let store = fs::read(dir.path("data/nod/secrets.enc")).unwrap_or_default();
+    let protector = fs::read_to_string(dir.path("config/nod/keystore.key")).unwrap_or_default();
+    (
+        store.starts_with(b"nodseal1"),
+        !dir.path("data/nod/secrets.key").exists(),
+        !dir.path("data/nod/secrets-policy.key").exists(),
+        if protector.contains("protector passphrase") {
+            "passphrase".into()
+        } else {
+            "file".into()
+        },
+    )
+}
+
 #[test]
 fn migration_from_earlier_files_killed_with_sigkill_at_any_point_loses_nothing() {
     let home = new_home("nod-rest-migrate");
@@ -563,6 +593,7 @@ fn migration_from_earlier_files_killed_with_sigkill_at_any_point_loses_nothing()
 
     let mut killed = 0;
     let mut delay_us = 0u64;
+    let mut states = std::collections::BTreeSet::new();
     loop {
         let mut child = nod(&home, None)
             .args(["keys", "protect", "passphrase", "--passphrase-stdin"])
@@ -584,11 +615,13 @@ fn migration_from_earlier_files_killed_with_sigkill_at_any_point_loses_nothing()
             break;
         }
         killed += 1;
+        states.insert(migration_state(&home));
         assert_nothing_lost(&home);
         assert!(killed < 60, "the migration never finished");
         delay_us += 1500 + (delay_us / 4);
     }
     assert!(killed >= 3, "killed only {killed} times");
+    eprintln!("killed {killed} times; states left behind: {states:?}");
     assert!(!home.path("data/nod/secrets.key").exists());
     assert!(!home.path("data/nod/secrets-policy.key").exists());
     let status = text(&ok(run(&home, None, &["keys", "status"])));

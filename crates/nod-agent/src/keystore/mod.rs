@@ -28,7 +28,6 @@ pub mod cache;
 pub mod protector;
 pub mod seal;
 pub mod ssh;
-#[cfg(feature = "tpm")]
 mod tpm;
 
 use std::fs::{self, OpenOptions};
@@ -738,7 +737,6 @@ fn build_protector(
     }
 }
 
-#[cfg(feature = "tpm")]
 fn seal_tpm(key: &WrapKey, pin: Option<&[u8]>) -> Result<Protector, KeystoreError> {
     let (public, private) = tpm::seal(key, pin)?;
     Ok(Protector::Tpm {
@@ -749,7 +747,6 @@ fn seal_tpm(key: &WrapKey, pin: Option<&[u8]>) -> Result<Protector, KeystoreErro
     })
 }
 
-#[cfg(feature = "tpm")]
 fn unseal_tpm(protector: &Protector, pin: Option<&[u8]>) -> Result<WrapKey, KeystoreError> {
     let Protector::Tpm {
         key_id,
@@ -771,30 +768,9 @@ fn unseal_tpm(protector: &Protector, pin: Option<&[u8]>) -> Result<WrapKey, Keys
     Ok(key)
 }
 
-#[cfg(not(feature = "tpm"))]
-fn seal_tpm(_: &WrapKey, _: Option<&[u8]>) -> Result<Protector, KeystoreError> {
-    Err(KeystoreError::Tpm(
-        "not supported: this nod was built without the `tpm` feature".into(),
-    ))
-}
-
-#[cfg(not(feature = "tpm"))]
-fn unseal_tpm(_: &Protector, _: Option<&[u8]>) -> Result<WrapKey, KeystoreError> {
-    Err(KeystoreError::Tpm(
-        "not supported: this nod was built without the `tpm` feature".into(),
-    ))
-}
-
 /// For messages: the TPM nod would use.
 pub fn tpm_description() -> String {
-    #[cfg(feature = "tpm")]
-    {
-        tpm::describe()
-    }
-    #[cfg(not(feature = "tpm"))]
-    {
-        "none (built without the `tpm` feature)".into()
-    }
+    tpm::describe()
 }
 
 /// The agent's keystore, opened at start ([`open_for_agent`]): the keystore, and the agent
