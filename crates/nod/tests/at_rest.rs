@@ -35,6 +35,8 @@ use common::{Agent, TempDir, command, nod_bin, out, output_with_stdin, ssh_add, 
 const SECRET: &str = "s3cr3t-value-at-rest";
 const KEY_NAME: &str = "stolen-home-key";
 const PASSPHRASE: &str = "correct horse battery staple";
+/// The binary a policy of an earlier version registered.
+const LEGACY_TOOL: &str = "/usr/local/bin/registered-tool";
 
 fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
@@ -216,7 +218,7 @@ fn agent_log(dir: &TempDir) -> String {
     fs::read_to_string(dir.path("agent.log")).unwrap_or_default()
 }
 
-/// A key, a registered `nod` and a secret, made through the agent (file protector).
+/// A key and a secret, made through the agent (file protector).
 fn populate(dir: &TempDir, tcti: Option<&str>) {
     ok(run(
         dir,
@@ -224,18 +226,7 @@ fn populate(dir: &TempDir, tcti: Option<&str>) {
         &["keys", "generate", "--name", KEY_NAME, "--policy", "never"],
     ));
     let agent = start_agent(dir, tcti);
-    ok(run(
-        dir,
-        tcti,
-        &[
-            "register",
-            nod_bin().to_str().unwrap(),
-            "--read",
-            "svc",
-            "--write",
-            "svc",
-        ],
-    ));
+    // `nod secrets` is asked each time (the approver script says yes).
     ok(run_in(dir, tcti, &["secrets", "put", "svc", "t1"], SECRET));
     agent.stop();
 }
@@ -517,15 +508,16 @@ fn write_legacy_secrets(dir: &TempDir) {
 
     let hash = format!(
         "sha256:{}",
-        hex::encode(Sha256::digest(fs::read(nod_bin()).unwrap()))
+        hex::encode(Sha256::digest(b"a registered tool"))
     );
     let entries = vec![nod_client::proto::PolicyEntry {
-        path: nod_bin().to_string_lossy().into_owned(),
+        path: LEGACY_TOOL.into(),
         hash,
         allowed_read_services: vec!["svc".into()],
         allowed_write_services: vec!["svc".into()],
         can_search: false,
         interpreter: false,
+        legacy_protocol: false,
     }];
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&policy_key).unwrap();
     mac.update(b"nod secrets policy v1\0");
@@ -545,7 +537,8 @@ fn write_legacy_secrets(dir: &TempDir) {
     );
 }
 
-/// Whatever state a killed migration left: it opens, with the passphrase if it got that far.
+/// Whatever state a killed migration left: it opens, with the passphrase if it got that far,
+/// and the policy still holds its entry (its MAC checks out).
 fn assert_nothing_lost(dir: &TempDir) {
     let copy = steal(dir, "nod-rest-check");
     let status = text(&ok(run(&copy, None, &["keys", "status"])));
@@ -557,7 +550,14 @@ fn assert_nothing_lost(dir: &TempDir) {
             &format!("{PASSPHRASE}\n"),
         ));
     }
-    assert_opens(&copy, None);
+    let agent = start_agent(&copy, None);
+    let got = ok(run(&copy, None, &["secrets", "get", "svc", "t1"]));
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), SECRET);
+    let listed = ssh_add(&copy, &["-l"]);
+    assert!(text(&listed).contains(KEY_NAME), "{}", out(&listed));
+    let listed = ok(run(&copy, None, &["policy", "list"]));
+    assert!(text(&listed).contains(LEGACY_TOOL), "{}", out(&listed));
+    agent.stop();
 }
 
 /// Where a migration stopped: (store migrated, store key gone, policy key gone, protector).
@@ -652,7 +652,7 @@ fn start_up_removes_temp_files_of_killed_writers_and_keeps_a_live_one() {
     for i in 0..40 {
         let target = format!("k{i}");
         let mut put = nod(&home, None)
-            .args(["secrets", "put", "svc", &target])
+            .args(["secrets", "--remember", "10m", "put", "svc", &target])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -718,7 +718,11 @@ fn start_up_removes_temp_files_of_killed_writers_and_keeps_a_live_one() {
     );
     // Every write that was acknowledged is there.
     for target in &acknowledged {
-        let got = ok(run(&home, None, &["secrets", "get", "svc", target]));
+        let got = ok(run(
+            &home,
+            None,
+            &["secrets", "--remember", "10m", "get", "svc", target],
+        ));
         assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v");
     }
     let got = ok(run(&home, None, &["secrets", "get", "svc", "t1"]));
