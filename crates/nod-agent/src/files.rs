@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::getuid;
 
 /// Creates `dir` (and its parents) if missing and makes sure it is a directory of ours with
@@ -62,6 +63,10 @@ pub(crate) fn check_not_writable_by_others(path: &Path, meta: &fs::Metadata) -> 
 /// Replaces `path` atomically with `contents`: write a 0600 temp file next to it, fsync it,
 /// rename it over `path`, then fsync the directory. A reader sees the old or the new file,
 /// never half of one.
+///
+/// The temp file (`.<name>.tmp-<16 hex>`) is `flock`ed while it is written, so
+/// [`remove_stale_temps`] can tell the leftover of a killed writer (the lock died with it) from
+/// a write in progress.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
@@ -77,20 +82,70 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
         hex::encode(suffix)
     ));
     let result = (|| {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
-        file.write_all(contents)?;
+        let file =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+        (&*file).write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
+        drop(file);
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Whether `name` is one of [`write_atomic`]'s temp files: `.<name>.tmp-<16 hex>`.
+fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    match rest.rsplit_once(".tmp-") {
+        Some((base, suffix)) => {
+            !base.is_empty() && suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
+    }
+}
+
+/// Removes the temp files that writers killed mid-write left in `dir` (whole encrypted copies
+/// of a store, or of a key file). A temp file whose writer is alive is locked, and kept.
+/// Returns how many were removed; a missing directory has none.
+pub(crate) fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_temp_name(name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+        else {
+            continue;
+        };
+        // Held until the file is gone, so a writer cannot take it back in between.
+        let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        if fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// A fresh, uniquely named scratch directory under the system temp dir, for unit tests.
@@ -203,6 +258,41 @@ mod tests {
         // Loaded and unchanged: not read again.
         let (v, loaded) = w.current(|_, _| Ok::<u32, String>(9));
         assert_eq!((*v, loaded), (7, false));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn temp_names_are_recognised_exactly() {
+        assert!(is_temp_name(".secrets.enc.tmp-0123456789abcdef"));
+        assert!(is_temp_name(".ssh_keys.sealed.tmp-0123456789ABCDEF"));
+        for name in [
+            "secrets.enc",
+            ".secrets.enc",
+            ".secrets.enc.tmp-0123",
+            ".secrets.enc.tmp-0123456789abcdeg",
+            "..tmp-0123456789abcdef",
+            "x.tmp-0123456789abcdef",
+        ] {
+            assert!(!is_temp_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn stale_temps_go_and_live_ones_and_real_files_stay() {
+        let dir = test_dir("temps");
+        let stale = dir.join(".a.tmp-0000000000000001");
+        let live = dir.join(".b.tmp-0000000000000002");
+        fs::write(&stale, b"old copy").unwrap();
+        fs::write(&live, b"being written").unwrap();
+        fs::write(dir.join("a"), b"real").unwrap();
+        let held = Flock::lock(File::open(&live).unwrap(), FlockArg::LockExclusive).unwrap();
+        assert_eq!(remove_stale_temps(&dir), 1);
+        assert!(!stale.exists() && live.exists() && dir.join("a").exists());
+        drop(held);
+        assert_eq!(remove_stale_temps(&dir), 1);
+        write_atomic(&dir.join("a"), b"new").unwrap();
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"new");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         fs::remove_dir_all(dir).unwrap();
     }
 }

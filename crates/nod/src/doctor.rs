@@ -144,6 +144,7 @@ pub fn local_checks(paths: &Paths) -> Vec<Check> {
     }
     checks.push(approver_check(paths));
     checks.push(agent_key_check(paths, me));
+    checks.push(at_rest_check(paths));
     checks.push(hosts_check(paths));
     checks.push(clock_check());
     checks
@@ -360,10 +361,44 @@ fn agent_key_check(paths: &Paths, me: u32) -> Check {
             k.key_id(),
             sealed.display()
         )),
+        Err(e) if e.is_locked() => warn(format!("agent key: {e}")),
         Err(e) => fail(
             format!("agent key: {e}"),
             "fix the file as the message says",
         ),
+    }
+}
+
+/// How the keys are protected at rest; plain about the file protector.
+fn at_rest_check(paths: &Paths) -> Check {
+    use nod_agent::keystore::Protector;
+    let keystore = Keystore::open(paths);
+    match keystore.protector() {
+        Err(e) => fail(
+            format!("keystore protector: {e}"),
+            "fix the file as the message says",
+        ),
+        Ok(None) => warn("no keystore yet; choose how it is protected with `nod keys init`"),
+        Ok(Some(Protector::File(_))) => warn(format!(
+            "keys at rest: {} is the wrapping key in a plain file, so the disk gives the keys \
+             away: anyone with a copy of it (a stolen laptop, a backup, a synced home) opens \
+             every key and secret; run `nod keys protect tpm` or `nod keys protect passphrase`",
+            keystore.protector_path().display()
+        )),
+        Ok(Some(p)) => {
+            let cached = if p.needs_secret() {
+                match keystore.is_cached() {
+                    Ok(true) => "; unlocked (cached in the kernel keyring)",
+                    _ => "; locked: run `nod keys unlock`",
+                }
+            } else {
+                ""
+            };
+            ok(format!(
+                "keys at rest: protector {}{cached}",
+                crate::keys::describe(Some(&p))
+            ))
+        }
     }
 }
 

@@ -205,7 +205,9 @@ enum AuditCommand {
 }
 
 fn agent_key(paths: &Paths) -> Result<()> {
-    let key = Keystore::open(paths).agent_key()?;
+    let key = Keystore::open(paths)
+        .with_asker(std::sync::Arc::new(keys::TtyAsker))
+        .agent_key()?;
     let comment = "nod agent key. Install this file on each Linux host as\n\
                    /etc/nod/agents.d/<name>.pub (owned by root, mode 0644).";
     print!(
@@ -295,12 +297,18 @@ fn run(cli: Cli) -> Result<()> {
             approver,
             approver_command,
         } => {
+            use std::io::IsTerminal;
             let options = AgentOptions {
                 approver: ApproverChoice {
                     kind: approver,
                     command: approver_command,
                 },
                 paths: Some(paths),
+                // From a terminal, the agent asks for the keystore's passphrase or PIN itself.
+                asker: std::io::stdin().is_terminal().then(|| {
+                    std::sync::Arc::new(keys::TtyAsker)
+                        as std::sync::Arc<dyn nod_agent::keystore::Asker>
+                }),
             };
             Ok(run_agent(options)?)
         }

@@ -17,7 +17,7 @@ use super::{CoreError, build_core};
 use crate::approvers::ApproverChoice;
 use crate::config::{AgentConfig, ConfigError, SecretsBackend};
 use crate::files::ensure_private_dir;
-use crate::keystore::{Keystore, KeystoreError};
+use crate::keystore::{self, Asker, KeystoreError};
 use crate::log::event;
 use crate::pam::hosts::HostAllowlist;
 use crate::pam::{ApprovalService, ApprovalSettings};
@@ -32,6 +32,8 @@ pub struct AgentOptions {
     pub approver: ApproverChoice,
     /// Directories to use instead of the XDG ones from the environment.
     pub paths: Option<Paths>,
+    /// Asks for the keystore's passphrase or TPM PIN at start (an agent with a terminal).
+    pub asker: Option<Arc<dyn Asker>>,
 }
 
 /// The agent could not start (or its runtime failed).
@@ -151,10 +153,17 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
     let secrets_socket_path = paths.secrets_socket()?;
     let config = AgentConfig::load(&paths.agent_config())?;
     let core = build_core(&options.approver, &config, &paths.audit_log())?;
-    let keystore = Keystore::open(&paths);
-    let agent_key = keystore.agent_key()?;
+    let keystore::AgentKeystore {
+        keystore,
+        agent_key,
+    } = keystore::open_for_agent(&paths, options.asker.clone())?;
     let hosts = HostAllowlist::open(&paths.hosts_file());
-    event!("agent key {}", agent_key.key_id());
+    event!(
+        "agent key {}",
+        agent_key
+            .get()
+            .map_or_else(|_| "(locked)".into(), |k| k.key_id().to_string())
+    );
     let service = Arc::new(ApprovalService::new(
         agent_key,
         hosts,
@@ -164,6 +173,7 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
             ..ApprovalSettings::from(&config.approval)
         },
     ));
+    let secrets_files = SecretsFiles::new(&paths, &keystore);
     let ssh_agent = Arc::new(
         SshAgentService::new(Arc::clone(&core))
             .with_presence(config.presence.ssh)
@@ -173,7 +183,6 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
             })
             .with_keystore(keystore),
     );
-    let secrets_files = SecretsFiles::from_paths(&paths);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -200,7 +209,13 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
             // A backend named in agent.toml must work from the start: the agent refuses to
             // start without it, rather than fail every request later.
             SecretsBackend::File | SecretsBackend::SecretService => {
-                secrets.backend().await?;
+                match secrets.backend().await {
+                    // Opened on the first request after `nod keys unlock`.
+                    Err(e) if e.is_locked() => event!("secrets backend: {e}"),
+                    other => {
+                        other?;
+                    }
+                }
             }
             SecretsBackend::Auto => {
                 event!("secrets backend: chosen on the first secrets request (auto)");

@@ -39,7 +39,6 @@ use super::CoreError;
 use super::agent::raise_nofile_limit;
 use crate::approvers::ApproverChoice;
 use crate::config::{AgentConfig, ConfigError};
-use crate::keystore::Keystore;
 use crate::log::event;
 use crate::paths::{Paths, PathsError};
 use crate::ssh::SshAgentService;
@@ -546,6 +545,7 @@ fn serve(
     let paths = Paths::from_env()?;
     let config = AgentConfig::load(&paths.agent_config())?;
     let core = super::build_core(&options.approver, &config, &paths.audit_log())?;
+    let keystore = crate::keystore::open_for_ssh_agent(&paths);
     let service = Arc::new(
         SshAgentService::new(Arc::clone(&core))
             .with_presence(config.presence.ssh)
@@ -554,7 +554,7 @@ fn serve(
                 ..crate::ssh::SshLimits::default()
             })
             .with_default_lifetime(options.lifetime)
-            .with_keystore(Keystore::open(&paths)),
+            .with_keystore(keystore),
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

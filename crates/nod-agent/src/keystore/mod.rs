@@ -1,39 +1,54 @@
-//! The agent's keys, sealed at rest in `$XDG_DATA_HOME/nod/` (docs/security.md "Keystore").
+//! The agent's keys and secrets, sealed at rest (docs/security.md "Keys at rest").
 //!
 //! | File | Holds | Sealed for |
 //! |---|---|---|
-//! | `agent_ed25519.sealed` | the approval service's Ed25519 key (32-byte seed) | `agent-key` |
-//! | `ssh_keys.sealed` | persistent SSH keys with their names and policies | `ssh-keys` |
-//! | `user_ca_ed25519.sealed` | the user CA key for session certificates | `user-ca` |
+//! | `$XDG_DATA_HOME/nod/agent_ed25519.sealed` | the approval service's Ed25519 key (32-byte seed) | `agent-key` |
+//! | `$XDG_DATA_HOME/nod/ssh_keys.sealed` | persistent SSH keys with their names and policies | `ssh-keys` |
+//! | `$XDG_DATA_HOME/nod/user_ca_ed25519.sealed` | the user CA key for session certificates | `user-ca` |
+//! | `$XDG_DATA_HOME/nod/secrets.enc` | the encrypted-file secrets backend | `secrets` |
+//! | `$XDG_STATE_HOME/nod/secrets-policy.json` | MAC'd with a key derived for `secrets-policy` | — |
 //!
-//! Every file is ChaCha20-Poly1305-sealed ([`seal`]) under one random 256-bit wrapping key
-//! from a [`WrapKeySource`]; the default is `$XDG_CONFIG_HOME/nod/keystore.key` (0600), kept
-//! apart from the data directory so a copy of the data directory alone opens nothing.
+//! One sealing primitive ([`seal`]) and one random 256-bit wrapping key for all of them, with
+//! the purpose as associated data, so no blob can stand in for another and nothing keeps a key
+//! of its own. The wrapping key is kept by one [`protector`] in `$XDG_CONFIG_HOME/nod/
+//! keystore.key`: a plain file, a passphrase (Argon2id), or the TPM. Changing protector
+//! rewrites that one file; no blob is re-encrypted.
+//!
+//! A keystore opens its wrapping key once and keeps it in memory ([`Keystore`] clones share
+//! it). Until it can (a passphrase nobody typed yet, a TPM PIN), the keystore is *locked*: every
+//! use fails with [`KeystoreError::Locked`], and each later use looks again (in the kernel
+//! keyring, [`cache`], where `nod keys unlock` puts the key), so an agent started locked picks
+//! the key up without a restart.
+//!
 //! Each file is replaced atomically, so a reader sees the old or the new version, never half.
-//!
 //! An agent key from before encryption (`agent_ed25519.key`, plaintext) is read once, sealed,
 //! and the plaintext file is overwritten and removed.
 
+pub mod cache;
+pub mod protector;
 pub mod seal;
 pub mod ssh;
+mod tpm;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use std::{fmt, time::SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::{fmt, time::SystemTime};
 
 use nod_proto::keys::parse_private_key_file;
 use nod_proto::{KeyId, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
-use crate::files::{ensure_private_dir, write_atomic};
+use crate::files::{ensure_private_dir, remove_stale_temps, write_atomic};
 use crate::log::event;
 use crate::paths::Paths;
-pub use seal::{FileWrapKey, WrapKey, WrapKeySource};
+pub use protector::{Argon2Cost, Protector, ProtectorKind};
+pub use seal::WrapKey;
 
 /// The plaintext agent key of earlier versions; migrated on first use.
 pub const AGENT_KEY_FILE: &str = "agent_ed25519.key";
@@ -89,6 +104,43 @@ pub enum KeystoreError {
     Refused(String),
     #[error("no randomness from the kernel: {0}")]
     Random(String),
+    /// The wrapping key is protected by something nobody has supplied yet.
+    #[error("keystore is locked: run `nod keys unlock` ({0})")]
+    Locked(String),
+    #[error("wrong {0}; nothing was changed")]
+    WrongSecret(&'static str),
+    #[error("TPM: {0}")]
+    Tpm(String),
+    #[error("kernel keyring: {0}")]
+    Keyring(String),
+}
+
+impl KeystoreError {
+    /// Whether this is "not unlocked (yet)" rather than a damaged or missing keystore: the
+    /// agent runs on, refusing what needs a key, and looks again on the next request.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Self::Locked(_) | Self::Tpm(_))
+    }
+}
+
+/// Asks the person for the passphrase or the TPM PIN: a terminal prompt in `nod keys` and in
+/// an agent started from a terminal. `None`: nobody can be asked (or they gave up).
+pub trait Asker: fmt::Debug + Send + Sync {
+    fn ask(&self, prompt: &str) -> Option<Zeroizing<Vec<u8>>>;
+}
+
+/// How long a failed TPM unseal (no TPM, another TPM) is not retried: a locked agent looks
+/// again on requests, and a request must not cost a TPM round trip each time.
+const TPM_RETRY: Duration = Duration::from_secs(5);
+
+/// The keystore's wrapping key as far as it is known; shared by every clone of a keystore.
+#[derive(Debug)]
+struct Unlock {
+    protector_path: PathBuf,
+    key: OnceLock<WrapKey>,
+    asker: Mutex<Option<Arc<dyn Asker>>>,
+    /// When the TPM last failed to unseal, and why.
+    tpm_failed: Mutex<Option<(Instant, String)>>,
 }
 
 /// The agent's signing key with its key id. The secret is zeroized on drop (ed25519-dalek's
@@ -135,28 +187,42 @@ impl AgentKey {
     }
 }
 
-/// The keystore directory and where its wrapping key comes from.
+/// The keystore directory and its wrapping key.
 #[derive(Debug, Clone)]
 pub struct Keystore {
     dir: PathBuf,
-    wrap: Arc<dyn WrapKeySource>,
+    unlock: Arc<Unlock>,
 }
 
 impl Keystore {
-    pub fn new(dir: &Path, wrap: Arc<dyn WrapKeySource>) -> Self {
+    /// A keystore in `dir` whose protector file is `protector_path`. Nothing is read yet.
+    pub fn new(dir: &Path, protector_path: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
-            wrap,
+            unlock: Arc::new(Unlock {
+                protector_path: protector_path.to_owned(),
+                key: OnceLock::new(),
+                asker: Mutex::new(None),
+                tpm_failed: Mutex::new(None),
+            }),
         }
     }
 
-    /// The keystore of `paths`: data in the data directory, wrapping key in
+    /// The keystore of `paths`: data in the data directory, protector file
     /// `<config>/keystore.key`.
     pub fn open(paths: &Paths) -> Self {
-        Self::new(
-            &paths.keystore_dir(),
-            Arc::new(FileWrapKey::new(&paths.config_dir.join(WRAP_KEY_FILE))),
-        )
+        Self::new(&paths.keystore_dir(), &paths.config_dir.join(WRAP_KEY_FILE))
+    }
+
+    /// Lets the keystore ask for a passphrase or PIN when the key is not cached.
+    pub fn with_asker(self, asker: Arc<dyn Asker>) -> Self {
+        *crate::lock(&self.unlock.asker) = Some(asker);
+        self
+    }
+
+    /// `keystore.key`.
+    pub fn protector_path(&self) -> &Path {
+        &self.unlock.protector_path
     }
 
     pub fn dir(&self) -> &Path {
@@ -223,22 +289,51 @@ impl Keystore {
         seal::check_private(&path, &f.metadata().map_err(io_err)?)?;
         let mut sealed = Vec::new();
         f.read_to_end(&mut sealed).map_err(io_err)?;
-        let Some(key) = self.wrap.load()? else {
+        self.open_blob(&path, purpose, &sealed).map(Some)
+    }
+
+    /// Opens the sealed bytes of the file at `path` (named in errors).
+    pub fn open_blob(
+        &self,
+        path: &Path,
+        purpose: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        let Some(key) = self.wrap_key()? else {
             return Err(KeystoreError::MissingWrapKey {
-                path,
-                wrap: self.wrap.describe(),
+                path: path.to_owned(),
+                wrap: self.protector_path().display().to_string(),
             });
         };
-        match seal::open(&key, purpose, &sealed) {
-            Ok(plain) => Ok(Some(plain)),
+        match seal::open(key, purpose, sealed) {
+            Ok(plain) => Ok(plain),
             Err(seal::OpenError::WrongKey) => Err(KeystoreError::WrongWrapKey {
-                path,
-                wrap: self.wrap.describe(),
+                path: path.to_owned(),
+                wrap: self.protector_path().display().to_string(),
             }),
             Err(seal::OpenError::Damaged | seal::OpenError::Format) => {
-                Err(KeystoreError::Damaged { path })
+                Err(KeystoreError::Damaged {
+                    path: path.to_owned(),
+                })
             }
         }
+    }
+
+    /// Seals `plain` for `purpose` under the wrapping key, creating the key on first use
+    /// ([`Self::key_for_writing`]).
+    pub fn seal_blob(&self, purpose: &str, plain: &[u8]) -> Result<Vec<u8>, KeystoreError> {
+        seal::seal(self.key_for_writing()?, purpose, plain)
+    }
+
+    /// A key derived from the wrapping key for `purpose` (see [`WrapKey::derive`]); `None`
+    /// before any wrapping key exists.
+    pub fn derive(&self, purpose: &str) -> Result<Option<Zeroizing<[u8; 32]>>, KeystoreError> {
+        Ok(self.wrap_key()?.map(|k| k.derive(purpose)))
+    }
+
+    /// Like [`Self::derive`], creating the wrapping key on first use.
+    pub fn derive_for_writing(&self, purpose: &str) -> Result<Zeroizing<[u8; 32]>, KeystoreError> {
+        Ok(self.key_for_writing()?.derive(purpose))
     }
 
     /// Seals `plain` into `file`, atomically. Creates the wrapping key on first use, but never
@@ -255,24 +350,303 @@ impl Keystore {
             source,
         };
         ensure_private_dir(&self.dir).map_err(io_err)?;
-        let key = match self.wrap.load()? {
-            Some(key) => key,
-            None => {
-                if let Some(existing) = SEALED_FILES
-                    .iter()
-                    .map(|f| self.path(f))
-                    .find(|p| fs::symlink_metadata(p).is_ok())
-                {
-                    return Err(KeystoreError::MissingWrapKey {
-                        path: existing,
-                        wrap: self.wrap.describe(),
-                    });
+        let sealed = self.seal_blob(purpose, plain)?;
+        write_atomic(&path, &sealed).map_err(io_err)
+    }
+
+    /// The wrapping key; a new one under the file protector if there is none yet and no sealed
+    /// file exists that a new key could not open.
+    fn key_for_writing(&self) -> Result<&WrapKey, KeystoreError> {
+        if let Some(key) = self.wrap_key()? {
+            return Ok(key);
+        }
+        if let Some(existing) = SEALED_FILES
+            .iter()
+            .map(|f| self.path(f))
+            .find(|p| fs::symlink_metadata(p).is_ok())
+        {
+            return Err(KeystoreError::MissingWrapKey {
+                path: existing,
+                wrap: self.protector_path().display().to_string(),
+            });
+        }
+        let key = WrapKey::generate()?;
+        self.write_protector(&Protector::File(Zeroizing::new(*key.bytes())))?;
+        event!(
+            "keystore: new wrapping key in {} (protector: file). Anyone with a copy of this \
+             disk can open every key and secret; protect it with `nod keys protect tpm` or \
+             `nod keys protect passphrase`",
+            self.protector_path().display()
+        );
+        Ok(self.unlock.key.get_or_init(|| key))
+    }
+
+    /// Reads `keystore.key`; `None` if there is none.
+    pub fn protector(&self) -> Result<Option<Protector>, KeystoreError> {
+        let path = self.protector_path();
+        let io_err = |source| KeystoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(e)),
+        };
+        seal::check_private(path, &file.metadata().map_err(io_err)?)?;
+        let mut text = Zeroizing::new(String::new());
+        file.take(protector::MAX_FILE)
+            .read_to_string(&mut text)
+            .map_err(io_err)?;
+        Protector::parse(&text)
+            .map(Some)
+            .map_err(|reason| KeystoreError::Invalid {
+                path: path.to_owned(),
+                reason,
+            })
+    }
+
+    /// Replaces `keystore.key` atomically. When the old file held the key in the clear, its
+    /// blocks are overwritten after the rename (best effort, as [`wipe_and_remove`]).
+    fn write_protector(&self, protector: &Protector) -> Result<(), KeystoreError> {
+        let path = self.protector_path();
+        let io_err = |source| KeystoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            ensure_private_dir(dir).map_err(io_err)?;
+        }
+        let plain_before = matches!(self.protector(), Ok(Some(Protector::File(_))));
+        let old = plain_before
+            .then(|| {
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(path)
+                    .ok()
+            })
+            .flatten();
+        write_atomic(path, protector.encode().as_bytes()).map_err(io_err)?;
+        if let Some(mut old) = old {
+            let len = old.metadata().map(|m| m.len()).unwrap_or(0);
+            let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+            let _ = old.write_all(&zeros).and_then(|()| old.sync_all());
+        }
+        Ok(())
+    }
+
+    /// The wrapping key, once known: from memory; else from the protector (a file, the key
+    /// cache, the TPM, or the asker). `Ok(None)`: no wrapping key exists yet.
+    pub fn wrap_key(&self) -> Result<Option<&WrapKey>, KeystoreError> {
+        if let Some(key) = self.unlock.key.get() {
+            return Ok(Some(key));
+        }
+        let Some(protector) = self.protector()? else {
+            return Ok(None);
+        };
+        let key = self.unwrap(&protector, true)?;
+        Ok(Some(self.unlock.key.get_or_init(|| key)))
+    }
+
+    /// Whether the wrapping key is in memory.
+    pub fn is_unlocked(&self) -> bool {
+        self.unlock.key.get().is_some()
+    }
+
+    fn ask(&self, prompt: &str) -> Option<Zeroizing<Vec<u8>>> {
+        let asker = crate::lock(&self.unlock.asker).clone()?;
+        asker.ask(prompt)
+    }
+
+    /// Opens the wrapping key from `protector`. The key cache comes first (no prompt, no TPM
+    /// round trip); `may_ask` allows the asker.
+    fn unwrap(&self, protector: &Protector, may_ask: bool) -> Result<WrapKey, KeystoreError> {
+        let key_id = protector.key_id();
+        match protector {
+            Protector::File(key) => return Ok(WrapKey::from_bytes(**key)),
+            _ if protector.needs_secret() => {
+                if let Some(key) = cache::load(&key_id) {
+                    return Ok(key);
                 }
-                self.wrap.create()?
+            }
+            _ => {}
+        }
+        match protector {
+            Protector::File(_) => unreachable!("returned above"),
+            Protector::Passphrase { .. } => {
+                let prompt = format!(
+                    "nod keystore passphrase ({}): ",
+                    self.protector_path().display()
+                );
+                let Some(pass) = may_ask.then(|| self.ask(&prompt)).flatten() else {
+                    return Err(KeystoreError::Locked(
+                        "its key is protected by a passphrase".into(),
+                    ));
+                };
+                let key = protector
+                    .open_passphrase(&pass)?
+                    .ok_or(KeystoreError::WrongSecret("passphrase"))?;
+                // So that the agent and the next `nod keys` find it without asking again.
+                if let Err(e) = cache::store(&key, cache::DEFAULT_TIMEOUT) {
+                    event!("keystore: unlocked, but not cached ({e})");
+                }
+                Ok(key)
+            }
+            Protector::Tpm { pin, .. } => {
+                if *pin {
+                    let Some(pin) = may_ask
+                        .then(|| self.ask("nod keystore TPM PIN: "))
+                        .flatten()
+                    else {
+                        return Err(KeystoreError::Locked(
+                            "its key is sealed to the TPM with a PIN".into(),
+                        ));
+                    };
+                    let key = self.unseal(protector, Some(&pin))?;
+                    if let Err(e) = cache::store(&key, cache::DEFAULT_TIMEOUT) {
+                        event!("keystore: unlocked, but not cached ({e})");
+                    }
+                    Ok(key)
+                } else {
+                    self.unseal(protector, None)
+                }
+            }
+        }
+    }
+
+    /// Unseals a TPM protector, at most once per [`TPM_RETRY`] after a failure.
+    fn unseal(&self, protector: &Protector, pin: Option<&[u8]>) -> Result<WrapKey, KeystoreError> {
+        let mut failed = crate::lock(&self.unlock.tpm_failed);
+        if let Some((when, why)) = &*failed {
+            if pin.is_none() && when.elapsed() < TPM_RETRY {
+                return Err(KeystoreError::Tpm(why.clone()));
+            }
+        }
+        match unseal_tpm(protector, pin) {
+            Ok(key) => {
+                *failed = None;
+                Ok(key)
+            }
+            Err(e) => {
+                if let KeystoreError::Tpm(why) = &e {
+                    *failed = Some((Instant::now(), why.clone()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates the wrapping key under `kind` (`nod keys init`). Refused if there is one.
+    pub fn init(&self, kind: ProtectorKind, secret: Option<&[u8]>) -> Result<(), KeystoreError> {
+        let _lock = self.exclusive()?;
+        if self.protector()?.is_some() {
+            return Err(KeystoreError::Refused(format!(
+                "{} exists already; change its protector with `nod keys protect {kind}`",
+                self.protector_path().display()
+            )));
+        }
+        if let Some(existing) = SEALED_FILES
+            .iter()
+            .map(|f| self.path(f))
+            .find(|p| fs::symlink_metadata(p).is_ok())
+        {
+            return Err(KeystoreError::MissingWrapKey {
+                path: existing,
+                wrap: self.protector_path().display().to_string(),
+            });
+        }
+        let key = WrapKey::generate()?;
+        let protector = build_protector(&key, kind, secret)?;
+        self.write_protector(&protector)?;
+        if protector.needs_secret() {
+            let _ = cache::store(&key, cache::DEFAULT_TIMEOUT);
+        }
+        let _ = self.unlock.key.set(key);
+        Ok(())
+    }
+
+    /// Re-wraps the wrapping key under `kind` (`nod keys protect`); the blobs stay as they are.
+    /// The current protector is opened first (asking if need be). Creates the key if there is
+    /// none yet.
+    pub fn protect(&self, kind: ProtectorKind, secret: Option<&[u8]>) -> Result<(), KeystoreError> {
+        let _lock = self.exclusive()?;
+        let Some(current) = self.protector()? else {
+            drop(_lock);
+            return self.init(kind, secret);
+        };
+        let key = match self.unlock.key.get() {
+            Some(key) => WrapKey::from_bytes(*key.bytes()),
+            None => self.unwrap(&current, true)?,
+        };
+        let protector = build_protector(&key, kind, secret)?;
+        if let Protector::Tpm { .. } = &protector {
+            // Sealed is not enough: it must unseal here before the old protector goes.
+            let back = unseal_tpm(&protector, secret)?;
+            protector::check_id(&back, &key.id())?;
+        }
+        self.write_protector(&protector)?;
+        if protector.needs_secret() {
+            let _ = cache::store(&key, cache::DEFAULT_TIMEOUT);
+        } else {
+            cache::remove(&key.id());
+        }
+        let _ = self.unlock.key.set(key);
+        Ok(())
+    }
+
+    /// Opens the wrapping key with `secret` (or the TPM) and caches it in the kernel keyring
+    /// for `timeout` (`nod keys unlock`). Refused for the file protector, which has nothing to
+    /// unlock.
+    pub fn unlock_to_cache(
+        &self,
+        secret: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ProtectorKind, KeystoreError> {
+        let Some(protector) = self.protector()? else {
+            return Err(KeystoreError::Refused(
+                "there is no keystore yet; create it with `nod keys init`".into(),
+            ));
+        };
+        let key = match (&protector, secret) {
+            (Protector::File(_), _) => {
+                return Err(KeystoreError::Refused(format!(
+                    "the keystore key is a plain file ({}), so there is nothing to unlock; \
+                     protect it with `nod keys protect tpm` or `nod keys protect passphrase`",
+                    self.protector_path().display()
+                )));
+            }
+            (Protector::Passphrase { .. }, Some(pass)) => protector
+                .open_passphrase(pass)?
+                .ok_or(KeystoreError::WrongSecret("passphrase"))?,
+            (Protector::Tpm { .. }, secret) => unseal_tpm(&protector, secret)?,
+            (Protector::Passphrase { .. }, None) => {
+                return Err(KeystoreError::Refused("no passphrase given".into()));
             }
         };
-        let sealed = seal::seal(&key, purpose, plain)?;
-        write_atomic(&path, &sealed).map_err(io_err)
+        cache::store(&key, timeout)?;
+        let _ = self.unlock.key.set(key);
+        Ok(protector.kind())
+    }
+
+    /// Removes the cached key (`nod keys lock`); true if one was cached.
+    pub fn lock_cache(&self) -> Result<bool, KeystoreError> {
+        Ok(match self.protector()? {
+            Some(p) => cache::remove(&p.key_id()),
+            None => false,
+        })
+    }
+
+    /// Whether the key of the current protector is in the kernel keyring.
+    pub fn is_cached(&self) -> Result<bool, KeystoreError> {
+        Ok(match self.protector()? {
+            Some(p) => cache::load(&p.key_id()).is_some(),
+            None => false,
+        })
     }
 
     /// Loads the agent key: the sealed one; else a plaintext one of an earlier version, which
@@ -342,6 +716,180 @@ impl Keystore {
     pub fn has_agent_key(&self) -> bool {
         fs::symlink_metadata(self.path(AGENT_KEY_SEALED)).is_ok()
             || fs::symlink_metadata(self.agent_key_path()).is_ok()
+    }
+}
+
+/// A protector of `kind` for `key`. `secret` is the passphrase, or the TPM PIN (optional).
+fn build_protector(
+    key: &WrapKey,
+    kind: ProtectorKind,
+    secret: Option<&[u8]>,
+) -> Result<Protector, KeystoreError> {
+    match kind {
+        ProtectorKind::File => Ok(Protector::File(Zeroizing::new(*key.bytes()))),
+        ProtectorKind::Passphrase => {
+            let pass = secret.filter(|p| !p.is_empty()).ok_or_else(|| {
+                KeystoreError::Refused("an empty passphrase protects nothing".into())
+            })?;
+            Protector::passphrase(key, pass, Argon2Cost::default())
+        }
+        ProtectorKind::Tpm => seal_tpm(key, secret.filter(|p| !p.is_empty())),
+    }
+}
+
+fn seal_tpm(key: &WrapKey, pin: Option<&[u8]>) -> Result<Protector, KeystoreError> {
+    let (public, private) = tpm::seal(key, pin)?;
+    Ok(Protector::Tpm {
+        key_id: key.id(),
+        pin: pin.is_some(),
+        public,
+        private,
+    })
+}
+
+fn unseal_tpm(protector: &Protector, pin: Option<&[u8]>) -> Result<WrapKey, KeystoreError> {
+    let Protector::Tpm {
+        key_id,
+        pin: needs_pin,
+        public,
+        private,
+    } = protector
+    else {
+        return Err(KeystoreError::Refused("not a TPM protector".into()));
+    };
+    if *needs_pin && pin.is_none() {
+        return Err(KeystoreError::Locked(
+            "its key is sealed to the TPM with a PIN".into(),
+        ));
+    }
+    let pin = if *needs_pin { pin } else { None };
+    let key = tpm::unseal(public, private, pin)?.ok_or(KeystoreError::WrongSecret("TPM PIN"))?;
+    protector::check_id(&key, key_id)?;
+    Ok(key)
+}
+
+/// For messages: the TPM nod would use.
+pub fn tpm_description() -> String {
+    tpm::describe()
+}
+
+/// The agent's keystore, opened at start ([`open_for_agent`]): the keystore, and the agent
+/// key as soon as it can be had.
+#[derive(Debug)]
+pub struct AgentKeystore {
+    pub keystore: Keystore,
+    pub agent_key: Arc<AgentKeySlot>,
+}
+
+/// The approval service's key, loaded on first use once the keystore is unlocked.
+#[derive(Debug)]
+pub struct AgentKeySlot {
+    keystore: Keystore,
+    key: OnceLock<AgentKey>,
+}
+
+impl AgentKeySlot {
+    pub fn new(keystore: Keystore) -> Self {
+        Self {
+            keystore,
+            key: OnceLock::new(),
+        }
+    }
+
+    /// A slot that holds `key` already (tests, and callers that loaded it themselves).
+    pub fn with_key(keystore: Keystore, key: AgentKey) -> Self {
+        let slot = Self::new(keystore);
+        let _ = slot.key.set(key);
+        slot
+    }
+
+    /// The agent key; [`KeystoreError::Locked`] until the keystore is unlocked.
+    pub fn get(&self) -> Result<&AgentKey, KeystoreError> {
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let key = self.keystore.agent_key()?;
+        Ok(self.key.get_or_init(|| key))
+    }
+}
+
+/// Opens the keystore for the agent, once at start:
+/// - removes temp files that killed writers left in nod's directories;
+/// - opens the wrapping key (from the file, the TPM, the key cache, or `asker` when the agent
+///   has a terminal) and loads the agent key;
+/// - says in one line how the keys are protected at rest, and plainly when a copy of the disk
+///   gives them away.
+///
+/// A locked keystore is not an error: the agent runs, and what needs a key is refused with
+/// "keystore is locked: run `nod keys unlock`" until the key shows up in the cache.
+pub fn open_for_agent(
+    paths: &Paths,
+    asker: Option<Arc<dyn Asker>>,
+) -> Result<AgentKeystore, KeystoreError> {
+    let keystore = prepare(paths, asker);
+    let slot = AgentKeySlot::new(keystore.clone());
+    match slot.get() {
+        Ok(_) => {}
+        Err(e) if e.is_locked() => {
+            event!("{e}; until then, requests that need a key are refused");
+        }
+        Err(e) => return Err(e),
+    }
+    describe_at_rest(&keystore);
+    Ok(AgentKeystore {
+        keystore,
+        agent_key: Arc::new(slot),
+    })
+}
+
+/// [`open_for_agent`] for the drop-in `nod ssh-agent`, which has no agent key: nothing is
+/// created, and a keystore that does not open only means no persistent keys are offered.
+pub fn open_for_ssh_agent(paths: &Paths) -> Keystore {
+    let keystore = prepare(paths, None);
+    if let Err(e) = keystore.wrap_key() {
+        event!("{e}");
+    }
+    describe_at_rest(&keystore);
+    keystore
+}
+
+/// Removes the temp files that killed writers left in nod's directories.
+fn prepare(paths: &Paths, asker: Option<Arc<dyn Asker>>) -> Keystore {
+    let mut keystore = Keystore::open(paths);
+    if let Some(asker) = asker {
+        keystore = keystore.with_asker(asker);
+    }
+    let mut stale = 0;
+    for dir in [
+        paths.keystore_dir(),
+        paths.config_dir.clone(),
+        paths.state_dir.clone(),
+    ] {
+        stale += remove_stale_temps(&dir);
+    }
+    if stale > 0 {
+        event!("keystore: removed {stale} temp files left by interrupted writes");
+    }
+    keystore
+}
+
+/// One line on how the keys are kept at rest, plain about a file protector.
+fn describe_at_rest(keystore: &Keystore) {
+    match keystore.protector().ok().flatten().map(|p| p.kind()) {
+        Some(ProtectorKind::File) => event!(
+            "keys at rest: protector file ({}): anyone with a copy of this disk gets every key \
+             and secret; use `nod keys protect tpm` or `nod keys protect passphrase`",
+            keystore.protector_path().display()
+        ),
+        None => event!("keys at rest: no keystore yet"),
+        Some(kind) => event!(
+            "keys at rest: protector {kind}; keystore {}",
+            if keystore.is_unlocked() {
+                "unlocked"
+            } else {
+                "locked"
+            }
+        ),
     }
 }
 
@@ -452,13 +1000,15 @@ mod tests {
         let before = fs::read(&sealed_path).unwrap();
         let wrap = root.join("config/nod/keystore.key");
 
+        // A keystore keeps the key it opened; a new one reads the file again.
         fs::write(&wrap, format!("{}\n", hex::encode([9u8; 32]))).unwrap();
-        let err = store.agent_key().unwrap_err();
+        assert!(store.agent_key().is_ok());
+        let err = super::tests::store(&root).agent_key().unwrap_err();
         assert!(matches!(err, KeystoreError::WrongWrapKey { .. }), "{err}");
         assert_eq!(fs::read(&sealed_path).unwrap(), before);
 
         fs::remove_file(&wrap).unwrap();
-        let err = store.agent_key().unwrap_err();
+        let err = super::tests::store(&root).agent_key().unwrap_err();
         assert!(matches!(err, KeystoreError::MissingWrapKey { .. }), "{err}");
         assert!(
             !wrap.exists(),

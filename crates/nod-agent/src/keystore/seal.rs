@@ -6,28 +6,28 @@
 //! being read as something else. The key id (a domain-separated hash of the wrapping key,
 //! useless to an attacker) tells "wrong wrapping key" apart from "damaged file".
 //!
-//! Where the wrapping key comes from is a [`WrapKeySource`]: today [`FileWrapKey`], a 0600 file
-//! in the *config* directory, deliberately not next to the sealed files in the data directory.
+//! Every blob nod keeps at rest goes through here: the keystore's files, the encrypted secrets
+//! store (`secrets`), and the policy's MAC key ([`WrapKey::derive`]). Where the wrapping key
+//! itself is kept, and how it is protected, is [`super::protector`]'s business.
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, ErrorKind, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use hmac::{Hmac, Mac};
 use nix::unistd::getuid;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::KeystoreError;
-use crate::files::{ensure_private_dir, write_atomic};
 
 /// First bytes of every sealed file.
 pub const MAGIC: &[u8; 8] = b"nodseal1";
-const KEY_ID_LEN: usize = 8;
+/// Length of a wrapping key's id.
+pub const KEY_ID_LEN: usize = 8;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = MAGIC.len() + KEY_ID_LEN + NONCE_LEN;
@@ -53,8 +53,25 @@ impl WrapKey {
         Ok(Self(key))
     }
 
-    /// Names the key in a sealed file's header without revealing it.
-    fn id(&self) -> [u8; KEY_ID_LEN] {
+    /// The key's bytes, for a protector to wrap.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A 32-byte key for one purpose other than sealing (the policy's MAC key), so nothing
+    /// keeps a key of its own: HMAC-SHA256 under the wrapping key of a domain string and the
+    /// purpose. Different purposes give unrelated keys.
+    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..]).expect("any key length");
+        m.update(b"nod derived key v1\0");
+        m.update(purpose.as_bytes());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&m.finalize().into_bytes());
+        out
+    }
+
+    /// Names the key in a sealed file's header and in the protector file without revealing it.
+    pub fn id(&self) -> [u8; KEY_ID_LEN] {
         let mut h = Sha256::new();
         h.update(b"nod keystore wrapping key id v1\0");
         h.update(&self.0[..]);
@@ -66,79 +83,6 @@ impl WrapKey {
 
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
-    }
-}
-
-/// Where the wrapping key lives. Implemented by [`FileWrapKey`]; a Secret Service (`oo7`) or
-/// passphrase source would implement the same two calls.
-pub trait WrapKeySource: fmt::Debug + Send + Sync {
-    /// For messages: where the key is, e.g. a path.
-    fn describe(&self) -> String;
-    /// The key, or `None` if it was never created.
-    fn load(&self) -> Result<Option<WrapKey>, KeystoreError>;
-    /// Creates and stores a new key. Only called when [`load`](Self::load) found none and no
-    /// sealed file exists yet (a new key could not open them).
-    fn create(&self) -> Result<WrapKey, KeystoreError>;
-}
-
-/// The wrapping key as 64 hex digits in a 0600 file of ours (`$XDG_CONFIG_HOME/nod/keystore.key`).
-#[derive(Debug, Clone)]
-pub struct FileWrapKey {
-    path: PathBuf,
-}
-
-impl FileWrapKey {
-    pub fn new(path: &Path) -> Self {
-        Self {
-            path: path.to_owned(),
-        }
-    }
-
-    fn io_err(&self) -> impl Fn(io::Error) -> KeystoreError + '_ {
-        |source| KeystoreError::Io {
-            path: self.path.clone(),
-            source,
-        }
-    }
-}
-
-impl WrapKeySource for FileWrapKey {
-    fn describe(&self) -> String {
-        self.path.display().to_string()
-    }
-
-    fn load(&self) -> Result<Option<WrapKey>, KeystoreError> {
-        let path = &self.path;
-        let mut file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io_err()(e)),
-        };
-        let meta = file.metadata().map_err(self.io_err())?;
-        check_private(path, &meta)?;
-        let mut text = Zeroizing::new(String::new());
-        file.read_to_string(&mut text).map_err(self.io_err())?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(text.trim(), &mut key[..]).map_err(|_| KeystoreError::Invalid {
-            path: path.clone(),
-            reason: "not 64 hex digits".into(),
-        })?;
-        Ok(Some(WrapKey(key)))
-    }
-
-    fn create(&self) -> Result<WrapKey, KeystoreError> {
-        if let Some(dir) = self.path.parent() {
-            ensure_private_dir(dir).map_err(self.io_err())?;
-        }
-        let key = WrapKey::generate()?;
-        let mut text = Zeroizing::new(hex::encode(&key.0[..]));
-        text.push('\n');
-        write_atomic(&self.path, text.as_bytes()).map_err(self.io_err())?;
-        Ok(key)
     }
 }
 
@@ -248,6 +192,16 @@ mod tests {
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
         assert_eq!(open(&key, "test", &sealed), Err(OpenError::Damaged));
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_from_the_key() {
+        let key = WrapKey::from_bytes([7; 32]);
+        let a = key.derive("secrets-policy");
+        assert_eq!(a, key.derive("secrets-policy"));
+        assert_ne!(a, key.derive("other"));
+        assert_ne!(&a[..], &[7u8; 32][..]);
+        assert_ne!(a, WrapKey::from_bytes([8; 32]).derive("secrets-policy"));
     }
 
     #[test]

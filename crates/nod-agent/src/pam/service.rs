@@ -35,7 +35,7 @@ use crate::approvers::{Outcome, PamPrompt, Presence, Prompt, Required};
 use crate::audit::{AuditEvent, Service, clip};
 use crate::config::ApprovalConfig;
 use crate::decision::{Ask, Core, Decision};
-use crate::keystore::AgentKey;
+use crate::keystore::AgentKeySlot;
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
@@ -152,7 +152,7 @@ impl Refusal {
 /// The remote-approval service: shared by every connection task.
 #[derive(Debug)]
 pub struct ApprovalService {
-    agent_key: AgentKey,
+    agent_key: Arc<AgentKeySlot>,
     settings: ApprovalSettings,
     core: Arc<Core>,
     hosts: Mutex<HostAllowlist>,
@@ -273,7 +273,7 @@ async fn read_request_frame(
 
 impl ApprovalService {
     pub fn new(
-        agent_key: AgentKey,
+        agent_key: Arc<AgentKeySlot>,
         hosts: HostAllowlist,
         core: Arc<Core>,
         settings: ApprovalSettings,
@@ -288,7 +288,7 @@ impl ApprovalService {
         }
     }
 
-    pub fn agent_key(&self) -> &AgentKey {
+    pub fn agent_key(&self) -> &AgentKeySlot {
         &self.agent_key
     }
 
@@ -407,6 +407,12 @@ impl ApprovalService {
                 return;
             }
         };
+        // Without the agent key (keystore locked) no answer could be signed: do not ask.
+        if let Err(e) = self.agent_key.get() {
+            event!("approval: {what}: not asked: {e}; the host falls back to its password");
+            let _ = self.core.refuse(record, "keystore_locked");
+            return;
+        }
         let body = verified.body();
         // Stop asking a little before the request expires, so that even a timed-out prompt's
         // answer reaches the helper before its own deadline (same instant as the expiry). A
@@ -454,15 +460,22 @@ impl ApprovalService {
         method: AuthMethod,
         error_code: Option<&str>,
     ) {
+        let agent_key = match self.agent_key.get() {
+            Ok(key) => key,
+            Err(e) => {
+                event!("approval: cannot sign the reply: {e}");
+                return;
+            }
+        };
         let mut body = ResponseBody::answering(
             verified,
             decision,
             method,
-            self.agent_key.key_id().as_str(),
+            agent_key.key_id().as_str(),
             now_ms(),
         );
         body.error_code = error_code.map(str::to_owned);
-        let signed = body.sign(self.agent_key.signing_key());
+        let signed = body.sign(agent_key.signing_key());
         let bytes = match frame::encode(&signed.to_json()) {
             Ok(bytes) => bytes,
             Err(e) => {

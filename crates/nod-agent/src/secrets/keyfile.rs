@@ -1,4 +1,6 @@
-//! 32-byte keys kept in the keystore directory (`$XDG_DATA_HOME/nod/`), mode 0600, as hex.
+//! The 32-byte keys earlier versions kept beside their data (`secrets.key`,
+//! `secrets-policy.key` in `$XDG_DATA_HOME/nod/`, mode 0600, as hex): read once to migrate
+//! what they protect to the keystore's wrapping key, then wiped and removed.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
@@ -7,8 +9,6 @@ use std::path::Path;
 
 use nix::unistd::getuid;
 use zeroize::Zeroizing;
-
-use crate::files::{ensure_private_dir, write_atomic};
 
 /// A 32-byte key, zeroized on drop.
 pub type Key32 = Zeroizing<[u8; 32]>;
@@ -44,19 +44,22 @@ pub fn load(path: &Path) -> io::Result<Option<Key32>> {
     Ok(Some(key))
 }
 
-/// Reads the key at `path`, creating a random one if there is none.
-pub fn load_or_create(path: &Path) -> io::Result<Key32> {
-    if let Some(key) = load(path)? {
-        return Ok(key);
+/// Overwrites an old key file with zeros and removes it. Best effort: on copy-on-write file
+/// systems and SSDs the old blocks may survive (docs/security.md says so).
+pub fn wipe_and_remove(path: &Path) {
+    use std::io::Write;
+    if let Ok(mut f) = OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+    {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0).min(4096);
+        let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
     }
-    if let Some(dir) = path.parent() {
-        ensure_private_dir(dir)?;
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            crate::log::event!("cannot remove {}: {e}", path.display());
+        }
     }
-    let mut key = Zeroizing::new([0u8; 32]);
-    getrandom::getrandom(&mut key[..]).map_err(|e| io::Error::other(e.to_string()))?;
-    let text = Zeroizing::new(format!("{}\n", hex::encode(&key[..])));
-    write_atomic(path, text.as_bytes())?;
-    // Re-read: another agent process may have raced us; the file on disk is the key.
-    fs::metadata(path)?;
-    load(path)?.ok_or_else(|| io::Error::other("key vanished after writing it"))
 }

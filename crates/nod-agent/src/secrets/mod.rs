@@ -48,6 +48,7 @@ use crate::caller::chain::{CallerScope, ProcessLink};
 use crate::caller::identity::{self as peer, Binary, HashCache, Judged, PeerError};
 use crate::config::SecretsBackend;
 use crate::decision::{Ask, Core, Decision};
+use crate::keystore::Keystore;
 use crate::lock;
 use crate::log::event;
 use crate::now_ms;
@@ -87,25 +88,51 @@ impl Default for SecretsSettings {
     }
 }
 
-/// Where the broker keeps its files.
+/// Where the broker keeps its files, and the keystore that seals them.
 #[derive(Debug, Clone)]
 pub struct SecretsFiles {
     pub policy: PathBuf,
-    pub policy_key: PathBuf,
     pub pending: PathBuf,
     pub store: PathBuf,
-    pub store_key: PathBuf,
+    /// The keys of earlier versions, read once to migrate (see [`store`] and [`policy`]).
+    pub legacy_policy_key: PathBuf,
+    pub legacy_store_key: PathBuf,
+    pub keystore: Keystore,
 }
 
 impl SecretsFiles {
-    pub fn from_paths(paths: &Paths) -> Self {
+    /// The files of `paths`, sealed by `keystore` (the agent's, so the wrapping key is opened
+    /// once).
+    pub fn new(paths: &Paths, keystore: &Keystore) -> Self {
         Self {
             policy: paths.state_dir.join("secrets-policy.json"),
             pending: paths.state_dir.join("secrets-pending.json"),
-            policy_key: paths.keystore_dir().join("secrets-policy.key"),
+            legacy_policy_key: paths.keystore_dir().join("secrets-policy.key"),
             store: paths.keystore_dir().join("secrets.enc"),
-            store_key: paths.keystore_dir().join("secrets.key"),
+            legacy_store_key: paths.keystore_dir().join("secrets.key"),
+            keystore: keystore.clone(),
         }
+    }
+
+    /// Brings the store and the policy of an earlier version (each with a key of its own)
+    /// under the keystore now, instead of on first use (`nod keys protect`, `nod keys init`).
+    pub fn migrate(&self) -> Result<(), SecretsError> {
+        let legacy = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        if legacy(&self.legacy_store_key) {
+            FileStore::open(&self.store, &self.legacy_store_key, &self.keystore)?;
+        }
+        if legacy(&self.legacy_policy_key) {
+            let mut policy =
+                PolicyStore::open(&self.policy, &self.legacy_policy_key, &self.keystore);
+            policy.current().map_err(SecretsError::Policy)?;
+            if legacy(&self.legacy_policy_key) && std::fs::symlink_metadata(&self.policy).is_ok() {
+                return Err(SecretsError::Policy(PolicyError::Io {
+                    path: self.policy.clone(),
+                    message: "not migrated yet; see the log".into(),
+                }));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -120,6 +147,15 @@ pub enum SecretsError {
          backend = \"file\""
     )]
     NoSecretService(KeyringError),
+    #[error(transparent)]
+    Policy(PolicyError),
+}
+
+impl SecretsError {
+    /// The keystore is locked: the agent runs on and retries on the next request.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_locked())
+    }
 }
 
 /// Where secrets are kept.
@@ -141,7 +177,8 @@ impl Backend {
         let file = || -> Result<Self, SecretsError> {
             Ok(Self::File(Mutex::new(FileStore::open(
                 &files.store,
-                &files.store_key,
+                &files.legacy_store_key,
+                &files.keystore,
             )?)))
         };
         match choice {
@@ -372,7 +409,8 @@ impl SecretsService {
         core: Arc<Core>,
         settings: SecretsSettings,
     ) -> Self {
-        let mut policy = PolicyStore::open(&files.policy, &files.policy_key);
+        let mut policy =
+            PolicyStore::open(&files.policy, &files.legacy_policy_key, &files.keystore);
         if let Err(e) = policy.current() {
             // Not fatal: the rest of the agent runs, and every secrets request says why it is
             // refused until the person repairs the file.

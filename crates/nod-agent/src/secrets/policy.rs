@@ -2,11 +2,16 @@
 //! registered (§Pending queue).
 //!
 //! The policy lives in `$XDG_STATE_HOME/nod/secrets-policy.json`, sealed with an HMAC-SHA256
-//! whose key is `secrets-policy.key` in the keystore directory. Only the agent writes it, after
-//! the person approved the change, so a file whose MAC does not match was edited by something
-//! else and is refused as a whole (fail closed). The key is readable by the same user, so this
-//! catches hand edits and naive tampering, not a determined same-user attacker who reads the key
-//! too (that one could also just replace the agent binary).
+//! whose key is derived from the keystore's wrapping key for `secrets-policy` (version 2): the
+//! policy keeps no key of its own, and nobody can forge a policy without the wrapping key. Only
+//! the agent writes it, after the person approved the change, so a file whose MAC does not
+//! match was edited by something else and is refused as a whole (fail closed). While the
+//! keystore is locked the policy cannot be checked, so every request is refused until it is
+//! unlocked.
+//!
+//! Version 1 (earlier versions) was MAC'd with `secrets-policy.key` in the keystore directory.
+//! It is accepted only while the keystore's protector is the plain file (so accepting it gives
+//! no one anything the file did not), rewritten as version 2, and then the old key is removed.
 //!
 //! The pending queue (`secrets-pending.json`) grants nothing, so it is not sealed: it is
 //! bounded, de-duplicated by hash, expires after 24 h, and keeps argv[0] only.
@@ -23,6 +28,7 @@ use sha2::Sha256;
 
 use super::keyfile::{self, Key32};
 use crate::files::write_atomic;
+use crate::keystore::{Keystore, KeystoreError, ProtectorKind};
 
 /// Pending entries kept at most.
 pub const MAX_PENDING: usize = 64;
@@ -30,8 +36,12 @@ pub const MAX_PENDING: usize = 64;
 pub const PENDING_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// Services remembered per pending entry.
 const MAX_REQUESTED: usize = 8;
-/// Domain separation of the policy MAC.
-const MAC_CONTEXT: &[u8] = b"nod secrets policy v1\0";
+/// Domain separation of the policy MAC, version 1 (key of its own).
+const MAC_CONTEXT_V1: &[u8] = b"nod secrets policy v1\0";
+/// Version 2: the key is derived from the wrapping key, and the version is MAC'd too.
+const MAC_CONTEXT_V2: &[u8] = b"nod secrets policy v2\0";
+/// The purpose the MAC key is derived for.
+const PURPOSE: &str = "secrets-policy";
 
 /// The policy could not be used; every request is refused until it is repaired.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,6 +55,8 @@ pub enum PolicyError {
         path.display(), path.display(), path.display()
     )]
     Tampered { path: PathBuf },
+    #[error("secrets policy {}: {message}", path.display())]
+    Locked { path: PathBuf, message: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -52,7 +64,7 @@ pub enum PolicyError {
 struct PolicyFile {
     version: u32,
     entries: Vec<PolicyEntry>,
-    /// Hex HMAC-SHA256 over [`MAC_CONTEXT`] and the JSON of `entries`.
+    /// Hex HMAC-SHA256 over the version's context and the JSON of `entries`.
     mac: String,
 }
 
@@ -63,7 +75,8 @@ type Stamp = Option<(u64, i128, u64)>;
 #[derive(Debug)]
 pub struct PolicyStore {
     path: PathBuf,
-    key_path: PathBuf,
+    legacy_key_path: PathBuf,
+    keystore: Keystore,
     entries: Vec<PolicyEntry>,
     stamp: Stamp,
     broken: Option<PolicyError>,
@@ -81,18 +94,21 @@ fn stamp_of(path: &Path) -> io::Result<Stamp> {
     }
 }
 
-fn mac(key: &Key32, entries: &[PolicyEntry]) -> Hmac<Sha256> {
+fn mac(key: &Key32, context: &[u8], entries: &[PolicyEntry]) -> Hmac<Sha256> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&key[..]).expect("any key length");
-    m.update(MAC_CONTEXT);
+    m.update(context);
     m.update(&serde_json::to_vec(entries).expect("entries serialize"));
     m
 }
 
 impl PolicyStore {
-    pub fn open(path: &Path, key_path: &Path) -> Self {
+    /// Opens the policy at `path`, MAC'd under `keystore`'s wrapping key; a version-1 policy
+    /// with its key at `legacy_key_path` is migrated.
+    pub fn open(path: &Path, legacy_key_path: &Path, keystore: &Keystore) -> Self {
         let mut s = Self {
             path: path.to_owned(),
-            key_path: key_path.to_owned(),
+            legacy_key_path: legacy_key_path.to_owned(),
+            keystore: keystore.clone(),
             entries: Vec::new(),
             stamp: None,
             broken: None,
@@ -108,13 +124,27 @@ impl PolicyStore {
         }
     }
 
+    fn keystore_err(&self, e: KeystoreError) -> PolicyError {
+        if e.is_locked() {
+            PolicyError::Locked {
+                path: self.path.clone(),
+                message: e.to_string(),
+            }
+        } else {
+            self.io_err(e)
+        }
+    }
+
     fn reload(&mut self) {
         self.entries.clear();
         self.broken = None;
         match self.read() {
-            Ok((entries, stamp)) => {
+            Ok((entries, stamp, legacy)) => {
                 self.entries = entries;
                 self.stamp = stamp;
+                if legacy {
+                    self.migrate();
+                }
             }
             Err(e) => {
                 self.stamp = stamp_of(&self.path).ok().flatten();
@@ -123,34 +153,75 @@ impl PolicyStore {
         }
     }
 
-    fn read(&self) -> Result<(Vec<PolicyEntry>, Stamp), PolicyError> {
+    /// Rewrites a version-1 policy as version 2, then removes its old key; cut short, it is
+    /// redone on the next read.
+    fn migrate(&mut self) {
+        let entries = self.entries.clone();
+        match self.save(entries) {
+            Ok(()) => {
+                keyfile::wipe_and_remove(&self.legacy_key_path);
+                crate::log::event!(
+                    "secrets policy {}: now sealed by the keystore; removed {}",
+                    self.path.display(),
+                    self.legacy_key_path.display()
+                );
+            }
+            Err(e) => crate::log::event!("secrets policy: migration not done yet: {e}"),
+        }
+    }
+
+    /// The policy's entries and stamp; `true` when it is version 1 (to migrate).
+    fn read(&self) -> Result<(Vec<PolicyEntry>, Stamp, bool), PolicyError> {
         let stamp = stamp_of(&self.path).map_err(|e| self.io_err(e))?;
         let text = match fs::read(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None, false)),
             Err(e) => return Err(self.io_err(e)),
         };
         let tampered = || PolicyError::Tampered {
             path: self.path.clone(),
         };
         let file: PolicyFile = serde_json::from_slice(&text).map_err(|_| tampered())?;
-        let key = keyfile::load(&self.key_path)
-            .map_err(|e| self.io_err(e))?
-            .ok_or_else(tampered)?;
         let want = hex::decode(&file.mac).map_err(|_| tampered())?;
-        mac(&key, &file.entries)
-            .verify_slice(&want)
-            .map_err(|_| tampered())?;
-        if file.version != 1 {
-            return Err(tampered());
+        match file.version {
+            2 => {
+                let key = self
+                    .keystore
+                    .derive(PURPOSE)
+                    .map_err(|e| self.keystore_err(e))?
+                    .ok_or_else(tampered)?;
+                mac(&key, MAC_CONTEXT_V2, &file.entries)
+                    .verify_slice(&want)
+                    .map_err(|_| tampered())?;
+                Ok((file.entries, stamp, false))
+            }
+            1 => {
+                // Only where the wrapping key is a plain file anyway (see the module docs).
+                let plain = match self.keystore.protector() {
+                    Ok(None) => true,
+                    Ok(Some(p)) => p.kind() == ProtectorKind::File,
+                    Err(e) => return Err(self.keystore_err(e)),
+                };
+                if !plain {
+                    return Err(tampered());
+                }
+                let key = keyfile::load(&self.legacy_key_path)
+                    .map_err(|e| self.io_err(e))?
+                    .ok_or_else(tampered)?;
+                mac(&key, MAC_CONTEXT_V1, &file.entries)
+                    .verify_slice(&want)
+                    .map_err(|_| tampered())?;
+                Ok((file.entries, stamp, true))
+            }
+            _ => Err(tampered()),
         }
-        Ok((file.entries, stamp))
     }
 
     /// The current policy: reloaded if the file changed since we last read or wrote it.
     pub fn current(&mut self) -> Result<&[PolicyEntry], PolicyError> {
         let now = stamp_of(&self.path).map_err(|e| self.io_err(e))?;
-        if now != self.stamp {
+        // Locked: look again each time, so an unlock takes effect without a restart.
+        if now != self.stamp || matches!(self.broken, Some(PolicyError::Locked { .. })) {
             self.reload();
         }
         match &self.broken {
@@ -166,10 +237,13 @@ impl PolicyStore {
 
     /// Replaces the whole policy with `entries` and seals it.
     fn save(&mut self, entries: Vec<PolicyEntry>) -> Result<(), PolicyError> {
-        let key = keyfile::load_or_create(&self.key_path).map_err(|e| self.io_err(e))?;
+        let key = self
+            .keystore
+            .derive_for_writing(PURPOSE)
+            .map_err(|e| self.keystore_err(e))?;
         let file = PolicyFile {
-            version: 1,
-            mac: hex::encode(mac(&key, &entries).finalize().into_bytes()),
+            version: 2,
+            mac: hex::encode(mac(&key, MAC_CONTEXT_V2, &entries).finalize().into_bytes()),
             entries,
         };
         let mut text = serde_json::to_vec_pretty(&file).map_err(|e| self.io_err(e))?;
@@ -301,6 +375,7 @@ impl PendingQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zeroize::Zeroizing;
 
     fn tempdir() -> PathBuf {
         crate::files::test_dir("policy")
@@ -318,14 +393,19 @@ mod tests {
         }
     }
 
+    fn keystore(dir: &Path) -> Keystore {
+        Keystore::new(&dir.join("data"), &dir.join("config/keystore.key"))
+    }
+
     #[test]
     fn sealed_policy_survives_reopen_and_hand_edits_are_refused() {
         let dir = tempdir();
         let (p, k) = (dir.join("policy.json"), dir.join("key"));
-        let mut s = PolicyStore::open(&p, &k);
+        let mut s = PolicyStore::open(&p, &k, &keystore(&dir));
         assert!(s.current().unwrap().is_empty());
         s.upsert(entry("sha256:11")).unwrap();
-        let mut s = PolicyStore::open(&p, &k);
+        assert!(!k.exists(), "no key of its own");
+        let mut s = PolicyStore::open(&p, &k, &keystore(&dir));
         assert_eq!(s.current().unwrap().len(), 1);
 
         let text = fs::read_to_string(&p).unwrap();
@@ -341,6 +421,59 @@ mod tests {
         assert!(s.upsert(entry("sha256:22")).is_err());
         fs::rename(&p, dir.join("policy.json.bad")).unwrap();
         assert!(s.current().unwrap().is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn write_v1(p: &Path, k: &Path, entries: Vec<PolicyEntry>) {
+        use std::os::unix::fs::PermissionsExt;
+        let key = Zeroizing::new([4u8; 32]);
+        fs::write(k, format!("{}\n", hex::encode(&key[..]))).unwrap();
+        fs::set_permissions(k, fs::Permissions::from_mode(0o600)).unwrap();
+        let file = PolicyFile {
+            version: 1,
+            mac: hex::encode(mac(&key, MAC_CONTEXT_V1, &entries).finalize().into_bytes()),
+            entries,
+        };
+        fs::write(p, serde_json::to_vec(&file).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_policy_is_migrated_and_its_key_removed() {
+        let dir = tempdir();
+        let (p, k) = (dir.join("policy.json"), dir.join("key"));
+        write_v1(&p, &k, vec![entry("sha256:11")]);
+        let mut s = PolicyStore::open(&p, &k, &keystore(&dir));
+        assert_eq!(s.current().unwrap().len(), 1);
+        assert!(!k.exists());
+        assert!(fs::read_to_string(&p).unwrap().contains("\"version\": 2"));
+        let mut s = PolicyStore::open(&p, &k, &keystore(&dir));
+        assert_eq!(s.current().unwrap().len(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_policy_is_refused_once_the_keystore_is_protected() {
+        let dir = tempdir();
+        let (p, k) = (dir.join("policy.json"), dir.join("key"));
+        let ks = keystore(&dir);
+        ks.init(ProtectorKind::File, None).unwrap();
+        // Protected by something other than a plain file: a planted v1 policy (with a key
+        // of the planter's choosing) must not be taken up.
+        let protector = crate::keystore::Protector::passphrase(
+            ks.wrap_key().unwrap().unwrap(),
+            b"pw",
+            crate::keystore::Argon2Cost {
+                m_kib: 64,
+                t: 1,
+                p: 1,
+            },
+        )
+        .unwrap();
+        fs::write(ks.protector_path(), protector.encode().as_bytes()).unwrap();
+        write_v1(&p, &k, vec![entry("sha256:11")]);
+        let mut s = PolicyStore::open(&p, &k, &keystore(&dir));
+        assert!(matches!(s.current(), Err(PolicyError::Tampered { .. })));
+        assert!(k.exists(), "nothing migrated");
         fs::remove_dir_all(dir).unwrap();
     }
 

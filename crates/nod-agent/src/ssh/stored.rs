@@ -77,6 +77,8 @@ impl Stored {
         let mut cache = lock(&self.cache);
         let now = stamp(keystore);
         if !cache.loaded || cache.stamp != now {
+            // Locked: look again on the next request, so an unlock needs no restart.
+            let mut retry = false;
             cache.keys = match keystore.ssh_keys() {
                 Ok(keys) => keys
                     .into_iter()
@@ -88,6 +90,7 @@ impl Stored {
                     .collect(),
                 Err(e) => {
                     event!("ssh agent: persistent keys not offered: {e}");
+                    retry = e.is_locked();
                     Vec::new()
                 }
             };
@@ -99,7 +102,7 @@ impl Stored {
                 self.approvals.revoke_all();
             }
             cache.stamp = now;
-            cache.loaded = true;
+            cache.loaded = !retry;
         }
         f(&cache.keys)
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nod_agent::approvers::command::CommandApprover;
 use nod_agent::audit::AuditLog;
 use nod_agent::decision::{Core, RateSettings};
-use nod_agent::keystore::Keystore;
+use nod_agent::keystore::{AgentKeySlot, Keystore};
 use nod_agent::now_ms;
 use nod_agent::pam::hosts::{HostAllowlist, HostsFile};
 use nod_agent::pam::{ApprovalService, ApprovalSettings};
@@ -121,7 +121,8 @@ pub async fn start_rated(
         dir.0.join("approver-ran").display()
     );
     let approver = CommandApprover::new(vec!["/bin/sh".into(), "-c".into(), full]).expect("argv");
-    let agent_key = Keystore::open(&paths).agent_key().unwrap();
+    let keystore = Keystore::open(&paths);
+    let agent_key = keystore.agent_key().unwrap();
     let agent_pub = agent_key.public_key();
     let agent_key_id = agent_key.key_id().clone();
     let core = Core::new(
@@ -130,7 +131,7 @@ pub async fn start_rated(
         rate,
     );
     let service = Arc::new(ApprovalService::new(
-        agent_key,
+        Arc::new(AgentKeySlot::with_key(keystore, agent_key)),
         HostAllowlist::open(&paths.hosts_file()),
         Arc::new(core),
         settings,
