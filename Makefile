@@ -68,7 +68,7 @@ PKG_DIR := target/packages
 # Man pages (gzipped) and bash/zsh/fish completions for both binaries, plus the PAM module
 # staged under its multiarch directory, all in target/assets/.
 assets:
-	$(CARGO) build --profile $(PROFILE) -p nod -p nod-helper -p pam-nod
+	$(CARGO) build --profile $(PROFILE) -p nod -p nod-tpm -p nod-helper -p pam-nod
 	rm -rf target/assets
 	$(BIN_DIR)/nod generate-man target/assets/man/nod
 	$(BIN_DIR)/nod-helper generate-man target/assets/man/nod-helper

@@ -164,6 +164,17 @@ struct Lab {
 impl Lab {
     /// `None` (after a notice) when a tool is missing outside CI.
     fn new(tag: &str) -> Option<Self> {
+        Self::start(tag, false)
+    }
+
+    /// With the agent in a user and mount namespace of its own, as systemd runs a user service
+    /// with `PrivateTmp=` or `ProtectSystem=` (`PrivateUsers=` implied): the user's uid and
+    /// gid mapped to themselves. Nothing is registered or stored.
+    fn sandboxed(tag: &str) -> Option<Self> {
+        Self::start(tag, true)
+    }
+
+    fn start(tag: &str, sandboxed: bool) -> Option<Self> {
         lab_tools()?;
         let user = LabUser::pick();
         let dir = TempDir::new(&format!("nod-attack-{tag}"), &[]);
@@ -222,7 +233,17 @@ impl Lab {
         let secret = format!("s3cr3t-{}", hex::encode(random));
 
         let agent = {
-            let mut cmd = as_user(&dir, user, bin.join("nod"));
+            let mut cmd = if sandboxed {
+                let mut cmd = as_user(&dir, user, which("unshare").unwrap());
+                cmd.arg("--user")
+                    .arg(format!("--map-user={}", user.uid))
+                    .arg(format!("--map-group={}", user.gid))
+                    .arg("--mount")
+                    .arg(bin.join("nod"));
+                cmd
+            } else {
+                as_user(&dir, user, bin.join("nod"))
+            };
             cmd.stderr(fs::File::create(dir.path("agent.log")).unwrap())
                 .arg("agent")
                 .arg("--approver-command")
@@ -237,6 +258,10 @@ impl Lab {
             bin,
         };
         lab.wait_listening();
+        if sandboxed {
+            // Such an agent refuses every caller, `nod register` and the client included.
+            return Some(lab);
+        }
         let nodc = lab.bin("nodc");
         ok(lab.nod(&["register", p(&nodc), "--read", SERVICE, "--write", SERVICE]));
         ok(lab.nod(&[
@@ -455,6 +480,95 @@ fn a_registered_client_still_reads_its_secret() {
     assert_eq!(reply["status"], "success", "{reply}\n{}", lab.log());
     assert_eq!(reply["results"][0]["value"], lab.secret.as_str(), "{reply}");
     assert!(lab.prompts().is_empty(), "{:?}", lab.prompts());
+}
+
+/// An agent in a user namespace of its own (systemd's `PrivateUsers=`) cannot see the programs
+/// of the session's processes: it refuses every caller with a reason that names the cause, and
+/// says so at start.
+#[test]
+fn an_agent_in_a_user_namespace_of_its_own_refuses_every_caller_and_says_why() {
+    let Some(unshare) = which("unshare") else {
+        return cannot_run("unshare is missing (apt-get install util-linux)");
+    };
+    let probe = as_user(
+        &TempDir::new("nod-attack-probe", &["work"]),
+        LabUser::pick(),
+        &unshare,
+    )
+    .args(["-Urpf", "true"])
+    .output()
+    .unwrap();
+    if !probe.status.success() {
+        return cannot_run(&format!(
+            "unprivileged user namespaces are off: {}",
+            text(&probe)
+        ));
+    }
+    let Some(lab) = Lab::sandboxed("sandboxed") else {
+        return;
+    };
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    assert_ne!(
+        ns(&lab.agent_pid().to_string()),
+        ns("self"),
+        "the agent is not in a user namespace of its own"
+    );
+    let o = lab
+        .cmd(lab.bin("nodc"))
+        .args(["read", SERVICE, TARGET])
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        reply.contains(r#""status":"denied""#) && reply.contains(r#""reason":"untrusted_caller""#),
+        "{reply}\n{}",
+        lab.log()
+    );
+    assert!(reply.contains("PrivateUsers="), "{reply}");
+    assert!(
+        lab.log()
+            .contains("warning: the agent runs in a user namespace of its own"),
+        "{}",
+        lab.log()
+    );
+}
+
+/// So the packaged unit sets no option that makes systemd put a user service in a user
+/// namespace of its own.
+#[test]
+fn the_packaged_unit_keeps_the_agent_in_the_session_user_namespace() {
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd/nod-agent.service"),
+    )
+    .unwrap();
+    let implying = [
+        "PrivateUsers",
+        "PrivateTmp",
+        "ProtectSystem",
+        "ProtectHome",
+        "ReadWritePaths",
+        "ReadOnlyPaths",
+        "InaccessiblePaths",
+        "BindPaths",
+        "BindReadOnlyPaths",
+        "TemporaryFileSystem",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+        "ProtectProc",
+        "PrivateMounts",
+    ];
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or("");
+        assert!(!implying.contains(&key), "nod-agent.service sets {line}");
+    }
 }
 
 /// Attack 1: in `unshare -Urpf`, the attacker starts the registered binary as its child and

@@ -167,6 +167,26 @@ pub enum PeerError {
     NoSender,
     #[error("cannot inspect process {pid}: {source}")]
     Proc { pid: i32, source: io::Error },
+    #[error("{SANDBOXED}")]
+    AgentSandboxed,
+}
+
+/// Why an agent in a user namespace of its own cannot judge anyone of the session.
+pub const SANDBOXED: &str = "the agent runs in a user namespace of its own (systemd's \
+     PrivateUsers=, which a user unit's PrivateTmp=, ProtectSystem= or ProtectHome= imply), so \
+     the kernel hides its callers' programs from it and every caller is refused; run it without \
+     those options (the packaged nod-agent.service has none)";
+
+/// The inode of the initial user namespace (the kernel's `PROC_USER_INIT_INO`, fixed since
+/// Linux 3.8).
+const INITIAL_USER_NS_INO: u64 = 0xEFFF_FFFD;
+
+/// Whether this process runs in the initial user namespace, where it can see the programs of
+/// the session's processes. `None` when that cannot be read.
+pub fn in_initial_user_namespace() -> Option<bool> {
+    namespace("self", "user")
+        .ok()
+        .map(|(_, ino)| ino == INITIAL_USER_NS_INO)
 }
 
 impl PeerError {
@@ -181,6 +201,7 @@ impl PeerError {
             Self::NotTheConnectedProcess => "not_the_connected_process",
             Self::NoSender => "no_sender",
             Self::Proc { .. } => "caller_unverified",
+            Self::AgentSandboxed => "agent_sandboxed",
         }
     }
 }
@@ -455,7 +476,16 @@ pub fn judge(pidfd: OwnedFd, uid: u32, cache: &HashCache) -> Result<Judged, Peer
     let proc_err = |source| PeerError::Proc { pid, source };
     let spid = pid.to_string();
     for ns in ["user", "pid"] {
-        if namespace(&spid, ns).map_err(proc_err)? != namespace("self", ns).map_err(proc_err)? {
+        let theirs = namespace(&spid, ns).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied
+                && in_initial_user_namespace() == Some(false)
+            {
+                PeerError::AgentSandboxed
+            } else {
+                proc_err(e)
+            }
+        })?;
+        if theirs != namespace("self", ns).map_err(proc_err)? {
             return Err(PeerError::OtherNamespace(ns));
         }
     }

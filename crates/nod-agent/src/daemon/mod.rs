@@ -60,5 +60,8 @@ pub fn build_core(
     } else {
         event!("{NO_APPROVER}");
     }
+    if crate::caller::identity::in_initial_user_namespace() == Some(false) {
+        event!("warning: {}", crate::caller::identity::SANDBOXED);
+    }
     Ok(Arc::new(core))
 }
