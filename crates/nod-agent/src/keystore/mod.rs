@@ -14,6 +14,7 @@
 //! An agent key from before encryption (`agent_ed25519.key`, plaintext) is read once, sealed,
 //! and the plaintext file is overwritten and removed.
 
+pub mod openssh;
 pub mod seal;
 pub mod ssh;
 
