@@ -1,20 +1,22 @@
 //! The SSH agent service (docs/design.md §2), first part: an in-memory agent on
 //! `$XDG_RUNTIME_DIR/nod/ssh-agent.sock`, speaking the agent protocol (OpenSSH
-//! `PROTOCOL.agent`) through ssh-agent-lib 0.6's message types.
+//! `PROTOCOL.agent`, [`message`]).
 //!
-//! Supported: list, sign (Ed25519, ECDSA P-256/P-384, RSA ≥ 2048 with `rsa-sha2-256/512`),
-//! add (keys and OpenSSH certificates, with the lifetime, confirm and destination constraints,
-//! [`destination`]), remove, remove all, lock/unlock, the `query` and
-//! `session-bind@openssh.com` extensions. Keys added with confirm (`ssh-add -c`) ask the
-//! agent's approver before every signature; other keys sign without asking, as with OpenSSH's
-//! agent. A certificate is an identity of its own next to its plain key, as in OpenSSH, and
-//! leaves the agent when it expires. Everything else (other extensions and constraints,
-//! smartcards) gets FAILURE and a "not supported yet" log line.
+//! Supported: list, sign (Ed25519, ECDSA P-256/P-384/P-521, RSA ≥ 2048 with `rsa-sha2-256/512`
+//! and, when asked, `ssh-rsa`), add (keys and OpenSSH certificates, valid forever included,
+//! with the lifetime, confirm and destination constraints, [`destination`]), remove, remove
+//! all, lock/unlock, the `query` and `session-bind@openssh.com` extensions (host
+//! certificates included). Keys added with confirm (`ssh-add -c`) ask the agent's approver
+//! before every signature; other keys sign without asking, as with OpenSSH's agent. A
+//! certificate is an identity of its own next to its plain key, as in OpenSSH. Everything else
+//! (other extensions and constraints, smartcards, security keys, DSA) gets FAILURE and a log
+//! line saying why.
 //!
 //! # Threat model
 //!
-//! The socket is 0600 in a 0700 directory, so only the user (and root) can connect. Every
-//! client is still treated as hostile input: frames are capped at 256 KiB before anything is
+//! The socket is 0600 in a 0700 directory, and every connection's peer must be the agent's
+//! user or root ([`peer`]), as OpenSSH's agent checks. Every client is still treated as hostile
+//! input: frames are capped at 256 KiB before anything is
 //! buffered ([`codec`]), a bad message gets FAILURE and never ends service to other clients,
 //! and a peer learns only FAILURE, never why (the log gets the detail). Keys live only in
 //! memory, as `ssh_key::PrivateKey` (zeroized on drop); they are gone when the agent stops.
