@@ -16,9 +16,9 @@
 //!
 //! The socket is 0600 in a 0700 directory, and every connection's peer must be the agent's
 //! user or root ([`peer`]), as OpenSSH's agent checks. Every client is still treated as hostile
-//! input: frames are capped at 256 KiB before anything is
-//! buffered ([`codec`]), a bad message gets FAILURE and never ends service to other clients,
-//! and a peer learns only FAILURE, never why (the log gets the detail). Keys live only in
+//! input: frames are capped at 256 KiB before anything is buffered ([`codec`]), a bad message
+//! gets FAILURE and never ends service to other clients, and a peer learns only FAILURE, never
+//! why (the log gets the detail). Keys live only in
 //! memory, as `ssh_key::PrivateKey` (zeroized on drop); they are gone when the agent stops.
 //! The caller shown in a confirm prompt comes from the kernel (`SO_PEERCRED`), not from the
 //! message; its exe is read from `/proc` when the connection is accepted, so a caller that
