@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 15
 
-.PHONY: all build run check fmt-check clippy test soak fuzz-smoke bench clean assets package-deb package-rpm package-test
+.PHONY: all build run check fmt-check clippy test soak fuzz-smoke bench clean assets package-deb package-rpm package-test openssh-regress
 
 all: build
 
@@ -17,7 +17,7 @@ run:
 
 # Everything CI checks: formatting, lints, a short fuzz run, unit + end-to-end tests, and the
 # packages built from the debug build and installed on this (throwaway CI) machine.
-check: fmt-check clippy fuzz-smoke package-test test soak
+check: fmt-check clippy fuzz-smoke package-test test soak openssh-regress
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -31,6 +31,13 @@ test: build
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6; i += $$8 } \
 		END { printf "%d passed, %d failed, %d skipped\n", p, f, i; exit (p == 0 || f > 0) }' target/test.log
+
+# OpenSSH's own agent regress tests (Debian's openssh-tests) against `nod ssh-agent`, each on
+# its own as a non-root user with passwordless sudo, under a timeout; prints a pass/fail table.
+# It adds that user for the run, so it runs only as root with CI=true or NOD_OPENSSH_REGRESS=1
+# (under CI=true, not being able to run is a failure). See tests/openssh-regress/run.
+openssh-regress: build
+	tests/openssh-regress/run target/debug/nod
 
 # Each fuzz target for FUZZ_SECONDS on a scratch copy of its committed corpus.
 fuzz-smoke:

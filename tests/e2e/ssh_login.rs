@@ -1,7 +1,8 @@
 //! SSH login to a loopback `sshd` with a key held by `nod agent`'s SSH agent, added with
 //! `ssh-add -c`: the approver is asked with the destination (matched in `known_hosts`, plain
 //! and hashed entries), the purpose and the process chain; a denial makes `ssh` print "agent
-//! refused operation".
+//! refused operation". Also: destination constraints (`ssh-add -h`), and a host that presents
+//! a host certificate (`HostCertificate`), trusted through `@cert-authority`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nod_e2e::{Agent, Answer, Scratch, Sshd, TestUser, require, run, run_ok, wait_for};
+use nod_e2e::{Agent, Answer, Scratch, Sshd, TestUser, require, run, run_ok, spawn_sshd, wait_for};
 
 const PASSWORD: &str = "nod-e2e-password";
 
@@ -376,4 +377,144 @@ fn destination_constrained_key_follows_permitted_forwarding_hops() {
         !String::from_utf8_lossy(&out.stdout).contains("nod-hop-ok"),
         "login through a hop that is not permitted succeeded"
     );
+}
+
+/// A host that presents a host certificate (`HostCertificate`, signed by `ssh-keygen -s -h`
+/// without `-V`, so valid forever), which the client trusts only through `@cert-authority`:
+/// ssh binds the agent connection with the certificate (`session-bind@openssh.com`), and the
+/// login through nod works, asks with the certified key's fingerprint, and works for a key
+/// constrained (`ssh-add -h`) to that host through its CA; a constraint to another name under
+/// the same CA does not let the key in (the certificate's principal is checked).
+#[test]
+fn ssh_login_to_a_host_with_a_host_certificate() {
+    if !require(&LOGIN_TOOLS) {
+        return;
+    }
+    let user = TestUser::ensure("nodtest", PASSWORD);
+    let scratch = Scratch::new("sshcert");
+    let agent = Agent::start(&scratch);
+    let socket = agent.wait_for_ssh_socket();
+
+    let dir = scratch.dir("sshd", 0o755);
+    let keygen = |path: &Path| {
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path),
+        );
+    };
+    let host_ca = dir.join("host_ca");
+    keygen(&host_ca);
+    let host_key = dir.join("ssh_host_ed25519_key");
+    keygen(&host_key);
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(&host_ca)
+            .args(["-h", "-I", "nod-cert-host", "-n", "nod-cert.test"])
+            .arg(host_key.with_extension("pub")),
+    );
+    let host_cert = dir.join("ssh_host_ed25519_key-cert.pub");
+    let shown = run_ok(Command::new("ssh-keygen").arg("-Lf").arg(&host_cert));
+    assert!(shown.contains("Valid: forever"), "{shown}");
+    let client_key = dir.join("client_ed25519");
+    keygen(&client_key);
+    let authorized = dir.join("authorized_keys");
+    fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+    fs::set_permissions(&authorized, fs::Permissions::from_mode(0o644)).unwrap();
+    let (mut sshd, port) = spawn_sshd(
+        &dir,
+        &user,
+        &format!("AuthorizedKeysFile {}\n", authorized.display()),
+        &format!("HostCertificate {}\n", host_cert.display()),
+    );
+
+    let ca_pub = fs::read_to_string(host_ca.with_extension("pub")).unwrap();
+    let known = |name: &str| {
+        scratch.file(
+            &format!("known_hosts_{name}"),
+            0o600,
+            &format!("@cert-authority {name} {}", ca_pub.trim()),
+        )
+    };
+    let known_cert_host = known("nod-cert.test");
+    let login = || {
+        run(Command::new("ssh")
+            .args(["-F", "/dev/null", "-o"])
+            .arg(format!("IdentityAgent={}", socket.display()))
+            .args(["-o", "IdentitiesOnly=no", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", known_cert_host.display()))
+            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", "HostKeyAlias=nod-cert.test"])
+            .args(["-o", "HostKeyAlgorithms=ssh-ed25519-cert-v01@openssh.com"])
+            .args(["-o", "LogLevel=ERROR", "-p"])
+            .arg(port.to_string())
+            .arg(format!("{}@127.0.0.1", user.name))
+            .arg("echo nod-login-ok"))
+    };
+    let ssh_add = |args: &[&str]| {
+        run_ok(
+            Command::new("ssh-add")
+                .args(args)
+                .arg(&client_key)
+                .env("SSH_AUTH_SOCK", &socket),
+        )
+    };
+
+    ssh_add(&["-c"]);
+    agent.answer(Answer::Approve);
+    let out = login();
+    assert!(
+        out.status.success(),
+        "login to the certified host failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nod-login-ok");
+    let prompts = agent.prompts();
+    let p = prompts.last().expect("the approver was asked");
+    let host_fp = run_ok(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(host_key.with_extension("pub")),
+    );
+    assert_eq!(
+        Some(p["destination"]["host_key_fingerprint"].as_str().unwrap()),
+        host_fp.split_whitespace().nth(1),
+        "bound to the certified key: {p}"
+    );
+
+    // Destination-constrained to nod-cert.test, whose key comes from the @cert-authority line.
+    let reset = || {
+        run_ok(
+            Command::new("ssh-add")
+                .arg("-D")
+                .env("SSH_AUTH_SOCK", &socket),
+        )
+    };
+    reset();
+    ssh_add(&[
+        "-H",
+        known_cert_host.to_str().unwrap(),
+        "-h",
+        "nod-cert.test",
+    ]);
+    let out = login();
+    assert!(
+        out.status.success(),
+        "constrained login through the host CA failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same CA, another host name: the certificate does not name it.
+    reset();
+    let known_other = known("other.test");
+    ssh_add(&["-H", known_other.to_str().unwrap(), "-h", "other.test"]);
+    let out = login();
+    assert!(
+        !out.status.success(),
+        "a key constrained to other.test logged in to nod-cert.test"
+    );
+
+    let _ = sshd.kill();
+    let _ = sshd.wait();
 }

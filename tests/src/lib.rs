@@ -720,17 +720,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `sshd -D` on a free loopback port with a fresh ed25519 host key
-/// (`<dir>/ssh_host_ed25519_key`) and `<dir>/sshd_config`: public-key login for `user` only, no
-/// PAM, with `auth` (how keys are authorized) and `extra` as further config lines. Checks the
-/// config with `sshd -t` first and waits until it listens.
+/// Starts `sshd -D` on a free loopback port with an ed25519 host key
+/// (`<dir>/ssh_host_ed25519_key`, made fresh unless the caller made it, e.g. to certify it
+/// first) and `<dir>/sshd_config`: public-key login for `user` only, no PAM, with `auth` (how
+/// keys are authorized) and `extra` as further config lines. Checks the config with `sshd -t`
+/// first and waits until it listens.
 pub fn spawn_sshd(dir: &Path, user: &TestUser, auth: &str, extra: &str) -> (Child, u16) {
     let host_key = dir.join("ssh_host_ed25519_key");
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key),
-    );
+    if !host_key.exists() {
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&host_key),
+        );
+    }
     let port = free_port();
     let config = dir.join("sshd_config");
     fs::write(

@@ -17,6 +17,7 @@
 //! backend = "auto"          # auto | file | secret-service
 //! [ssh]
 //! idle_timeout = "1h"       # close SSH agent connections idle this long
+//! refuse_rsa_sha1 = false   # true: no `ssh-rsa` (SHA-1) signatures, even when asked for
 //! ```
 
 use std::fs;
@@ -170,12 +171,17 @@ pub struct SshConfig {
     /// A connection with no message in flight is closed after this long.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: std::time::Duration,
+    /// Refuse RSA signatures with SHA-1 (`ssh-rsa`), which a client asks for by passing no
+    /// `rsa-sha2-*` flag (sshd's `HostKeyAgent` does so for an `ssh-rsa` host key). Off by
+    /// default, as in OpenSSH's agent.
+    pub refuse_rsa_sha1: bool,
 }
 
 impl Default for SshConfig {
     fn default() -> Self {
         Self {
             idle_timeout: std::time::Duration::from_secs(3600),
+            refuse_rsa_sha1: false,
         }
     }
 }
@@ -320,6 +326,8 @@ mod tests {
             rate_limit_per_minute = 3
             [secrets]
             backend = "file"
+            [ssh]
+            refuse_rsa_sha1 = true
             "#,
         )
         .unwrap();
@@ -332,6 +340,8 @@ mod tests {
         assert_eq!(c.approval.rate_limit_burst, 2);
         assert_eq!(c.approval.rate_limit_per_minute, 3);
         assert_eq!(c.secrets.backend, SecretsBackend::File);
+        assert!(c.ssh.refuse_rsa_sha1);
+        assert!(!parse("").unwrap().ssh.refuse_rsa_sha1);
     }
 
     #[test]

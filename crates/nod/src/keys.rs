@@ -31,7 +31,7 @@ pub enum KeysCommand {
         /// ed25519, ecdsa or rsa.
         #[arg(long = "type", value_name = "TYPE", default_value = "ed25519")]
         kind: KeyType,
-        /// ecdsa: 256 (default) or 384; rsa: 2048 to 8192 (default 3072).
+        /// ecdsa: 256 (default), 384 or 521; rsa: 2048 to 8192 (default 3072).
         #[arg(long)]
         bits: Option<usize>,
         /// Name of the key in the keystore (also its comment).

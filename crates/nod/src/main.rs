@@ -287,9 +287,6 @@ fn audit_verify(paths: &Paths) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::SshAgent(args) = cli.command {
-        return ssh_agent::run(args);
-    }
     let paths = Paths::from_env()?;
     match cli.command {
         Command::SshAgent(_) => unreachable!("handled above"),
@@ -381,7 +378,26 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `nod ssh-agent` answers a flag it does not know as ssh-agent does.
+        Err(e)
+            if ssh_agent::invoked()
+                && !matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+        {
+            let reason = e.to_string();
+            let first = reason.lines().next().unwrap_or("bad arguments");
+            return ssh_agent::usage_error(first.trim_start_matches("error: "));
+        }
+        Err(e) => e.exit(),
+    };
+    if let Command::SshAgent(args) = cli.command {
+        return ssh_agent::run(args);
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nod: {e:#}");

@@ -1,6 +1,7 @@
 //! `nod agent`: the foreground process. Sets up the process (umask, fd limit, not dumpable),
-//! loads config, key, allowlist and audit log, creates the sockets, and serves until SIGINT or
-//! SIGTERM, after which it removes its sockets and returns.
+//! loads config, key, allowlist and audit log, creates the sockets, and serves until SIGINT,
+//! SIGTERM or SIGHUP, after which it removes its sockets and returns. SIGUSR1 drops the keys
+//! added to the SSH agent socket, as OpenSSH's agent does, and serving goes on.
 
 use std::fs;
 use std::io;
@@ -181,6 +182,7 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
                 idle: config.ssh.idle_timeout,
                 ..crate::ssh::SshLimits::default()
             })
+            .with_settings(&config.ssh)
             .with_keystore(keystore),
     );
 
@@ -223,6 +225,8 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         }
         let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Runtime)?;
+        let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(AgentError::Runtime)?;
         let (listener, socket) = bind_socket(&socket_path)?;
         let (secrets_listener, secrets_socket) = bind_socket(&secrets_socket_path)?;
         event!("approval socket {} ready", socket_path.display());
@@ -236,13 +240,22 @@ pub fn run_agent(options: AgentOptions) -> Result<(), AgentError> {
         // One share of the descriptors for each socket (see `socket`).
         let cap = crate::socket::cap_from_limit(3);
         event!("connections: at most {cap} at once on each socket");
-        tokio::select! {
-            () = Arc::clone(core.audit_log()).flush_periodically() => {}
-            () = service.serve(Capped::new(listener, cap, "approval")) => {}
-            () = ssh_agent.serve(Capped::new(ssh_listener, cap, "ssh agent")) => {}
-            () = secrets.serve(Capped::new(secrets_listener, cap, "secrets")) => {}
-            _ = sigint.recv() => event!("SIGINT: shutting down"),
-            _ = sigterm.recv() => event!("SIGTERM: shutting down"),
+        let flushing = Arc::clone(core.audit_log()).flush_periodically();
+        let approval = service.serve(Capped::new(listener, cap, "approval"));
+        let ssh = Arc::clone(&ssh_agent).serve(Capped::new(ssh_listener, cap, "ssh agent"));
+        let secrets_served = secrets.serve(Capped::new(secrets_listener, cap, "secrets"));
+        tokio::pin!(flushing, approval, ssh, secrets_served);
+        loop {
+            tokio::select! {
+                () = &mut flushing => break,
+                () = &mut approval => break,
+                () = &mut ssh => break,
+                () = &mut secrets_served => break,
+                _ = sigint.recv() => { event!("SIGINT: shutting down"); break }
+                _ = sigterm.recv() => { event!("SIGTERM: shutting down"); break }
+                _ = sighup.recv() => { event!("SIGHUP: shutting down"); break }
+                _ = sigusr1.recv() => ssh_agent.drop_added_keys(),
+            }
         }
         drop(socket);
         drop(ssh_socket);

@@ -1,14 +1,23 @@
 //! `nod ssh-agent`: a drop-in for OpenSSH's `ssh-agent(1)`, so `eval "$(nod ssh-agent -s)"`
 //! works wherever `eval "$(ssh-agent -s)"` did.
 //!
-//! It takes ssh-agent's flags (`-a -c -s -D -d -k -t -E`) and prints the same environment
-//! lines. Without `-D`/`-d` it starts itself again in the background (a new session via
-//! `setsid`, stdio on `/dev/null`), waits until the socket answers, prints the lines with the
-//! background process's pid and returns. The background process serves only the SSH agent
-//! socket (keys added with `ssh-add`, the keystore's persistent keys with their policies and
-//! session certificates, as `nod agent` does; the approver from `agent.toml` or
-//! `--approver…`), and removes the socket, and the `ssh-XXXXXXXXXXXX` directory it made, on
-//! SIGTERM (`-k`), SIGINT or SIGHUP.
+//! It takes OpenSSH 10's flags (`-c -s -D -d -k -T -u -U -V -a -E -O -P -t`, and a command)
+//! with their meanings, and prints the same environment lines. The socket is where
+//! ssh-agent 10 puts it: `-a PATH`; else, with `-T`, `$TMPDIR/ssh-XXXXXXXXXXXX/agent.<pid>`;
+//! else `~/.ssh/agent/s.<host hash>.agent.<random>`, after removing the stale sockets there
+//! (unless `-U`; `-u` only cleans up). Names and the host hash follow OpenSSH's, so
+//! `ssh-agent -u` and `nod ssh-agent -u` clean up after each other.
+//!
+//! Without `-D`/`-d` it starts itself again in the background (a new session via `setsid`,
+//! stdio on `/dev/null`), waits until the socket answers, prints the lines with the background
+//! process's pid and returns. The background process serves only the SSH agent socket (keys
+//! added with `ssh-add`, the keystore's persistent keys with their policies and session
+//! certificates, as `nod agent` does; the approver from `agent.toml` or `--approver…`).
+//!
+//! Signals, as ssh-agent: SIGTERM (`-k`) and SIGHUP remove the socket (and the directory made
+//! for it) and exit with status 2; SIGINT does the same in `-d`/`-D` mode and is ignored in
+//! the background; SIGUSR1 drops every added key (see
+//! [`SshAgentService::drop_added_keys`]) and the agent goes on serving.
 //!
 //! With a command (`nod ssh-agent bash`, `exec nod ssh-agent startx`), the background agent is
 //! started the same way, and the process then becomes the command (`exec`) with
@@ -16,13 +25,17 @@
 //! watches that pid through a pidfd and stops as soon as the command ends, as ssh-agent does
 //! (which polls its parent every ten seconds).
 //!
-//! Not supported: `-O` options, `-P` (no PKCS#11).
+//! nod loads no PKCS#11 or FIDO provider libraries: `-P` is accepted and logged, and a request
+//! that needs a provider (`ssh-add -s`, an `sk-*` key) is refused with a log line. The `-O`
+//! options OpenSSH knows are accepted; all three are about such providers or security keys,
+//! so they change nothing here, and the log says so. Not supported: socket activation
+//! (`LISTEN_FDS`), refused with an error rather than ignored.
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -32,6 +45,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::Pid;
+use sha2::{Digest as _, Sha512};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -52,6 +66,80 @@ pub const COMMAND_PID_FLAG: &str = "--command-pid";
 
 /// How long the foreground waits for the background agent's socket.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The exit status after SIGTERM, SIGHUP or (in the foreground) SIGINT, as ssh-agent's
+/// `cleanup_exit(2)`.
+pub const SIGNALLED_EXIT: u8 = 2;
+
+/// ssh-agent's `usage()`, with nod's own options on the last line.
+pub const USAGE: &str = "\
+usage: nod ssh-agent [-c | -s] [-DdTU] [-a bind_address] [-E fingerprint_hash]
+                     [-O option] [-P allowed_providers] [-t life]
+       nod ssh-agent [-TU] [-a bind_address] [-E fingerprint_hash] [-O option]
+                     [-P allowed_providers] [-t life] command [arg ...]
+       nod ssh-agent [-c | -s] -k
+       nod ssh-agent -u
+       nod ssh-agent -V
+       nod ssh-agent --help (nod's own options: --approver, --approver-command)
+";
+
+/// The characters of OpenSSH's random socket names and host hash (`presentation_chars`).
+const PRESENTATION: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+/// `~/.ssh/agent`, OpenSSH's `_PATH_SSH_AGENT_SOCKET_DIR`.
+const AGENT_SOCKET_DIR: &str = ".ssh/agent";
+
+/// Stale sockets younger than this are left alone (another agent may be starting).
+const STALE_AGE: Duration = Duration::from_secs(3600);
+
+/// `-O` options, as OpenSSH's ssh-agent knows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// `allow-remote-pkcs11`.
+    pub allow_remote_pkcs11: bool,
+    /// `no-restrict-websafe`.
+    pub no_restrict_websafe: bool,
+    /// `websafe-allow=PATTERNS`.
+    pub websafe_allow: Option<String>,
+}
+
+impl AgentOptions {
+    /// Parses each `-O` value; an unknown one is an error, as in ssh-agent.
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, DropInError> {
+        let mut o = Self::default();
+        for v in values {
+            if v == "no-restrict-websafe" {
+                o.no_restrict_websafe = true;
+            } else if v == "allow-remote-pkcs11" {
+                o.allow_remote_pkcs11 = true;
+            } else if let Some(list) = v.strip_prefix("websafe-allow=") {
+                if o.websafe_allow.is_some() {
+                    return Err(DropInError::Fatal("websafe-allow already set".into()));
+                }
+                o.websafe_allow = Some(list.to_owned());
+            } else {
+                return Err(DropInError::Fatal("Unknown -O option".into()));
+            }
+        }
+        Ok(o)
+    }
+
+    /// What the log says at start: each option given, and why it changes nothing.
+    fn log(&self) {
+        if self.allow_remote_pkcs11 {
+            event!(
+                "ssh agent: -O allow-remote-pkcs11 has no effect: nod loads no PKCS#11 or FIDO \
+                 provider libraries, for local or forwarded clients"
+            );
+        }
+        if self.no_restrict_websafe || self.websafe_allow.is_some() {
+            event!(
+                "ssh agent: -O no-restrict-websafe / websafe-allow have no effect: they apply to \
+                 FIDO (sk-*) keys, which nod does not hold"
+            );
+        }
+    }
+}
 
 /// Which shell syntax to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +193,17 @@ pub struct DropInOptions {
     pub debug: bool,
     /// `-k`: stop the agent named by `$SSH_AGENT_PID`.
     pub kill: bool,
+    /// `-T`: the socket in a new directory under `$TMPDIR` rather than `~/.ssh/agent`.
+    pub temp_dir: bool,
+    /// `-U`: leave stale sockets in `~/.ssh/agent` alone.
+    pub keep_stale: bool,
+    /// `-u` (1) or `-uu` (2): only remove stale sockets in `~/.ssh/agent` (with `-uu`,
+    /// those of other hosts too), then exit.
+    pub clean_stale: u8,
+    /// `-O` options.
+    pub agent_options: AgentOptions,
+    /// `-P allowed_providers`.
+    pub allowed_providers: Option<String>,
     /// `-t life`: default lifetime of added keys.
     pub lifetime: Option<Duration>,
     pub approver: ApproverChoice,
@@ -127,6 +226,19 @@ pub enum DropInError {
     NoAgentPid,
     #[error("SSH_AGENT_PID={0:?} is not a process id")]
     BadAgentPid(String),
+    /// A usage error: the usage text follows, exit status 1, as ssh-agent's `usage()`.
+    #[error("{0}")]
+    Usage(String),
+    /// What ssh-agent reports with `fatal()` (exit status 255).
+    #[error("{0}")]
+    Fatal(String),
+    #[error("cannot use {}: {source}", dir.display())]
+    AgentDir { dir: PathBuf, source: io::Error },
+    #[error(
+        "socket activation (LISTEN_FDS) is not supported by nod ssh-agent; pass -a PATH and \
+         let the service manager start it without a socket"
+    )]
+    SocketActivation,
     #[error("cannot stop agent pid {pid}: {source}")]
     Kill { pid: i32, source: nix::Error },
     #[error("invalid lifetime {0:?}: use seconds, or a time like 90s, 30m, 1h30m, 2d, 1w")]
@@ -156,7 +268,7 @@ pub enum DropInError {
     Runtime(io::Error),
     #[error("cannot write the environment lines: {0}")]
     Output(io::Error),
-    #[error("a command to run cannot go with -c, -s, -k, -d or -D")]
+    #[error("a command to run cannot go with -c, -s, -k, -d, -D or -u")]
     CommandWithFlags,
     #[error("cannot run {command:?}: {source}")]
     Exec {
@@ -165,6 +277,24 @@ pub enum DropInError {
     },
     #[error("cannot watch the command's process {pid}: {source}")]
     Watch { pid: i32, source: io::Error },
+}
+
+impl DropInError {
+    /// The exit status, as ssh-agent's: 1 for usage and most errors, 255 for its `fatal()`s.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Fatal(_) | Self::BadHash(_) => 255,
+            _ => 1,
+        }
+    }
+
+    /// Whether the usage text goes with the message.
+    pub fn shows_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::Usage(_) | Self::BadLifetime(_) | Self::CommandWithFlags
+        )
+    }
 }
 
 /// ssh-agent's time format (`sshd_config(5)` TIME FORMATS): seconds, or a sequence of
@@ -239,10 +369,15 @@ pub fn kill_lines(shell: Shell, pid: i32) -> String {
     s
 }
 
-/// Runs `nod ssh-agent` with `options`; the environment lines go to `out`.
-pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInError> {
+/// Runs `nod ssh-agent` with `options`; the environment lines go to `out`. Returns the exit
+/// status: 0, or [`SIGNALLED_EXIT`] when a signal stopped the agent.
+pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<u8, DropInError> {
     // ssh-agent takes no shell syntax or mode flags with a command either.
-    let mode_flags = options.shell_given || options.kill || options.debug || options.foreground;
+    let mode_flags = options.shell_given
+        || options.kill
+        || options.debug
+        || options.foreground
+        || options.clean_stale > 0;
     if !options.command.is_empty() && mode_flags {
         return Err(DropInError::CommandWithFlags);
     }
@@ -256,7 +391,26 @@ pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInErro
             .ok_or(DropInError::BadAgentPid(pid))?;
         kill(Pid::from_raw(pid), Signal::SIGTERM)
             .map_err(|source| DropInError::Kill { pid, source })?;
-        return write_out(out, &kill_lines(options.shell, pid));
+        write_out(out, &kill_lines(options.shell, pid))?;
+        return Ok(0);
+    }
+    if options.clean_stale > 0 {
+        let home = home_dir()?;
+        cleanup_stale(&home, options.clean_stale > 1);
+        write_out(
+            out,
+            &format!("Deleted stale agent sockets in ~/{AGENT_SOCKET_DIR}\n"),
+        )?;
+        return Ok(0);
+    }
+    if !options.daemon_child
+        && options.bind_address.is_none()
+        && options.command.is_empty()
+        && (options.debug || options.foreground)
+        && std::env::var_os("LISTEN_PID").is_some()
+        && std::env::var_os("LISTEN_FDS").is_some()
+    {
+        return Err(DropInError::SocketActivation);
     }
     let (socket, made_dir) = match (&options.bind_address, &options.remove_dir) {
         // Absolute, so the background agent can leave the working directory.
@@ -267,9 +421,16 @@ pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInErro
             })?,
             dir.clone(),
         ),
-        (None, _) => {
+        (None, _) if options.temp_dir => {
             let dir = make_socket_dir()?;
             (dir.join(format!("agent.{}", std::process::id())), Some(dir))
+        }
+        (None, _) => {
+            let home = home_dir()?;
+            if !options.keep_stale {
+                cleanup_stale(&home, false);
+            }
+            (home_socket_path(&home)?, None)
         }
     };
     if options.daemon_child {
@@ -299,7 +460,8 @@ pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<(), DropInErro
     warn_if_nobody_can_be_asked(&options);
     let pid = start_background(&options, &socket, made_dir.as_deref())?;
     if options.command.is_empty() {
-        return write_out(out, &start_lines(options.shell, &socket, pid));
+        write_out(out, &start_lines(options.shell, &socket, pid))?;
+        return Ok(0);
     }
     Err(exec_command(&options.command, &socket, pid))
 }
@@ -325,6 +487,111 @@ fn warn_if_nobody_can_be_asked(options: &DropInOptions) {
              `ssh-add -c` and keys whose policy asks are refused; set [approver] in \
              ~/.config/nod/agent.toml, or run `nod ssh-agent -D` in a terminal of its own"
         );
+    }
+}
+
+/// The user's home, as ssh-agent's `get_homedir` (`$HOME`, else the password database).
+fn home_dir() -> Result<PathBuf, DropInError> {
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .ok_or_else(|| DropInError::Fatal("Couldn't determine home directory".into()))
+}
+
+/// OpenSSH's `hostname_hash(10)`: SHA-512 of the host name, each of the first ten bytes taken
+/// modulo the presentation characters. It keeps agents of several hosts sharing one home
+/// (NFS) apart.
+pub fn hostname_hash(hostname: &[u8]) -> String {
+    Sha512::digest(hostname)
+        .iter()
+        .take(10)
+        .map(|b| char::from(PRESENTATION[usize::from(*b) % PRESENTATION.len()]))
+        .collect()
+}
+
+fn this_hostname_hash() -> String {
+    let name = nix::unistd::gethostname().unwrap_or_default();
+    hostname_hash(name.as_encoded_bytes())
+}
+
+/// `count` random presentation characters.
+fn random_name(count: usize) -> Result<String, io::Error> {
+    // 62 does not divide 256, so the top values are dropped rather than bias the name.
+    let limit = 256 - 256 % PRESENTATION.len();
+    let mut out = String::with_capacity(count);
+    let mut buf = [0u8; 32];
+    while out.len() < count {
+        getrandom::getrandom(&mut buf).map_err(io::Error::other)?;
+        for b in buf.iter().map(|b| usize::from(*b)).filter(|b| *b < limit) {
+            if out.len() == count {
+                break;
+            }
+            out.push(char::from(PRESENTATION[b % PRESENTATION.len()]));
+        }
+    }
+    Ok(out)
+}
+
+/// `~/.ssh` and `~/.ssh/agent` (each 0700 when made), and a fresh socket name in the latter:
+/// `s.<host hash>.agent.<10 random>`, OpenSSH's `agent_socket_template`.
+fn home_socket_path(home: &Path) -> Result<PathBuf, DropInError> {
+    let dir = home.join(AGENT_SOCKET_DIR);
+    for d in [home.join(".ssh"), dir.clone()] {
+        match DirBuilder::new().mode(0o700).create(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(DropInError::AgentDir { dir: d, source }),
+        }
+    }
+    let hash = this_hostname_hash();
+    for _ in 0..16 {
+        let name = random_name(10).map_err(|source| DropInError::AgentDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("s.{hash}.agent.{name}"));
+        if fs::symlink_metadata(&path).is_err() {
+            return Ok(path);
+        }
+    }
+    Err(DropInError::AgentDir {
+        dir,
+        source: io::Error::from(io::ErrorKind::AlreadyExists),
+    })
+}
+
+/// OpenSSH's `agent_cleanup_stale`: removes sockets in `~/.ssh/agent` that are over an hour
+/// old, of this host (unless `any_host`), and that nobody listens on any more.
+pub fn cleanup_stale(home: &Path, any_host: bool) {
+    let dir = home.join(AGENT_SOCKET_DIR);
+    let prefix = format!("s.{}.", this_hostname_hash());
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    let old = std::time::SystemTime::now()
+        .checked_sub(STALE_AGE)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !any_host && !name.to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let modified =
+            std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(meta.mtime()).unwrap_or(0));
+        if !meta.file_type().is_socket() || modified > old {
+            continue;
+        }
+        if std::os::unix::net::UnixStream::connect(&path).is_err() {
+            let _ = fs::remove_file(&path);
+        }
     }
 }
 
@@ -524,15 +791,16 @@ fn bind_at(path: &Path) -> Result<UnixListener, DropInError> {
     Ok(listener)
 }
 
-/// Serves the SSH agent socket until SIGTERM, SIGINT or SIGHUP. `announce` gets the
-/// environment lines once the socket is listening.
+/// Serves the SSH agent socket until SIGTERM or SIGHUP (and SIGINT in the foreground), or
+/// until the command ends; SIGUSR1 drops the added keys. `announce` gets the environment lines
+/// once the socket is listening. Returns the exit status.
 fn serve(
     options: &DropInOptions,
     socket: &Path,
     made_dir: Option<&Path>,
     announce: Option<(&mut dyn Write, String)>,
     command: Option<OwnedFd>,
-) -> Result<(), DropInError> {
+) -> Result<u8, DropInError> {
     umask(Mode::from_bits_truncate(0o077));
     raise_nofile_limit();
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
@@ -554,43 +822,75 @@ fn serve(
                 ..crate::ssh::SshLimits::default()
             })
             .with_default_lifetime(options.lifetime)
+            .with_settings(&config.ssh)
             .with_keystore(keystore),
     );
+    if let Some(providers) = &options.allowed_providers {
+        event!(
+            "ssh agent: -P {providers}: nod loads no PKCS#11 or FIDO provider libraries; \
+             smartcard and security-key (sk-*) keys are refused"
+        );
+    }
+    options.agent_options.log();
+    let foreground = options.foreground || options.debug;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(DropInError::Runtime)?;
-    runtime.block_on(async move {
+    let status = runtime.block_on(async move {
+        let done = |status: u8| Ok::<u8, DropInError>(status);
         let mut sigint = signal(SignalKind::interrupt()).map_err(DropInError::Runtime)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(DropInError::Runtime)?;
         let mut sighup = signal(SignalKind::hangup()).map_err(DropInError::Runtime)?;
+        let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(DropInError::Runtime)?;
         let command_ended = async {
             match command {
                 Some(pidfd) => until_ended(pidfd).await,
                 None => std::future::pending().await,
             }
         };
+        tokio::pin!(command_ended);
         let listener = bind_at(socket)?;
         event!("ssh agent socket {} ready", socket.display());
         if let Some((out, lines)) = announce {
             write_out(out, &lines)?;
         }
-        tokio::select! {
-            () = Arc::clone(core.audit_log()).flush_periodically() => {}
-            () = service.serve(crate::socket::Capped::new(
-                listener,
-                crate::socket::cap_from_limit(1),
-                "ssh agent",
-            )) => {}
-            _ = sigint.recv() => event!("SIGINT: shutting down"),
-            _ = sigterm.recv() => event!("SIGTERM: shutting down"),
-            _ = sighup.recv() => event!("SIGHUP: shutting down"),
-            () = command_ended => event!("the command ended: shutting down"),
+        let flushing = Arc::clone(core.audit_log()).flush_periodically();
+        let serving = Arc::clone(&service).serve(crate::socket::Capped::new(
+            listener,
+            crate::socket::cap_from_limit(1),
+            "ssh agent",
+        ));
+        tokio::pin!(flushing, serving);
+        loop {
+            tokio::select! {
+                () = &mut flushing => return done(0),
+                () = &mut serving => return done(0),
+                _ = sigint.recv() => {
+                    if foreground {
+                        event!("SIGINT: shutting down");
+                        return done(SIGNALLED_EXIT);
+                    }
+                    // As ssh-agent in the background: SIGINT is ignored.
+                }
+                _ = sigterm.recv() => {
+                    event!("SIGTERM: shutting down");
+                    return done(SIGNALLED_EXIT);
+                }
+                _ = sighup.recv() => {
+                    event!("SIGHUP: shutting down");
+                    return done(SIGNALLED_EXIT);
+                }
+                _ = sigusr1.recv() => service.drop_added_keys(),
+                () = &mut command_ended => {
+                    event!("the command ended: shutting down");
+                    return done(SIGNALLED_EXIT);
+                }
+            }
         }
-        Ok::<(), DropInError>(())
     })?;
     drop(cleanup);
-    Ok(())
+    Ok(status)
 }
 
 #[cfg(test)]
@@ -607,6 +907,11 @@ mod tests {
             foreground: false,
             debug: false,
             kill: false,
+            temp_dir: false,
+            keep_stale: false,
+            clean_stale: 0,
+            agent_options: AgentOptions::default(),
+            allowed_providers: None,
             lifetime: None,
             approver: ApproverChoice::default(),
             daemon_child: false,
@@ -692,6 +997,78 @@ mod tests {
         ] {
             assert_eq!(secs(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn minus_o_takes_what_ssh_agent_takes() {
+        let o = AgentOptions::parse([
+            "no-restrict-websafe",
+            "allow-remote-pkcs11",
+            "websafe-allow=ssh:*,example.org",
+        ])
+        .unwrap();
+        assert!(o.no_restrict_websafe && o.allow_remote_pkcs11);
+        assert_eq!(o.websafe_allow.as_deref(), Some("ssh:*,example.org"));
+        for bad in [
+            &["no-such-option"][..],
+            &["websafe-allow=a", "websafe-allow=b"],
+        ] {
+            let e = AgentOptions::parse(bad.iter().copied()).unwrap_err();
+            assert_eq!(e.exit_code(), 255, "{e}");
+        }
+    }
+
+    #[test]
+    fn socket_names_follow_openssh() {
+        // OpenSSH 10.1's hostname_hash(10) of "localhost", computed by hand from SHA-512.
+        let hash = hostname_hash(b"localhost");
+        assert_eq!(hash.len(), 10);
+        let digest = Sha512::digest(b"localhost");
+        let expected: String = digest[..10]
+            .iter()
+            .map(|b| char::from(PRESENTATION[usize::from(*b) % 62]))
+            .collect();
+        assert_eq!(hash, expected);
+        let name = random_name(10).unwrap();
+        assert_eq!(name.len(), 10);
+        assert!(name.bytes().all(|b| PRESENTATION.contains(&b)));
+    }
+
+    #[test]
+    fn stale_sockets_of_this_host_are_removed_live_and_recent_ones_kept() {
+        let home = std::env::temp_dir().join(format!("nod-stale-{}", random_name(8).unwrap()));
+        fs::create_dir(&home).unwrap();
+        let path = home_socket_path(&home).unwrap();
+        let dir = path.parent().unwrap().to_owned();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let hash = this_hostname_hash();
+        let make = |name: &str, old: bool| {
+            let p = dir.join(name);
+            let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+            if old {
+                let t = std::time::SystemTime::now() - Duration::from_secs(7200);
+                let t = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+                let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, 0);
+                nix::sys::stat::lutimes(&p, &tv, &tv).unwrap();
+            }
+            (p, l)
+        };
+        let (stale, l1) = make(&format!("s.{hash}.agent.aaaaaaaaaa"), true);
+        drop(l1);
+        let (live, _l2) = make(&format!("s.{hash}.agent.bbbbbbbbbb"), true);
+        let (recent, l3) = make(&format!("s.{hash}.agent.cccccccccc"), false);
+        drop(l3);
+        let (other_host, l4) = make("s.XXXXXXXXXX.agent.dddddddddd", true);
+        drop(l4);
+        cleanup_stale(&home, false);
+        assert!(!stale.exists());
+        assert!(live.exists() && recent.exists() && other_host.exists());
+        cleanup_stale(&home, true);
+        assert!(!other_host.exists());
+        fs::remove_dir_all(&home).unwrap();
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! and the plaintext file is overwritten and removed.
 
 pub mod cache;
+pub mod openssh;
 pub mod protector;
 pub mod seal;
 pub mod ssh;

@@ -144,7 +144,7 @@ impl std::str::FromStr for KeyType {
     }
 }
 
-/// A fresh key. `bits`: ECDSA 256 (default) or 384; RSA 2048..=8192, default 3072.
+/// A fresh key. `bits`: ECDSA 256 (default), 384 or 521; RSA 2048..=8192, default 3072.
 pub fn generate(
     kind: KeyType,
     bits: Option<usize>,
@@ -163,6 +163,12 @@ pub fn generate(
             &mut OsRng,
             Algorithm::Ecdsa {
                 curve: EcdsaCurve::NistP384,
+            },
+        ),
+        (KeyType::Ecdsa, Some(521)) => PrivateKey::random(
+            &mut OsRng,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP521,
             },
         ),
         (KeyType::Rsa, bits) => {
@@ -185,23 +191,35 @@ pub fn generate(
 }
 
 /// Parses an OpenSSH private key file for import. A passphrase-protected key comes back still
-/// encrypted (`is_encrypted()`); [`decrypt_import`] opens it.
+/// encrypted (`is_encrypted()`); [`decrypt_import`] opens it. A file ssh-key refuses is read
+/// again by [`super::openssh`], which takes the ECDSA keys OpenSSH writes with a short scalar.
 pub fn parse_import(pem: &[u8]) -> Result<PrivateKey, KeystoreError> {
-    PrivateKey::from_openssh(pem).map_err(|e| {
-        KeystoreError::Refused(format!(
-            "not an OpenSSH private key ({e}); convert it with `ssh-keygen -p -f FILE` (which \
-             rewrites it in the OpenSSH format)"
-        ))
+    PrivateKey::from_openssh(pem).or_else(|e| {
+        super::openssh::key_file_bytes(pem)
+            .and_then(|bin| super::openssh::decode_key_file(&bin, None))
+            .ok()
+            .ok_or_else(|| {
+                KeystoreError::Refused(format!(
+                    "not an OpenSSH private key ({e}); convert it with `ssh-keygen -p -f FILE` \
+                     (which rewrites it in the OpenSSH format)"
+                ))
+            })
     })
 }
 
 /// Decrypts a passphrase-protected key read by [`parse_import`]. The decrypted copy is the
 /// caller's to zeroize (`PrivateKey` does so on drop).
 pub fn decrypt_import(key: &PrivateKey, passphrase: &[u8]) -> Result<PrivateKey, KeystoreError> {
-    key.decrypt(passphrase).map_err(|e| match e {
+    key.decrypt(passphrase).or_else(|e| match e {
         // The check integers inside did not match: the passphrase is wrong.
-        ssh_key::Error::Crypto => KeystoreError::Refused("wrong passphrase".into()),
-        e => KeystoreError::Refused(format!("cannot decrypt the key: {e}")),
+        ssh_key::Error::Crypto => Err(KeystoreError::Refused("wrong passphrase".into())),
+        // ssh-key refused what it decrypted (an ECDSA key with a short scalar): decode the
+        // file's container again here.
+        e => key
+            .to_bytes()
+            .map_err(|_| ())
+            .and_then(|bin| super::openssh::decode_key_file(&bin, Some(passphrase)).map_err(|_| ()))
+            .map_err(|()| KeystoreError::Refused(format!("cannot decrypt the key: {e}"))),
     })
 }
 

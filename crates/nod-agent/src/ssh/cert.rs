@@ -20,12 +20,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ssh_agent_lib::proto::{Identity, PublicCredential};
 use ssh_key::certificate::{Builder, CertType, Certificate};
 use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, HashAlg, PrivateKey};
 use tokio::time::Instant;
 
+use super::credential::{OpensshCert, PublicCredential};
+use super::message::Identity;
 use super::policy::{CallerScope, GrantScope, format_duration, rate_key};
 use super::{PROMPT_TIMEOUT, SshAgentService, SshError};
 use crate::approvers::{Prompt, SessionCertPrompt};
@@ -168,8 +169,7 @@ pub fn mint(
 struct SessionIdentity {
     /// Zeroized on drop (ssh-key).
     key: Arc<PrivateKey>,
-    cert: Certificate,
-    cert_blob: Vec<u8>,
+    cert: OpensshCert,
     expires: Instant,
     comment: String,
 }
@@ -207,12 +207,11 @@ impl SessionCerts {
     }
 
     /// The key of a live certificate.
-    pub fn find(&self, cert: &Certificate) -> Option<Arc<PrivateKey>> {
-        let blob = cert.to_bytes().ok()?;
+    pub fn find(&self, cert: &OpensshCert) -> Option<Arc<PrivateKey>> {
         let mut live = lock(&self.live);
         purge(&mut live, Instant::now());
         live.iter()
-            .find(|s| s.cert_blob == blob)
+            .find(|s| s.cert == *cert)
             .map(|s| Arc::clone(&s.key))
     }
 
@@ -232,12 +231,22 @@ impl SessionCerts {
     }
 
     fn insert(&self, key: PrivateKey, cert: Certificate, validity: Duration, comment: String) {
-        let cert_blob = cert.to_bytes().unwrap_or_default();
+        // The agent's own view of the certificate (the bytes it lists), checked once.
+        let cert = match cert
+            .to_bytes()
+            .map_err(|e| e.to_string())
+            .and_then(|b| OpensshCert::decode(&b).map_err(|e| e.to_string()))
+        {
+            Ok(cert) => cert,
+            Err(e) => {
+                event!("ssh agent: the minted session certificate does not decode: {e}");
+                return;
+            }
+        };
         let expires = Instant::now() + validity;
         lock(&self.live).push(SessionIdentity {
             key: Arc::new(key),
             cert,
-            cert_blob,
             expires,
             comment,
         });
@@ -446,6 +455,7 @@ mod tests {
         let seed = key.key_data().ed25519().unwrap().private.to_bytes();
         let certs = SessionCerts::default();
         certs.insert(key, cert.clone(), Duration::from_millis(200), "s".into());
+        let cert = OpensshCert::decode(&cert.to_bytes().unwrap()).unwrap();
         let shown = format!("{certs:?}");
         assert!(!shown.contains(&hex::encode(seed)[..12]));
         assert!(!shown.contains(&format!("{:?}", &seed[..4])[1..12]));

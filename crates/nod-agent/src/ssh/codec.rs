@@ -1,19 +1,14 @@
-//! Framing for the SSH agent socket: ssh-agent-lib's message types, behind a length cap.
+//! Framing for the SSH agent socket: a 4-byte length, then one message ([`super::message`]).
 //!
-//! ssh-agent-lib 0.6's own `Codec` trusts the 4-byte length prefix: it waits (and lets the
-//! read buffer grow) for as many bytes as the peer announces, up to 4 GiB, and decodes the
-//! message from everything buffered, not from exactly one frame. This wrapper caps frames at
-//! [`MAX_FRAME_LEN`] (OpenSSH's `AGENT_MAX_LEN`, 256 KiB) before buffering more, hands the
-//! library's decoder exactly one frame, and rejects bytes the message did not use.
+//! Frames are capped at [`MAX_FRAME_LEN`] (OpenSSH's `AGENT_MAX_LEN`, 256 KiB) before anything
+//! more is buffered, and each message is decoded from exactly one frame, with no bytes left
+//! over.
 
-use ssh_agent_lib::codec::Codec;
-use ssh_agent_lib::error::AgentError;
-use ssh_agent_lib::proto::extension::SessionBind;
-use ssh_agent_lib::proto::{Request, Response};
-use ssh_agent_lib::ssh_encoding::Decode;
-use tokio_util::bytes::{Buf, BytesMut};
+use tokio_util::bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 use zeroize::Zeroize;
+
+use super::message::{MessageError, Request, Response};
 
 /// Longest message body accepted, as in OpenSSH's `ssh-agent.c`.
 pub const MAX_FRAME_LEN: usize = 256 * 1024;
@@ -27,7 +22,7 @@ pub enum Frame {
     Request(Box<Request>),
     /// A complete frame that is not a valid message (unknown type, bad field, trailing bytes).
     /// The client gets FAILURE and the connection stays open, as with OpenSSH.
-    Invalid(String),
+    Invalid(MessageError),
 }
 
 /// The frame's length is over the cap; the connection is closed without reading it.
@@ -37,15 +32,11 @@ pub enum CodecError {
     TooLong(usize),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("cannot encode the reply: {0}")]
-    Encode(AgentError),
 }
 
-/// ssh-agent-lib's codec with a frame cap; see the module docs.
+/// The agent protocol's framing with a cap; see the module docs.
 #[derive(Debug, Default)]
-pub struct CappedCodec {
-    inner: Codec<Request, Response>,
-}
+pub struct CappedCodec;
 
 impl Decoder for CappedCodec {
     type Item = Frame;
@@ -66,13 +57,9 @@ impl Decoder for CappedCodec {
         }
         src.advance(LEN_PREFIX);
         let mut frame = src.split_to(len);
-        let mut body: &[u8] = &frame;
-        let decoded = match Request::decode(&mut body) {
-            Ok(_) if !body.is_empty() => {
-                Frame::Invalid(format!("{} trailing bytes after the message", body.len()))
-            }
+        let decoded = match Request::decode(&frame) {
             Ok(request) => Frame::Request(Box::new(request)),
-            Err(e) => Frame::Invalid(e.to_string()),
+            Err(e) => Frame::Invalid(e),
         };
         // The message may have carried a private key (`ssh-add`): wipe the wire copy now that
         // the decoded key (zeroized on drop) holds it.
@@ -85,7 +72,11 @@ impl Encoder<Response> for CappedCodec {
     type Error = CodecError;
 
     fn encode(&mut self, item: Response, dst: &mut BytesMut) -> Result<(), CodecError> {
-        self.inner.encode(item, dst).map_err(CodecError::Encode)
+        let body = item.encode();
+        dst.reserve(LEN_PREFIX + body.len());
+        dst.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+        dst.put_slice(&body);
+        Ok(())
     }
 }
 
@@ -94,27 +85,24 @@ impl Encoder<Response> for CappedCodec {
 /// (the purpose of a sign request, a `session-bind`, a destination constraint). Must never
 /// panic.
 pub fn fuzz_decode(data: &[u8]) {
-    let mut codec = CappedCodec::default();
+    let mut codec = CappedCodec;
     let mut buf = BytesMut::from(data);
     while let Ok(Some(frame)) = codec.decode(&mut buf) {
         let Frame::Request(request) = frame else {
             continue;
         };
         match *request {
-            Request::SignRequest(sign) => {
+            Request::Sign(sign) => {
                 let _ = super::purpose::decode(&sign.data);
             }
             Request::Extension(ext) => {
-                let message = ext
-                    .parse_message::<SessionBind>()
-                    .map_err(|e| e.to_string())
-                    .and_then(|m| m.ok_or_else(|| "other extension".to_owned()));
+                let message = super::bind::SessionBind::decode(&ext.details);
                 let _ = super::bind::Bindings::default().bind(message);
             }
-            Request::AddIdConstrained(add) => {
-                for constraint in &add.constraints {
-                    if let ssh_agent_lib::proto::KeyConstraint::Extension(ext) = constraint {
-                        let _ = super::destination::decode(ext.details.as_ref());
+            Request::Add { constraints, .. } => {
+                for constraint in &constraints {
+                    if let super::message::KeyConstraint::Destinations(details) = constraint {
+                        let _ = super::destination::decode(details);
                     }
                 }
             }
@@ -129,13 +117,13 @@ mod tests {
     use super::*;
 
     fn decode(bytes: &[u8]) -> Result<Option<Frame>, CodecError> {
-        CappedCodec::default().decode(&mut BytesMut::from(bytes))
+        CappedCodec.decode(&mut BytesMut::from(bytes))
     }
 
     #[test]
     fn decodes_request_identities() {
         let frame = decode(&[0, 0, 0, 1, 11]).unwrap().unwrap();
-        assert!(matches!(frame, Frame::Request(r) if *r == Request::RequestIdentities));
+        assert!(matches!(frame, Frame::Request(r) if matches!(*r, Request::RequestIdentities)));
     }
 
     #[test]
@@ -159,7 +147,7 @@ mod tests {
     #[test]
     fn unknown_message_type_is_invalid_and_consumed() {
         let mut buf = BytesMut::from(&[0, 0, 0, 1, 200, 0, 0, 0, 1, 11][..]);
-        let mut codec = CappedCodec::default();
+        let mut codec = CappedCodec;
         assert!(matches!(
             codec.decode(&mut buf).unwrap(),
             Some(Frame::Invalid(_))
@@ -168,6 +156,13 @@ mod tests {
             codec.decode(&mut buf).unwrap(),
             Some(Frame::Request(_))
         ));
+    }
+
+    #[test]
+    fn encodes_a_reply_with_its_length() {
+        let mut out = BytesMut::new();
+        CappedCodec.encode(Response::Success, &mut out).unwrap();
+        assert_eq!(&out[..], &[0, 0, 0, 1, 6]);
     }
 
     #[test]

@@ -9,15 +9,20 @@
 //! login request. A constrained key signs only on a bound connection, and only a login request
 //! for the session the connection was last bound to.
 //!
-//! The wire format is decoded here with a reader that checks every length against what is
-//! left and caps counts and sizes, rather than trusting the library's decoder. Host
-//! certificates are not supported by the session-bind code, so a CA entry (`@cert-authority`)
-//! never matches; plain host keys do.
+//! A hop's keys come from `ssh-add -H known_hosts`: plain host keys, and CA keys from
+//! `@cert-authority` lines. As in OpenSSH's `match_key_hop`, a host that presented a plain key
+//! matches a listed plain key, and a host that presented a certificate matches a listed CA
+//! key that signed it, provided the certificate is a current host certificate naming the
+//! hop's host name (`sshkey_cert_check_host`).
+//!
+//! The wire format is decoded with the bounded [`super::wire::Reader`], which checks every
+//! length against what is left; counts and sizes are capped here.
 
-use ssh_agent_lib::ssh_encoding::Decode;
 use ssh_key::public::KeyData;
 
 use super::bind::{Binding, Bindings};
+use super::credential::decode_key;
+use super::wire::Reader;
 
 /// The constraint's extension name.
 pub const NAME: &str = "restrict-destination-v00@openssh.com";
@@ -52,64 +57,25 @@ pub struct Constraint {
     pub to: Hop,
 }
 
-/// Length-checked SSH wire fields.
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Fields<'a> {
-    fn string(&mut self, max: usize, what: &str) -> Result<&'a [u8], String> {
-        let Some(len) = self.0.get(..4) else {
-            return Err(format!("{what}: truncated length"));
-        };
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if len > max {
-            return Err(format!("{what}: {len} bytes is over the {max}-byte limit"));
-        }
-        let rest = &self.0[4..];
-        let Some(value) = rest.get(..len) else {
-            return Err(format!("{what}: truncated"));
-        };
-        self.0 = &rest[len..];
-        Ok(value)
-    }
-
-    fn text(&mut self, max: usize, what: &str) -> Result<Option<String>, String> {
-        let bytes = self.string(max, what)?;
-        let text = std::str::from_utf8(bytes).map_err(|_| format!("{what}: not UTF-8"))?;
-        Ok((!text.is_empty()).then(|| text.to_owned()))
-    }
-
-    fn byte(&mut self, what: &str) -> Result<u8, String> {
-        let (&b, rest) = self
-            .0
-            .split_first()
-            .ok_or_else(|| format!("{what}: truncated"))?;
-        self.0 = rest;
-        Ok(b)
-    }
-
-    fn done(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// Decodes the constraint's details (what follows the name): a sequence of strings, each one
 /// constraint.
 pub fn decode(details: &[u8]) -> Result<Vec<Constraint>, String> {
-    let mut outer = Fields(details);
+    let wire = |e: super::wire::WireError| e.to_string();
+    let mut outer = Reader::new(details);
     let mut constraints = Vec::new();
-    while !outer.done() {
+    while !outer.is_empty() {
         if constraints.len() >= MAX_CONSTRAINTS {
             return Err(format!(
                 "more than {MAX_CONSTRAINTS} destination constraints"
             ));
         }
-        let mut c = Fields(outer.string(usize::MAX, "constraint")?);
-        let from = hop(c.string(usize::MAX, "from")?, "from")?;
-        let to = hop(c.string(usize::MAX, "to")?, "to")?;
-        if !c.string(usize::MAX, "reserved")?.is_empty() {
+        let mut c = Reader::new(outer.string(usize::MAX, "constraint").map_err(wire)?);
+        let from = hop(c.string(usize::MAX, "from").map_err(wire)?, "from")?;
+        let to = hop(c.string(usize::MAX, "to").map_err(wire)?, "to")?;
+        if !c.string(usize::MAX, "reserved").map_err(wire)?.is_empty() {
             return Err("constraint has unsupported extensions".into());
         }
-        if !c.done() {
+        if !c.is_empty() {
             return Err("trailing bytes after a constraint".into());
         }
         // As OpenSSH: `from` is either the origin (no host, no keys) or a host with keys, and
@@ -128,24 +94,26 @@ pub fn decode(details: &[u8]) -> Result<Vec<Constraint>, String> {
     Ok(constraints)
 }
 
-fn hop(bytes: &[u8], what: &str) -> Result<Hop, String> {
-    let mut f = Fields(bytes);
-    let user = f.text(MAX_NAME, what)?;
-    let hostname = f.text(MAX_NAME, what)?;
-    if !f.string(usize::MAX, what)?.is_empty() {
+fn hop(bytes: &[u8], what: &'static str) -> Result<Hop, String> {
+    let wire = |e: super::wire::WireError| e.to_string();
+    let mut f = Reader::new(bytes);
+    let text = |f: &mut Reader<'_>| -> Result<Option<String>, String> {
+        let t = f.text(MAX_NAME, what).map_err(wire)?;
+        Ok((!t.is_empty()).then(|| t.to_owned()))
+    };
+    let user = text(&mut f)?;
+    let hostname = text(&mut f)?;
+    if !f.string(usize::MAX, what).map_err(wire)?.is_empty() {
         return Err(format!("{what}: unsupported extensions"));
     }
     let mut keys = Vec::new();
-    while !f.done() {
+    while !f.is_empty() {
         if keys.len() >= MAX_HOP_KEYS {
             return Err(format!("{what}: more than {MAX_HOP_KEYS} keys"));
         }
-        let mut blob = f.string(MAX_KEY_BLOB, what)?;
-        let key = KeyData::decode(&mut blob).map_err(|e| format!("{what}: bad key: {e}"))?;
-        if !blob.is_empty() {
-            return Err(format!("{what}: trailing bytes after a key"));
-        }
-        let is_ca = f.byte(what)? != 0;
+        let blob = f.string(MAX_KEY_BLOB, what).map_err(wire)?;
+        let key = decode_key(blob).map_err(|e| format!("{what}: bad key: {e}"))?;
+        let is_ca = f.u8(what).map_err(wire)? != 0;
         keys.push((key, is_ca));
     }
     Ok(Hop {
@@ -155,9 +123,20 @@ fn hop(bytes: &[u8], what: &str) -> Result<Hop, String> {
     })
 }
 
-/// OpenSSH's `match_key_hop`: a plain host key listed (not as a CA) in `hop`.
-fn key_matches(key: &KeyData, hop: &Hop) -> bool {
-    hop.keys.iter().any(|(k, is_ca)| !is_ca && k == key)
+/// OpenSSH's `match_key_hop`: the bound host's plain key listed (not as a CA) in `hop`, or its
+/// certificate signed by a CA listed in `hop` and valid now for the hop's host name.
+fn key_matches(host: &Binding, hop: &Hop) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    hop.keys.iter().any(|(k, is_ca)| match &host.host_cert {
+        None => !is_ca && *k == host.host_key,
+        Some(cert) => {
+            *is_ca
+                && k == cert.signature_key()
+                && cert.check_host(hop.hostname.as_deref(), now).is_ok()
+        }
+    })
 }
 
 /// OpenSSH's `match_pattern`: `*` any run, `?` any one character.
@@ -180,8 +159,8 @@ pub fn glob(text: &str, pattern: &str) -> bool {
 /// for `user` when given.
 fn permitted_hop(
     constraints: &[Constraint],
-    from: Option<&KeyData>,
-    to: Option<&KeyData>,
+    from: Option<&Binding>,
+    to: Option<&Binding>,
     user: Option<&str>,
 ) -> bool {
     constraints.iter().any(|c| {
@@ -212,20 +191,17 @@ pub fn permitted(constraints: &[Constraint], bindings: &Bindings, user: Option<&
     let Some(last) = hops.last() else {
         return true;
     };
-    let mut from: Option<&KeyData> = None;
+    let mut from: Option<&Binding> = None;
     for (i, b) in hops.iter().enumerate() {
         let test_user = if i + 1 == hops.len() { user } else { None };
-        if !permitted_hop(constraints, from, Some(&b.host_key), test_user) {
+        if !permitted_hop(constraints, from, Some(b), test_user) {
             return false;
         }
-        from = Some(&b.host_key);
+        from = Some(b);
     }
     // A listing on a connection forwarded onwards from the last host shows the key only if it
     // may be used beyond that host, not just to log in to it.
-    if last.forwarding
-        && user.is_none()
-        && !permitted_hop(constraints, Some(&last.host_key), None, None)
-    {
+    if last.forwarding && user.is_none() && !permitted_hop(constraints, Some(last), None, None) {
         return false;
     }
     true
@@ -244,15 +220,21 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn hop_bytes(user: &str, host: &str, keys: &[&KeyData]) -> Vec<u8> {
+        let keys: Vec<_> = keys.iter().map(|k| (*k, false)).collect();
+        hop_bytes_ca(user, host, &keys)
+    }
+
+    /// A hop whose keys may be CA keys (`@cert-authority`).
+    pub(crate) fn hop_bytes_ca(user: &str, host: &str, keys: &[(&KeyData, bool)]) -> Vec<u8> {
         let mut h = Vec::new();
         put_string(&mut h, user.as_bytes());
         put_string(&mut h, host.as_bytes());
         put_string(&mut h, b"");
-        for k in keys {
+        for (k, is_ca) in keys {
             let mut blob = Vec::new();
             k.encode(&mut blob).unwrap();
             put_string(&mut h, &blob);
-            h.push(0);
+            h.push(u8::from(*is_ca));
         }
         h
     }
@@ -390,6 +372,102 @@ pub(crate) mod tests {
         let mut poisoned = Bindings::default();
         let _ = poisoned.bind(Err("bad".into()));
         assert!(!permitted(&c, &poisoned, None));
+    }
+
+    #[test]
+    fn a_host_certificate_matches_a_listed_ca_for_its_own_name() {
+        use crate::ssh::bind::tests::signed_cert_bind;
+        use crate::ssh::credential::tests::cert_blob;
+        use ssh_key::certificate::CertType;
+        let (ca, other_ca, d, plain) = (key(), key(), key(), key());
+        let ca_key = ca.public_key().key_data();
+        // `ssh-add -h host_d -H known_hosts`, where known_hosts has
+        // `@cert-authority host_* <ca>`: the hop lists the CA key as a CA.
+        let to = |name: &str, keys: &[(&KeyData, bool)]| {
+            decode(&constraint_bytes(
+                &hop_bytes("", "", &[]),
+                &hop_bytes_ca("", name, keys),
+            ))
+            .unwrap()
+        };
+        let bound_to = |cert: &[u8]| {
+            let mut b = Bindings::default();
+            b.bind(Ok(signed_cert_bind(&d, cert, &[1; 32], false)))
+                .unwrap();
+            b
+        };
+        let cert = cert_blob(
+            &ca,
+            d.public_key().key_data(),
+            CertType::Host,
+            &["host_d"],
+            u64::MAX,
+        );
+        let via_cert = bound_to(&cert);
+        assert!(permitted(
+            &to("host_d", &[(ca_key, true)]),
+            &via_cert,
+            Some("u")
+        ));
+        // OpenSSH's "agent restriction honours certificate principal": the constraint names
+        // host_e, the certificate host_d.
+        assert!(!permitted(
+            &to("host_e", &[(ca_key, true)]),
+            &via_cert,
+            Some("u")
+        ));
+        // Another CA, or the CA key listed as a plain key, does not match.
+        assert!(!permitted(
+            &to("host_d", &[(other_ca.public_key().key_data(), true)]),
+            &via_cert,
+            None
+        ));
+        assert!(!permitted(
+            &to("host_d", &[(ca_key, false)]),
+            &via_cert,
+            None
+        ));
+        // The certified key listed as a plain key does not match a certificate either.
+        assert!(!permitted(
+            &to("host_d", &[(d.public_key().key_data(), false)]),
+            &via_cert,
+            None
+        ));
+        // An expired certificate, a user certificate: no.
+        let expired = cert_blob(
+            &ca,
+            d.public_key().key_data(),
+            CertType::Host,
+            &["host_d"],
+            1,
+        );
+        assert!(!permitted(
+            &to("host_d", &[(ca_key, true)]),
+            &bound_to(&expired),
+            None
+        ));
+        let user = cert_blob(
+            &ca,
+            d.public_key().key_data(),
+            CertType::User,
+            &["host_d"],
+            u64::MAX,
+        );
+        assert!(!permitted(
+            &to("host_d", &[(ca_key, true)]),
+            &bound_to(&user),
+            None
+        ));
+        // A plain host key never matches a CA entry.
+        let mut plain_bound = Bindings::default();
+        plain_bound
+            .bind(Ok(signed_bind(&plain, &[1; 32], false)))
+            .unwrap();
+        assert!(!permitted(
+            &to("host_d", &[(plain.public_key().key_data(), true)]),
+            &plain_bound,
+            None
+        ));
     }
 
     #[test]

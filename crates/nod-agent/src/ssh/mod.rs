@@ -1,22 +1,24 @@
 //! The SSH agent service (docs/design.md §2), first part: an in-memory agent on
 //! `$XDG_RUNTIME_DIR/nod/ssh-agent.sock`, speaking the agent protocol (OpenSSH
-//! `PROTOCOL.agent`) through ssh-agent-lib 0.6's message types.
+//! `PROTOCOL.agent`, [`message`]).
 //!
-//! Supported: list, sign (Ed25519, ECDSA P-256/P-384, RSA ≥ 2048 with `rsa-sha2-256/512`),
-//! add (keys and OpenSSH certificates, with the lifetime, confirm and destination constraints,
-//! [`destination`]), remove, remove all, lock/unlock, the `query` and
-//! `session-bind@openssh.com` extensions. Keys added with confirm (`ssh-add -c`) ask the
-//! agent's approver before every signature; other keys sign without asking, as with OpenSSH's
-//! agent. A certificate is an identity of its own next to its plain key, as in OpenSSH, and
-//! leaves the agent when it expires. Everything else (other extensions and constraints,
-//! smartcards) gets FAILURE and a "not supported yet" log line.
+//! Supported: list, sign (Ed25519, ECDSA P-256/P-384/P-521, RSA ≥ 2048 with `rsa-sha2-256/512`
+//! and, when asked, `ssh-rsa`), add (keys and OpenSSH certificates, valid forever included,
+//! with the lifetime, confirm and destination constraints, [`destination`]), remove, remove
+//! all, lock/unlock, the `query` and `session-bind@openssh.com` extensions (host
+//! certificates included). Keys added with confirm (`ssh-add -c`) ask the agent's approver
+//! before every signature; other keys sign without asking, as with OpenSSH's agent. A
+//! certificate is an identity of its own next to its plain key, as in OpenSSH. Everything else
+//! (other extensions and constraints, smartcards, security keys, DSA) gets FAILURE and a log
+//! line saying why.
 //!
 //! # Threat model
 //!
-//! The socket is 0600 in a 0700 directory, so only the user (and root) can connect. Every
-//! client is still treated as hostile input: frames are capped at 256 KiB before anything is
-//! buffered ([`codec`]), a bad message gets FAILURE and never ends service to other clients,
-//! and a peer learns only FAILURE, never why (the log gets the detail). Keys live only in
+//! The socket is 0600 in a 0700 directory, and every connection's peer must be the agent's
+//! user or root ([`peer`]), as OpenSSH's agent checks. Every client is still treated as hostile
+//! input: frames are capped at 256 KiB before anything is buffered ([`codec`]), a bad message
+//! gets FAILURE and never ends service to other clients, and a peer learns only FAILURE, never
+//! why (the log gets the detail). Keys live only in
 //! memory, as `ssh_key::PrivateKey` (zeroized on drop); they are gone when the agent stops.
 //! The caller shown in a confirm prompt comes from the kernel (`SO_PEERCRED`), not from the
 //! message; its exe is read from `/proc` when the connection is accepted, so a caller that
@@ -26,13 +28,17 @@ pub mod bind;
 pub mod cert;
 pub mod client_argv;
 pub mod codec;
+pub mod credential;
 pub mod destination;
 pub mod known_hosts;
 pub mod lock;
+pub mod message;
+pub mod peer;
 pub mod policy;
 pub mod purpose;
 pub mod sign;
 pub mod stored;
+pub mod wire;
 
 use std::fs;
 use std::path::PathBuf;
@@ -41,18 +47,10 @@ use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde::Serialize;
-
-use ssh_agent_lib::agent::Session;
-use ssh_agent_lib::error::AgentError;
-use ssh_agent_lib::proto::extension::SessionBind;
-use ssh_agent_lib::proto::{
-    AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, EcdsaPrivateKey, Extension,
-    Identity, KeyConstraint, PrivateCredential, PrivateKeyData, PublicCredential, RemoveIdentity,
-    Request, Response, SignRequest, SmartcardKey,
-};
+use ssh_agent_lib::proto::{EcdsaPrivateKey, PrivateKeyData};
 use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
 use ssh_key::public::{EcdsaPublicKey, KeyData};
-use ssh_key::{Certificate, HashAlg, PrivateKey, Signature};
+use ssh_key::{HashAlg, PrivateKey};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
@@ -69,7 +67,12 @@ use crate::log::event;
 use crate::socket::{Capped, Conn};
 use bind::{BindError, Bindings};
 use codec::{CappedCodec, CodecError, Frame};
+use credential::{OpensshCert, PublicCredential};
 use lock::LockHash;
+use message::{
+    Extension, Identity, KeyConstraint, PrivateCredential, Request, Response, SignRequest,
+};
+use sign::Signed;
 
 /// How long a confirm prompt may stay open before it counts as failed.
 pub const PROMPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,7 +94,7 @@ pub enum SshError {
     Unsupported(String),
     #[error("RSA key of {0} bits refused: at least 2048 bits are required")]
     RsaTooSmall(usize),
-    #[error("ssh-rsa (SHA-1) signature refused: the client must ask for rsa-sha2-256 or -512")]
+    #[error("ssh-rsa (SHA-1) signature refused by agent.toml's [ssh] refuse_rsa_sha1")]
     RsaSha1,
     #[error("invalid key: bad {0}")]
     BadKey(&'static str),
@@ -114,7 +117,8 @@ pub enum SshError {
 }
 
 impl SshError {
-    /// What the peer gets: always a bare FAILURE (ssh prints "agent refused operation").
+    /// What the peer gets: always a bare FAILURE (ssh prints "agent refused operation"); a
+    /// failed `session-bind` gets EXTENSION_FAILURE where it is answered, as from OpenSSH.
     pub fn response(&self) -> Response {
         match self {
             Self::Locked
@@ -231,7 +235,7 @@ struct HeldKey {
     key: Arc<PrivateKey>,
     /// Set when added as a certificate (`ssh-add` of a key with its `-cert.pub`): a separate
     /// identity from the plain key, with its own constraints, as in OpenSSH.
-    cert: Option<Box<Certificate>>,
+    cert: Option<Box<OpensshCert>>,
     comment: String,
     expires: Option<Instant>,
     confirm: bool,
@@ -342,10 +346,41 @@ impl SshAgentService {
         self
     }
 
+    /// `agent.toml`'s `[ssh]` settings.
+    pub fn with_settings(mut self, settings: &crate::config::SshConfig) -> Self {
+        self.signers.refuse_rsa_sha1(settings.refuse_rsa_sha1);
+        self
+    }
+
+    /// SIGUSR1, as OpenSSH 10's agent: every key and certificate added through the socket is
+    /// dropped, and so are the session certificates and every remembered approval, so the
+    /// next use of any key needs the person again. The keystore's persistent keys stay
+    /// offered (they are read from the sealed keystore, under their own policy), and a lock
+    /// stays as it is.
+    pub fn drop_added_keys(&self) {
+        let dropped = {
+            let mut ring = lock(&self.keyring);
+            let n = ring.keys.len();
+            ring.keys.clear();
+            n
+        };
+        self.stored.sessions.clear();
+        self.stored.approvals.revoke_all();
+        self.signers.purge();
+        event!(
+            "ssh agent: SIGUSR1: removed all {dropped} added keys and certificates, the session \
+             certificates and remembered approvals; persistent keys stay"
+        );
+    }
+
     /// Accepts connections forever, one task each.
     pub async fn serve(self: Arc<Self>, listener: Capped) {
         loop {
             let (stream, conn) = listener.accept().await;
+            if let Err(e) = peer::check(&stream) {
+                event!("ssh agent: connection closed: {e}");
+                continue;
+            }
             let session = SshSession {
                 caller: Caller::of(&stream),
                 service: Arc::clone(&self),
@@ -415,32 +450,33 @@ impl SshAgentService {
                     expires = Some(Instant::now() + Duration::from_secs(u64::from(*secs)));
                 }
                 KeyConstraint::Confirm => confirm = true,
-                KeyConstraint::Extension(ext) if ext.name == destination::NAME => {
+                KeyConstraint::Destinations(details) => {
                     if destinations.is_some() {
-                        return Err(SshError::BadConstraint(format!("{} given twice", ext.name)));
+                        return Err(SshError::BadConstraint(format!(
+                            "{} given twice",
+                            destination::NAME
+                        )));
                     }
-                    destinations = Some(
-                        destination::decode(ext.details.as_ref())
-                            .map_err(SshError::BadConstraint)?,
-                    );
+                    destinations =
+                        Some(destination::decode(details).map_err(SshError::BadConstraint)?);
                 }
-                KeyConstraint::Extension(ext) => {
+                KeyConstraint::SkProvider(provider) => {
                     return Err(SshError::Unsupported(format!(
-                        "key constraint {:?}",
-                        ext.name
+                        "security-key provider {provider:?}: nod loads no FIDO provider \
+                         libraries, so sk-* keys cannot be used"
                     )));
+                }
+                KeyConstraint::AssociatedCerts => {
+                    return Err(SshError::Unsupported(
+                        "associated certificates (smartcard keys)".into(),
+                    ));
                 }
             }
         }
         sign::check_key(&keypair)?;
-        if let Some(cert) = &cert {
-            // A certificate is useless once it has expired: it leaves with its validity.
-            let ends = until_unix(cert.valid_before());
-            if ends.is_some_and(|end| end <= Instant::now()) {
-                return Err(SshError::BadKey("certificate has expired"));
-            }
-            expires = [expires, ends].into_iter().flatten().min();
-        }
+        // A certificate's validity is not enforced here: as with OpenSSH's agent, ssh-add
+        // sends a lifetime that ends with the certificate unless asked not to (`ssh-add -N`),
+        // and servers check validity themselves.
         let key = PrivateKey::new(keypair, comment.clone()).map_err(|_| SshError::BadKey("key"))?;
         let key = Arc::new(key);
         // The private half must be the one the certificate (or key) names.
@@ -586,7 +622,7 @@ impl SshAgentService {
         caller: &Caller,
         bindings: &Bindings,
         gone: impl std::future::Future<Output = ()>,
-    ) -> Result<Signature, SshError> {
+    ) -> Result<Signed, SshError> {
         let result = self.sign_checked(request, caller, bindings, gone).await;
         if let Err(e) = &result
             && let Some(reason) = e.refusal_reason()
@@ -611,7 +647,7 @@ impl SshAgentService {
         caller: &Caller,
         bindings: &Bindings,
         gone: impl std::future::Future<Output = ()>,
-    ) -> Result<Signature, SshError> {
+    ) -> Result<Signed, SshError> {
         let public = match &request.credential {
             PublicCredential::Key(public) => public,
             PublicCredential::Cert(cert) => cert.public_key(),
@@ -811,10 +847,7 @@ fn check_login_binding(purpose: &purpose::Purpose, bindings: &Bindings) -> Resul
 /// A host-bound login request (`publickey-hostbound-v00@openssh.com`) must name the host key
 /// of the last verified bind, or it could be replayed to another server.
 fn check_hostbound(blob: &[u8], last: &bind::Binding) -> Result<(), SshError> {
-    let bound = ssh_key::PublicKey::from(last.host_key.clone())
-        .to_bytes()
-        .map_err(|_| SshError::BadKey("host key"))?;
-    if blob == bound.as_slice() {
+    if blob == last.host_blob() {
         Ok(())
     } else {
         Err(SshError::SessionMismatch)
@@ -825,18 +858,14 @@ fn check_hostbound(blob: &[u8], last: &bind::Binding) -> Result<(), SshError> {
 pub const SUPPORTED_EXTENSIONS: &[&str] = &["query", "session-bind@openssh.com", cert::EXTENSION];
 
 /// The reply to `query` (draft-miller-ssh-agent §3.8.1): SSH_AGENT_EXTENSION_RESPONSE,
-/// "query", then each supported name as a string. (ssh-agent-lib 0.6's `QueryResponse` adds a
-/// byte-count prefix before the names, which other implementations do not expect.)
-fn query_response() -> Extension {
-    let mut names = Vec::new();
+/// "query", then each supported name as a string, as OpenSSH's agent sends it.
+fn query_response() -> Response {
+    let mut details = Vec::new();
+    wire::put_string(&mut details, b"query");
     for name in SUPPORTED_EXTENSIONS {
-        names.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_be_bytes());
-        names.extend_from_slice(name.as_bytes());
+        wire::put_string(&mut details, name.as_bytes());
     }
-    Extension {
-        name: "query".to_owned(),
-        details: names.into(),
-    }
+    Response::ExtensionResponse(details)
 }
 
 /// One client connection.
@@ -852,7 +881,7 @@ impl SshSession {
     /// handled gets FAILURE and the connection stays open.
     async fn run(mut self, mut stream: UnixStream, mut conn: Conn) {
         let limits = self.service.limits;
-        let mut codec = CappedCodec::default();
+        let mut codec = CappedCodec;
         // Grows with what arrives, never with what a length prefix announces, and is let go
         // between messages, so idle connections hold no buffer.
         let mut buf = BytesMut::new();
@@ -927,68 +956,51 @@ impl SshSession {
             }
             conn.held.set(buf.len());
             let response = match frame {
-                // Signing may ask the person: the prompt watches this connection, so a client
-                // that hangs up (an interrupted `ssh`) withdraws it.
-                Frame::Request(request) if matches!(*request, Request::SignRequest(_)) => {
-                    let Request::SignRequest(request) = *request else {
-                        unreachable!()
-                    };
-                    let gone = crate::socket::hung_up(&stream);
-                    match self
-                        .service
-                        .sign(&request, &self.caller, &self.bindings, gone)
-                        .await
-                    {
-                        Ok(signature) => Response::SignResponse(signature),
-                        Err(e) => {
-                            event!("ssh agent: {e}");
-                            Response::Failure
-                        }
-                    }
-                }
                 // Keys are added from the message where it lies, which is then dropped (its key
                 // zeroizing in place) and the stack that decoded it wiped: no copy of the key
                 // is left behind in memory the agent no longer uses.
-                Frame::Request(request)
-                    if matches!(
-                        *request,
-                        Request::AddIdentity(_) | Request::AddIdConstrained(_)
-                    ) =>
-                {
+                Frame::Request(request) if matches!(*request, Request::Add { .. }) => {
                     let added = match &*request {
-                        Request::AddIdentity(add) => self.service.add(&add.credential, &[]),
-                        Request::AddIdConstrained(add) => {
-                            self.service.add(&add.identity.credential, &add.constraints)
-                        }
+                        Request::Add {
+                            credential,
+                            constraints,
+                        } => self.service.add(credential, constraints),
                         _ => unreachable!(),
                     };
                     drop(request);
                     scrub_stack();
                     match added {
                         Ok(()) => Response::Success,
-                        Err(e) => {
-                            event!("ssh agent: {e}");
-                            Response::Failure
-                        }
+                        Err(e) => refuse(e),
                     }
                 }
-                Frame::Request(request) => match self.handle(*request).await {
-                    Ok(response) => response,
-                    // Already logged, with the reason, by `refuse`.
-                    Err(AgentError::Failure) => Response::Failure,
-                    Err(e) => {
-                        event!(
-                            "ssh agent: request from {} failed: {e}",
-                            self.caller.describe()
-                        );
-                        Response::Failure
+                Frame::Request(request) => match *request {
+                    // Signing may ask the person: the prompt watches this connection, so a
+                    // client that hangs up (an interrupted `ssh`) withdraws it.
+                    Request::Sign(request) => {
+                        let gone = crate::socket::hung_up(&stream);
+                        match self
+                            .service
+                            .sign(&request, &self.caller, &self.bindings, gone)
+                            .await
+                        {
+                            Ok(signature) => Response::Signature(signature),
+                            Err(e) => refuse(e),
+                        }
                     }
+                    request => self.handle(request).await,
                 },
                 Frame::Invalid(why) => {
-                    event!(
-                        "ssh agent: invalid message from {}: {why:?}",
-                        self.caller.describe()
-                    );
+                    if why.is_unknown_type() {
+                        // As OpenSSH's agent: protocol 1 and other unknown messages get
+                        // FAILURE.
+                        event!("ssh agent: {why} from {}", self.caller.describe());
+                    } else {
+                        event!(
+                            "ssh agent: invalid message from {}: {why}",
+                            self.caller.describe()
+                        );
+                    }
                     Response::Failure
                 }
             };
@@ -1007,6 +1019,99 @@ impl SshSession {
             }
         }
     }
+
+    /// Answers one request. Refusals are logged with their reason; the peer gets FAILURE.
+    async fn handle(&mut self, request: Request) -> Response {
+        let done = |r: Result<(), SshError>| match r {
+            Ok(()) => Response::Success,
+            Err(e) => refuse(e),
+        };
+        match request {
+            Request::RequestIdentities => {
+                Response::Identities(self.service.identities(&self.bindings))
+            }
+            // `run` serves sign requests itself, with the connection to watch; this path has
+            // none.
+            Request::Sign(request) => match self
+                .service
+                .sign(
+                    &request,
+                    &self.caller,
+                    &self.bindings,
+                    std::future::pending(),
+                )
+                .await
+            {
+                Ok(signature) => Response::Signature(signature),
+                Err(e) => refuse(e),
+            },
+            Request::Add {
+                credential,
+                constraints,
+            } => done(self.service.add(&credential, &constraints)),
+            Request::Remove(credential) => done(self.service.remove(&credential)),
+            Request::RemoveAll => done(self.service.remove_all()),
+            Request::AddSmartcard { provider } => refuse(SshError::Unsupported(format!(
+                "PKCS#11 provider {provider:?}: nod loads no provider libraries, so smartcard \
+                 keys cannot be added"
+            ))),
+            Request::RemoveSmartcard { provider } => refuse(SshError::Unsupported(format!(
+                "removing PKCS#11 provider {provider:?}: nod loads no provider libraries"
+            ))),
+            Request::Lock(passphrase) => done(self.service.lock_agent(passphrase).await),
+            Request::Unlock(passphrase) => done(self.service.unlock_agent(passphrase).await),
+            Request::Extension(extension) => self.extension(extension).await,
+        }
+    }
+
+    async fn extension(&mut self, extension: Extension) -> Response {
+        // As OpenSSH: a locked agent still records session binds (new channels need them),
+        // and refuses every other extension.
+        let locked = self.service.keyring().lock.is_some();
+        match extension.name.as_str() {
+            "session-bind@openssh.com" => {
+                let message = bind::SessionBind::decode(&extension.details);
+                if let Err(e) = self.bindings.bind(message) {
+                    event!("ssh agent: {}", SshError::Bind(e));
+                    return Response::ExtensionFailure;
+                }
+                if let Some(b) = self.bindings.last() {
+                    event!(
+                        "ssh agent: connection from {} bound to host {} {}{}",
+                        self.caller.describe(),
+                        if b.host_cert.is_some() {
+                            "certificate for"
+                        } else {
+                            "key"
+                        },
+                        b.host_fingerprint(),
+                        if b.forwarding { " (forwarding)" } else { "" }
+                    );
+                }
+                Response::Success
+            }
+            _ if locked => refuse(SshError::Locked),
+            "query" => query_response(),
+            cert::EXTENSION => {
+                let (pid, exe) = (self.caller.pid, self.caller.exe.clone());
+                match self
+                    .service
+                    .session_cert(&extension.details, pid, exe)
+                    .await
+                {
+                    Ok(()) => Response::Success,
+                    Err(e) => refuse(e),
+                }
+            }
+            name => refuse(SshError::Unsupported(format!("extension {name:?}"))),
+        }
+    }
+}
+
+/// Logs why and answers the peer's bare FAILURE.
+fn refuse(e: SshError) -> Response {
+    event!("ssh agent: {e}");
+    e.response()
 }
 
 /// Overwrites the stack below the caller, where the frames that decoded and copied a key just
@@ -1032,119 +1137,9 @@ fn read_some(stream: &UnixStream, buf: &mut BytesMut) -> std::io::Result<Option<
     }
 }
 
-/// Logs why and turns it into the library's bare failure.
-fn refuse(e: SshError) -> AgentError {
-    event!("ssh agent: {e}");
-    AgentError::Failure
-}
-
-#[ssh_agent_lib::async_trait]
-impl Session for SshSession {
-    async fn request_identities(&mut self) -> Result<Vec<Identity>, AgentError> {
-        Ok(self.service.identities(&self.bindings))
-    }
-
-    async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
-        // `run` serves sign requests itself, with the connection to watch; this path has none.
-        self.service
-            .sign(
-                &request,
-                &self.caller,
-                &self.bindings,
-                std::future::pending(),
-            )
-            .await
-            .map_err(refuse)
-    }
-
-    async fn add_identity(&mut self, identity: AddIdentity) -> Result<(), AgentError> {
-        self.service.add(&identity.credential, &[]).map_err(refuse)
-    }
-
-    async fn add_identity_constrained(
-        &mut self,
-        identity: AddIdentityConstrained,
-    ) -> Result<(), AgentError> {
-        self.service
-            .add(&identity.identity.credential, &identity.constraints)
-            .map_err(refuse)
-    }
-
-    async fn remove_identity(&mut self, identity: RemoveIdentity) -> Result<(), AgentError> {
-        self.service.remove(&identity.credential).map_err(refuse)
-    }
-
-    async fn remove_all_identities(&mut self) -> Result<(), AgentError> {
-        self.service.remove_all().map_err(refuse)
-    }
-
-    async fn add_smartcard_key(&mut self, _key: SmartcardKey) -> Result<(), AgentError> {
-        Err(refuse(SshError::Unsupported("smartcard keys".into())))
-    }
-
-    async fn add_smartcard_key_constrained(
-        &mut self,
-        _key: AddSmartcardKeyConstrained,
-    ) -> Result<(), AgentError> {
-        Err(refuse(SshError::Unsupported("smartcard keys".into())))
-    }
-
-    async fn remove_smartcard_key(&mut self, _key: SmartcardKey) -> Result<(), AgentError> {
-        Err(refuse(SshError::Unsupported("smartcard keys".into())))
-    }
-
-    async fn lock(&mut self, key: String) -> Result<(), AgentError> {
-        self.service
-            .lock_agent(Zeroizing::new(key))
-            .await
-            .map_err(refuse)
-    }
-
-    async fn unlock(&mut self, key: String) -> Result<(), AgentError> {
-        self.service
-            .unlock_agent(Zeroizing::new(key))
-            .await
-            .map_err(refuse)
-    }
-
-    async fn extension(&mut self, extension: Extension) -> Result<Option<Extension>, AgentError> {
-        if extension.name == cert::EXTENSION {
-            let (pid, exe) = (self.caller.pid, self.caller.exe.clone());
-            return self
-                .service
-                .session_cert(extension.details.as_ref(), pid, exe)
-                .await
-                .map(|()| None)
-                .map_err(refuse);
-        }
-        match extension.name.as_str() {
-            "query" => Ok(Some(query_response())),
-            "session-bind@openssh.com" => {
-                let message = extension
-                    .parse_message::<SessionBind>()
-                    .map_err(|e| e.to_string())
-                    .and_then(|m| m.ok_or_else(|| "wrong name".to_owned()));
-                self.bindings
-                    .bind(message)
-                    .map_err(|e| refuse(SshError::Bind(e)))?;
-                if let Some(b) = self.bindings.last() {
-                    event!(
-                        "ssh agent: connection from {} bound to host key {}{}",
-                        self.caller.describe(),
-                        b.host_fingerprint(),
-                        if b.forwarding { " (forwarding)" } else { "" }
-                    );
-                }
-                Ok(None)
-            }
-            name => Err(refuse(SshError::Unsupported(format!("extension {name:?}")))),
-        }
-    }
-}
-
 /// The key pair of a certificate identity: the certificate's public key with the private half
 /// the client sent. Whether the halves belong together is checked when the key is prepared.
-fn cert_keypair(cert: &Certificate, private: PrivateKeyData) -> Result<KeypairData, SshError> {
+fn cert_keypair(cert: &OpensshCert, private: PrivateKeyData) -> Result<KeypairData, SshError> {
     let mismatch = || SshError::BadKey("certificate and private key of different types");
     Ok(match (cert.public_key(), private) {
         (KeyData::Ed25519(public), PrivateKeyData::Ed25519(pair)) => {
@@ -1167,29 +1162,24 @@ fn cert_keypair(cert: &Certificate, private: PrivateKeyData) -> Result<KeypairDa
             public: *public,
             private,
         }),
+        (
+            KeyData::Ecdsa(EcdsaPublicKey::NistP521(public)),
+            PrivateKeyData::Ecdsa(EcdsaPrivateKey::NistP521(private)),
+        ) => KeypairData::Ecdsa(EcdsaKeypair::NistP521 {
+            public: *public,
+            private,
+        }),
         (KeyData::Rsa(public), PrivateKeyData::Rsa(private)) => KeypairData::Rsa(RsaKeypair {
             public: public.clone(),
             private,
         }),
-        (_, PrivateKeyData::Dsa(_)) => return Err(SshError::Unsupported("DSA keys".into())),
-        (KeyData::Ecdsa(EcdsaPublicKey::NistP521(_)), _) => {
-            return Err(SshError::Unsupported("ECDSA P-521 keys".into()));
+        (_, PrivateKeyData::Dsa(_)) => {
+            return Err(SshError::Unsupported(
+                "DSA keys (OpenSSH 10 removed DSA; use an Ed25519 key)".into(),
+            ));
         }
         _ => return Err(mismatch()),
     })
-}
-
-/// The instant a Unix time (seconds) comes, or `None` for OpenSSH's "forever" and times too
-/// far off to matter.
-fn until_unix(at: u64) -> Option<Instant> {
-    const FOREVER: u64 = u64::MAX;
-    if at == FOREVER {
-        return None;
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Instant::now().checked_add(Duration::from_secs(at.saturating_sub(now)))
 }
 
 #[cfg(test)]
@@ -1290,6 +1280,7 @@ mod tests {
         builder.cert_type(CertType::User).unwrap();
         builder.valid_principal("me").unwrap();
         let cert = builder.sign(&ca).unwrap();
+        let cert = OpensshCert::decode(&cert.to_bytes().unwrap()).unwrap();
         let private = |k: &PrivateKey| match k.key_data() {
             KeypairData::Ed25519(pair) => PrivateKeyData::Ed25519(pair.clone()),
             _ => unreachable!(),
@@ -1318,18 +1309,5 @@ mod tests {
             cert_keypair(&cert, wrong_type),
             Err(SshError::BadKey(_))
         ));
-    }
-
-    #[test]
-    fn certificate_validity_becomes_a_lifetime() {
-        assert_eq!(until_unix(u64::MAX), None);
-        assert!(until_unix(0).unwrap() <= Instant::now());
-        let in_an_hour = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 3600;
-        let left = until_unix(in_an_hour).unwrap() - Instant::now();
-        assert!(left > Duration::from_secs(3590) && left <= Duration::from_secs(3600));
     }
 }

@@ -10,12 +10,13 @@
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
-use ssh_agent_lib::proto::{Identity, PublicCredential};
 use ssh_key::PrivateKey;
 use ssh_key::public::KeyData;
 use tokio::time::Instant;
 
 use super::cert::SessionCerts;
+use super::credential::PublicCredential;
+use super::message::Identity;
 use super::policy::{Approvals, CallerScope, GrantScope, Policy};
 use super::{SshAgentService, SshError};
 use crate::keystore::{Keystore, SSH_KEYS_FILE};

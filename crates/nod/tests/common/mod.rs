@@ -199,3 +199,17 @@ impl Drop for Agent {
         let _ = self.0.wait();
     }
 }
+
+/// True when the test runs as root; otherwise skips with a notice, or fails under `CI=true`
+/// (CI runs as root, so a test that needs it must never pass there without running).
+pub fn is_root_or_skip(why: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this test needs root to {why} (CI=true: refusing to skip)"
+    );
+    eprintln!("skipped: needs root to {why}");
+    false
+}
