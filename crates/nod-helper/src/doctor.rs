@@ -144,13 +144,13 @@ pub fn checks(args: &DoctorArgs) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut problems = Vec::new();
     let config = Config::load(&args.config, &mut problems);
+    problems.extend(config.as_ref().and_then(own_key_pinned));
     if problems.is_empty() {
         checks.push(Check::ok(format!(
             "config {} and its keys are root-owned, safe and valid",
             args.config.display()
         )));
     }
-    problems.extend(config.as_ref().and_then(own_key_pinned));
     for p in &problems {
         checks.push(Check::from_error("config", p));
     }
@@ -238,12 +238,11 @@ const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// A socket of the right owner and type can still be dead: what is behind it decides.
 fn liveness_check(socket: &Path, user: &PamUser) -> Check {
-    let reconnect = "log in again from the workstation with the RemoteForward block (`ssh \
-                     <this host>`) and keep that session open; sshd replaces the stale file \
-                     when StreamLocalBindUnlink is yes (checked below). A later `ssh` to this \
-                     host that forwards the same path takes it over and leaves it stale when it \
-                     exits: give such sessions `-o ClearAllForwardings=yes` (`nod pair` and \
-                     `nod doctor --host` do)";
+    let reconnect = "log in again with the RemoteForward block (`ssh <this host>`) and keep \
+                     that session open (sshd replaces the stale file if StreamLocalBindUnlink \
+                     is yes, checked below); a second ssh that forwards the same path takes it \
+                     over and leaves it stale on exit, so run such sessions with `-o \
+                     ClearAllForwardings=yes`";
     match probe(socket, user, PROBE_WAIT) {
         Ok(Liveness::Live) => Check::ok(format!(
             "forwarded socket {} is owned by {} and an open `ssh -R` session serves it",
@@ -503,7 +502,9 @@ fn pam_checks(pam_dir: &Path, service: &str, config: &Path) -> Vec<Check> {
     let at = format!("PAM service {}, line {}", path.display(), line.number);
     let mut checks = Vec::new();
     if same_control(&line.control, RECOMMENDED_CONTROL) {
-        checks.push(Check::ok(format!("{at}: {}", line.text)));
+        checks.push(Check::ok(format!(
+            "{at}: pam_nod.so with the recommended control"
+        )));
     } else {
         checks.push(Check::fail(
             format!("{at}: unexpected pam_nod.so control: {}", line.text),
@@ -529,7 +530,7 @@ fn pam_args_checks(at: &str, line: &PamLine, checked_config: &Path) -> Vec<Check
                 format!(
                     "{at}: {what}, so pam_nod.so refuses every authentication (sudo is locked)"
                 ),
-                format!("{fix} (valid: conf=PATH helper=PATH timeout_ms=N debug)"),
+                fix,
             )];
         }
     };

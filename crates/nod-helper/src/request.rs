@@ -116,8 +116,18 @@ fn unverified_signer(config: &Config, claimed: String) -> HelperError {
     } else {
         HelperError::UnpinnedAgentKey {
             claimed,
-            pinned: config.agent_keys.iter().map(PinnedKey::describe).collect(),
+            pinned: config.agent_keys.iter().map(describe_pin).collect(),
         }
+    }
+}
+
+/// A pinned key for a message: its fingerprint, and the key id it pins unless that is the
+/// fingerprint again (as `nod agent-key` files pin).
+fn describe_pin(pin: &PinnedKey) -> String {
+    let fingerprint = KeyId::fingerprint(&pin.key);
+    match &pin.key_id {
+        Some(id) if *id == fingerprint => fingerprint.to_string(),
+        _ => pin.describe(),
     }
 }
 
