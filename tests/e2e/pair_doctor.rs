@@ -143,37 +143,18 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
         "the pinned key was rewritten"
     );
 
-    // `nod doctor --host` over the paired connection: skew, and the host side through sudo
-    // with the forward of the written block up.
-    let out = run(agent
-        .nod(["doctor", "--host", "pairhost", "--ssh-config"])
-        .arg(&ssh_config)
-        .arg("--host-config")
-        .arg(&host.config)
-        .arg("--remote-helper")
-        .arg(&host.helper)
-        .stdin(Stdio::null()));
-    let report = stdout(&out);
-    eprintln!("first pair:\n{first}second pair:\n{second}nod doctor --host:\n{report}");
-    for line in [
-        "ok    host allowlist lists pair-host",
-        "ok    clock skew to pairhost",
-        "ok    the workstation's agent key",
-        "ok    config ",
-    ] {
-        assert!(
-            report.contains(line),
-            "missing {line:?}:\n{report}\n{out:?}"
-        );
-    }
-    assert!(
-        report.contains(&format!(
-            "ok    forwarded socket {} is present and owned by {}",
-            remote_socket.display(),
-            user.name
-        )),
-        "the forward of the block was not seen:\n{report}"
-    );
+    let doctor_host = |extra: &[&str]| {
+        let out = run(agent
+            .nod(["doctor", "--host", "pairhost", "--ssh-config"])
+            .arg(&ssh_config)
+            .arg("--host-config")
+            .arg(&host.config)
+            .arg("--remote-helper")
+            .arg(&host.helper)
+            .args(extra)
+            .stdin(Stdio::null()));
+        (code(&out), stdout(&out))
+    };
 
     // From a terminal (under `script`, which gives it a pty) pair uses `ssh -t` and a plain
     // `sudo` that may prompt; with the key removed on the host it installs it again.
@@ -195,7 +176,7 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
         .env("XDG_RUNTIME_DIR", agent.home.join("runtime"))
         .stdin(Stdio::null()));
     let third = stdout(&out);
-    eprintln!("pair on a terminal:\n{third}");
+    eprintln!("first pair:\n{first}second pair:\n{second}pair on a terminal:\n{third}");
     assert!(out.status.success(), "pair on a terminal failed: {third}");
     assert!(third.contains("installed this agent's key"), "{third}");
     assert!(third.contains("unchanged: host pair-host"), "{third}");
@@ -204,7 +185,8 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
         agent.public_key_file()
     );
 
-    // The host's key is regenerated: pair refuses until told, and then replaces it.
+    // The host's key is regenerated: `nod doctor --host` says so (as pair does), and pair
+    // refuses until told, and then replaces it.
     let host_key = scratch.join("etc-nod/host_ed25519.key");
     run_ok(
         Command::new(&host.helper)
@@ -212,6 +194,14 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
             .arg(&host_key)
             .arg("--public-key-file")
             .arg(&host.host_pub),
+    );
+    let (rc, report) = doctor_host(&[]);
+    eprintln!("nod doctor --host, host key regenerated:\n{report}");
+    assert_eq!(rc, 1, "{report}");
+    assert_fail(
+        &report,
+        "host key of pair-host changed",
+        "nod pair pairhost --replace-host-key",
     );
     let out = pair();
     assert!(
@@ -242,9 +232,64 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
         stdout(&out).contains("replaced the key of host pair-host"),
         "{out:?}"
     );
+
+    // An open login with the forward of the written block, whose sudo waits for `go`.
+    let go = scratch.join("go");
+    let remote_cmd = format!(
+        "i=0; while [ ! -S {sock} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
+         echo up; i=0; while [ ! -e {go} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; \
+         sudo -S -p '' id -u",
+        sock = remote_socket.display(),
+        go = go.display()
+    );
+    let mut session = Command::new("ssh")
+        .arg("-F")
+        .arg(&ssh_config)
+        .args(["pairhost", &remote_cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut session_out = std::io::BufReader::new(session.stdout.take().unwrap());
+    let mut up = String::new();
+    std::io::BufRead::read_line(&mut session_out, &mut up).unwrap();
+    assert_eq!(
+        up.trim(),
+        "up",
+        "the open session's forward did not come up"
+    );
+
+    // Pair and doctor --host run their own ssh while that session is open; neither may touch
+    // its forward.
+    let out = pair();
+    assert!(stdout(&out).contains("nothing changed"), "{out:?}");
+    // (sshd's own checks read this machine's sshd_config, not the test sshd's: not asserted.)
+    let (_, report) = doctor_host(&["--pam-service", &service.name]);
+    eprintln!("nod doctor --host, session open:\n{report}");
+    for line in [
+        "ok    host allowlist lists pair-host",
+        "ok    clock skew to pairhost: between ",
+        "ok    host key of pair-host: pairhost has the key pinned here",
+        "ok    the workstation's agent key",
+        "ok    config ",
+        "pam_nod.so with the recommended control",
+        "is root-owned and executable",
+    ] {
+        assert!(report.contains(line), "missing {line:?}:\n{report}");
+    }
+    assert!(
+        report.contains(&format!(
+            "ok    forwarded socket {} is owned by {} and an open `ssh -R` session serves it",
+            remote_socket.display(),
+            user.name
+        )),
+        "the open session's forward was not seen:\n{report}"
+    );
+    assert!(!report.contains("FAIL  forwarded socket"), "{report}");
     drop(nopasswd);
 
-    // Now sudo goes through the nod PAM service; the forward comes from the written block.
+    // Now the open session's sudo goes through the nod PAM service, and is approved.
     let _sudoers = SudoersDropIn::new(
         "pair-sudo",
         &format!(
@@ -258,20 +303,16 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
         ),
     );
     agent.answer(Answer::Approve);
-    let remote_cmd = format!(
-        "i=0; while [ ! -S {sock} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
-         sudo -S -p '' id -u",
-        sock = remote_socket.display()
-    );
-    let out = run(Command::new("ssh")
-        .arg("-F")
-        .arg(&ssh_config)
-        .args(["pairhost", &remote_cmd])
-        .stdin(Stdio::null()));
+    fs::write(&go, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut session_out, &mut rest).unwrap();
+    let status = session.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut session.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(
-        stdout(&out).trim(),
+        rest.trim(),
         "0",
-        "sudo did not run after approval: {out:?}"
+        "the open session's sudo did not run after approval ({status}): {err}"
     );
     assert!(!fallback.taken(), "fell back to the password");
     let prompts = agent.prompts();
@@ -400,9 +441,10 @@ fn helper_doctor_reports_socket_sshd_key_mismatch_config_and_pam_problems() {
     let good_pam = PamService::new(
         "doctor-good",
         &format!(
-            "auth {RECOMMENDED} {} conf={}\nauth required pam_unix.so\n",
+            "auth {RECOMMENDED} {} conf={} helper={}\nauth required pam_unix.so\n",
             module.display(),
-            host.config.display()
+            host.config.display(),
+            host.helper.display()
         ),
     );
     let bad_pam = PamService::new(
@@ -460,7 +502,7 @@ fn helper_doctor_reports_socket_sshd_key_mismatch_config_and_pam_problems() {
         "set StreamLocalBindUnlink yes",
     );
     assert_fail(&report, "is not pinned here", "nod pair");
-    assert_fail(&report, "unexpected pam_nod.so line", RECOMMENDED);
+    assert_fail(&report, "unexpected pam_nod.so control", RECOMMENDED);
 
     // A socket owned by someone else than the user.
     let _wrong_owner = UnixListener::bind(scratch.join("fwd-nobody.sock")).unwrap();

@@ -466,3 +466,157 @@ fn macos_auth_files_and_defaults_approve_sudo_with_no_extra_flags() {
     assert_eq!(prompts[0]["user"], "root");
     assert_eq!(prompts[1]["user"], sudo.user.name.as_str());
 }
+
+/// The workstation's agent key is not the one pinned on the host (another agent, or one that
+/// was re-keyed): the approval is refused, and both the helper's stderr and its syslog line
+/// under PAM say which key signed and which is pinned, and to pair again.
+#[test]
+fn a_wrong_pinned_agent_key_names_both_keys_on_stderr_and_in_syslog() {
+    if !require(&["pamtester", "unshare", "mount"]) || !nod_e2e::SyslogCapture::available() {
+        return;
+    }
+    let scratch = Scratch::new("wrongkey");
+    let agent = Agent::start(&scratch);
+    let other = Scratch::new("wrongkey-other");
+    let stranger = Agent::start(&other);
+    let host = Host::setup(
+        &scratch,
+        "wrongkey-host",
+        &stranger.public_key_file(),
+        &agent.socket.display().to_string(),
+    );
+    agent.add_host("wrongkey-host", &host.host_pub);
+    agent.answer(Answer::Approve);
+    let signer = nod_proto::KeyId::fingerprint(&agent.public_key()).to_string();
+    let pinned = nod_proto::KeyId::fingerprint(&stranger.public_key()).to_string();
+    let says_why = |text: &str| {
+        text.contains(&format!(
+            "the agent's reply is signed by {signer}, but this host pins {pinned}"
+        )) && text.contains("run `nod pair <this host>` again on the workstation")
+    };
+
+    let out = host.request("root", &[]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), AUTH_FAILURE, "{err}");
+    assert!(says_why(&err), "stderr does not say why: {err}");
+
+    let syslog = nod_e2e::SyslogCapture::new(&scratch);
+    let module = scratch.install("libpam_nod.so", "pam_nod.so");
+    let fallback = FallbackMarker::new(&scratch);
+    let service = PamService::new(
+        "wrongkey",
+        &pam_stack(&host, &module, &fallback, "auth requisite pam_deny.so"),
+    );
+    let pamtester = nod_e2e::which("pamtester").unwrap();
+    let out = run(syslog
+        .command(None, &pamtester, &[&service.name, "root", "authenticate"])
+        .stdin(Stdio::null()));
+    assert!(!out.status.success(), "a wrong key authenticated: {out:?}");
+    assert!(!fallback.taken(), "a wrong key fell back to the password");
+    let lines = syslog.lines();
+    // LOG_AUTHPRIV | LOG_ERR.
+    let helper_line = lines
+        .iter()
+        .find(|(_, l)| l.starts_with("nod-helper["))
+        .unwrap_or_else(|| panic!("no nod-helper line in {lines:?}"));
+    assert_eq!(helper_line.0, 10 * 8 + 3, "{helper_line:?}");
+    assert!(says_why(&helper_line.1), "{helper_line:?}");
+    assert!(
+        helper_line
+            .1
+            .contains(&format!("]: {} for root: ", service.name)),
+        "{helper_line:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("pam_nod(") && l.contains("helper exited with code 30")),
+        "no pam_nod line in {lines:?}"
+    );
+    assert_eq!(agent.prompts().len(), 2, "both requests were asked");
+}
+
+/// A PAM stack run by a program that is not root (a screen locker): the helper cannot read
+/// the host key, so the stack falls through to the next module (here pam_permit, standing in
+/// for the password) and the syslog line says why; nothing is asked on the workstation.
+#[test]
+fn a_pam_caller_that_is_not_root_falls_back_and_the_log_says_why() {
+    if !require(&[
+        "pamtester",
+        "unshare",
+        "mount",
+        "setpriv",
+        "useradd",
+        "chpasswd",
+    ]) || !nod_e2e::SyslogCapture::available()
+    {
+        return;
+    }
+    let scratch = Scratch::new("nonroot");
+    let (agent, host) = agent_and_host(&scratch, "nonroot-host");
+    let user = TestUser::ensure("nodlocker", "nod-e2e-locker-password");
+    let syslog = nod_e2e::SyslogCapture::new(&scratch);
+    let module = scratch.install("libpam_nod.so", "pam_nod.so");
+    // The fallback marker must be writable by the user the stack runs as.
+    let marks = scratch.dir("marks", 0o755);
+    std::os::unix::fs::chown(&marks, Some(user.uid), Some(user.gid)).unwrap();
+    let marker = marks.join("fallback-taken");
+    let script = scratch.file(
+        "fallback.sh",
+        0o755,
+        &format!("#!/bin/sh\ntouch {}\nexit 0\n", marker.display()),
+    );
+    let service = PamService::new(
+        "nonroot",
+        &format!(
+            "auth [success=done authinfo_unavail=ignore default=die] {} conf={} helper={} timeout_ms=5000\n\
+             auth optional pam_exec.so quiet {}\n\
+             auth required pam_permit.so\n\
+             account required pam_permit.so\n",
+            module.display(),
+            host.config.display(),
+            host.helper.display(),
+            script.display(),
+        ),
+    );
+    agent.answer(Answer::Approve);
+    let pamtester = nod_e2e::which("pamtester").unwrap();
+    let out = run(syslog
+        .command(
+            Some(&user),
+            &pamtester,
+            &[&service.name, &user.name, "authenticate"],
+        )
+        .stdin(Stdio::null()));
+    assert!(
+        out.status.success(),
+        "the stack did not fall through: {out:?}"
+    );
+    assert!(marker.exists(), "the next module did not run: {out:?}");
+    assert!(
+        agent.prompts().is_empty(),
+        "a non-root stack reached the prompt"
+    );
+    let lines = syslog.lines();
+    let helper_line = lines
+        .iter()
+        .find(|(_, l)| l.starts_with("nod-helper["))
+        .unwrap_or_else(|| panic!("no nod-helper line in {lines:?}"));
+    // LOG_AUTHPRIV | LOG_NOTICE: a fallback, not a failure.
+    assert_eq!(helper_line.0, 10 * 8 + 5, "{helper_line:?}");
+    assert!(
+        helper_line
+            .1
+            .contains(&format!("runs as uid {}, not root", user.uid))
+            && helper_line.1.contains("only root can read the host key")
+            && helper_line
+                .1
+                .contains("falls through to the next PAM module"),
+        "{helper_line:?}"
+    );
+    // pam_nod itself logs no error for a fallback.
+    assert!(
+        !lines.iter().any(|(_, l)| l.contains("pam_nod(")),
+        "{lines:?}"
+    );
+}

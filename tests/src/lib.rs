@@ -904,3 +904,100 @@ impl TamperProxy {
 pub fn sshd_privsep_dir() {
     fs::create_dir_all("/run/sshd").unwrap();
 }
+
+/// A private `/dev/log` that a test reads: commands made by [`SyslogCapture::command`] run in
+/// their own mount namespace (`unshare -m`), whose `/dev` holds the system's device nodes and,
+/// as `log`, a datagram socket bound by this test. So syslog lines (of the helper, and of
+/// `pam_nod.so` through `pam_syslog`) can be checked on a machine with no syslog daemon, and
+/// the real `/dev/log` is never touched.
+#[derive(Debug)]
+pub struct SyslogCapture {
+    dev: PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl SyslogCapture {
+    /// Whether mount namespaces work here (`unshare --mount`, which needs real root, not an
+    /// unprivileged container). Like [`require`]: false after a notice, or a panic under CI.
+    pub fn available() -> bool {
+        let works = which("unshare").is_some_and(|u| {
+            Command::new(u)
+                .args(["--mount", "--propagation", "private", "true"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if works {
+            return true;
+        }
+        let msg = "end-to-end test needs mount namespaces (`unshare --mount true` failed): run \
+                   as real root, not in an unprivileged container";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true: refusing to skip)");
+        }
+        eprintln!("SKIPPED: {msg}");
+        false
+    }
+
+    /// Needs root, `unshare` and `mount` (util-linux, mount); see [`SyslogCapture::available`].
+    pub fn new(scratch: &Scratch) -> Self {
+        let dev = scratch.dir("dev", 0o755);
+        let log = dev.join("log");
+        let socket = std::os::unix::net::UnixDatagram::bind(&log).expect("bind the log socket");
+        // Any user may log, as with the real /dev/log.
+        fs::set_permissions(&log, fs::Permissions::from_mode(0o666)).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Self { dev, socket }
+    }
+
+    /// `program args…` in a mount namespace whose /dev is this capture's, run as `user` (with
+    /// `setpriv`) when given.
+    pub fn command(&self, user: Option<&TestUser>, program: &Path, args: &[&str]) -> Command {
+        let d = self.dev.display();
+        let script = format!(
+            "set -e; for n in null zero full random urandom tty; do \
+               [ -e /dev/$n ] || continue; touch {d}/$n; mount --bind /dev/$n {d}/$n; \
+             done; \
+             ln -sfn /proc/self/fd {d}/fd; \
+             mount --rbind {d} /dev; \
+             exec \"$@\""
+        );
+        let mut cmd = Command::new(which("unshare").expect("unshare (util-linux)"));
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ]);
+        if let Some(u) = user {
+            cmd.arg(which("setpriv").expect("setpriv (util-linux)"))
+                .args([
+                    format!("--reuid={}", u.uid),
+                    format!("--regid={}", u.gid),
+                    "--init-groups".to_owned(),
+                    "--".to_owned(),
+                ]);
+        }
+        cmd.arg(program).args(args);
+        cmd
+    }
+
+    /// Every line logged since the last call, without its `<priority>` prefix kept apart:
+    /// `(priority, text)`.
+    pub fn lines(&self) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let parsed = text
+                .strip_prefix('<')
+                .and_then(|t| t.split_once('>'))
+                .and_then(|(p, rest)| Some((p.parse().ok()?, rest.to_owned())));
+            out.push(parsed.unwrap_or((255, text)));
+        }
+        out
+    }
+}

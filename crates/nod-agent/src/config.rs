@@ -273,10 +273,13 @@ impl AgentConfig {
         {
             return Err("[approver] kind = [] names no approver; leave it out for auto".into());
         }
-        if let Some(cmd) = &self.approver.command {
-            if cmd.first().is_none_or(|p| p.is_empty()) {
-                return Err("[approver] command must name a program, e.g. command = [\"/usr/bin/my-approver\"]".into());
-            }
+        if let Some(cmd) = &self.approver.command
+            && cmd.first().is_none_or(|p| p.is_empty())
+        {
+            return Err(
+                "[approver] command must name a program, e.g. command = [\"/usr/bin/my-approver\"]"
+                    .into(),
+            );
         }
         let a = &self.approval;
         if a.rate_limit_burst == 0 || a.rate_limit_per_minute == 0 {

@@ -76,6 +76,7 @@ pub mod ssh;
 mod sys;
 
 pub use daemon::agent::{AgentError, AgentOptions, run_agent};
+pub use log::error_chain;
 
 /// Locks a mutex, carrying on past poisoning. Every mutex in the agent guards plain data (maps,
 /// lists, the audit writer) that a panic elsewhere cannot leave half-changed, and a

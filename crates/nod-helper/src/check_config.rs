@@ -5,7 +5,7 @@ use std::path::Path;
 
 use nod_proto::keys::openssh_public_line;
 
-use crate::config::{Config, PamUser, REPLAY_CACHE_IGNORED};
+use crate::config::{Config, PamUser, REPLAY_CACHE_IGNORED, own_key_pinned};
 use crate::error::{EXIT_CONFIG, HelperError, one_line};
 use crate::socket::check_socket;
 
@@ -19,6 +19,7 @@ pub fn run(config_path: &Path, user: Option<&str>, out: &mut dyn Write) -> u8 {
         None => PamUser::current(),
     };
     let user = user.map_err(|e| problems.push(e)).ok();
+    problems.extend(config.as_ref().and_then(own_key_pinned));
 
     if let (Some(config), Some(user)) = (&config, &user) {
         let socket = config.socket_path(user);

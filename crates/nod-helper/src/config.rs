@@ -18,7 +18,7 @@ use nod_proto::{KeyId, PinnedKey, SigningKey, parse_private_key_file, parse_publ
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::error::HelperError;
+use crate::error::{HelperError, one_line};
 
 /// Where the config lives unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/nod/config.toml";
@@ -261,16 +261,67 @@ fn read_text(path: &Path, file: File) -> Result<Zeroizing<String>, HelperError> 
     }
 }
 
-/// One line: `line N: message`, without toml's multi-line source excerpt.
+/// Keys whose value is a whole number of milliseconds.
+const NUMBER_KEYS: [&str; 2] = ["timeout_ms", "allowed_future_skew_ms"];
+/// Keys whose value is a quoted string.
+const STRING_KEYS: [&str; 8] = [
+    "socket_path",
+    "host_key_file",
+    "agent_pubkey_file",
+    "host_id",
+    "key_id",
+    "hostname",
+    "service",
+    "replay_cache_dir",
+];
+
+/// One line: `line N: message — fix`, without toml's multi-line source excerpt. A value of the
+/// wrong shape for a known key (`timeout_ms = 30s`, `host_id = web-1`) is named with its key
+/// and the form it needs, rather than with the parser's "expected newline".
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    let msg = e.message().trim();
-    match line {
-        Some(n) => format!("line {n}: {msg} — fix or remove that line"),
-        None => format!("{msg} — fix the config"),
+    let msg = one_line(e.message().trim());
+    if msg.starts_with("missing field") {
+        return format!(
+            "{msg} — add it (/usr/share/nod/examples/config.toml.sample lists every key)"
+        );
     }
+    let Some(start) = e.span().map(|s| s.start.min(text.len())) else {
+        return format!("{msg} — fix the config");
+    };
+    let n = text[..start].matches('\n').count() + 1;
+    let source = text.lines().nth(n - 1).unwrap_or_default().trim();
+    if let Some((key, value)) = source.split_once('=') {
+        let (key, value) = (key.trim(), value.trim());
+        if NUMBER_KEYS.contains(&key) && value.parse::<u64>().is_err() {
+            return format!(
+                "line {n}: {key} = {value} is not a whole number — write milliseconds without \
+                 quotes or units, e.g. {key} = 30000"
+            );
+        }
+        if STRING_KEYS.contains(&key) && !value.starts_with(['"', '\'']) {
+            return format!(
+                "line {n}: {key} = {value} is not a quoted string — write {key} = \"{value}\""
+            );
+        }
+    }
+    format!("line {n}: {msg} — fix or remove that line")
+}
+
+/// The pinned agent keys that are this host's own key: a host's `.pub` copied into agents.d
+/// by mistake. Replies are signed by the agent's key, so that pin never verifies one.
+pub fn own_key_pinned(config: &Config) -> Option<HelperError> {
+    let own = config.host_key.verifying_key();
+    config.agent_keys.iter().any(|p| p.key == own).then(|| {
+        bad_config(
+            &config.path,
+            format!(
+                "agent_pubkey_file pins this host's own public key ({}) as an agent key — \
+                 replace that file with the workstation's `nod agent-key` output (`nod pair` \
+                 installs it)",
+                KeyId::fingerprint(&own)
+            ),
+        )
+    })
 }
 
 fn check_socket_template(path: &Path, template: &str, problems: &mut Vec<HelperError>) {
@@ -293,13 +344,13 @@ fn check_socket_template(path: &Path, template: &str, problems: &mut Vec<HelperE
 }
 
 fn check_name(path: &Path, key: &str, value: Option<&str>, problems: &mut Vec<HelperError>) {
-    if let Some(v) = value {
-        if v.is_empty() || v.chars().any(char::is_control) {
-            problems.push(bad_config(
-                path,
-                format!("{key} = {v:?} must be non-empty printable text — fix it"),
-            ));
-        }
+    if let Some(v) = value
+        && (v.is_empty() || v.chars().any(char::is_control))
+    {
+        problems.push(bad_config(
+            path,
+            format!("{key} = {v:?} must be non-empty printable text — fix it"),
+        ));
     }
 }
 
@@ -307,20 +358,40 @@ fn load_host_key(path: &Path, problems: &mut Vec<HelperError>) -> Option<Signing
     let text = match read_trusted(path, Rule::root_private_file()) {
         Ok(t) => t,
         Err(e) => {
-            problems.push(e);
+            problems.push(public_key_instead(path).unwrap_or(e));
             return None;
         }
     };
     match parse_private_key_file(&text) {
         Ok(k) => Some(k),
         Err(e) => {
-            problems.push(bad_config(
-                path,
-                format!("{e} — create a host key with `nod-helper gen-key`"),
-            ));
+            problems.push(public_key_instead(path).unwrap_or_else(|| {
+                bad_config(
+                    path,
+                    format!("{e} — create a host key with `nod-helper gen-key`"),
+                )
+            }));
             None
         }
     }
+}
+
+/// `Some` when `host_key_file` names a public key: the usual slip of pointing it at the `.pub`,
+/// which would otherwise be reported as "readable by others, chmod 600" or "not a private key".
+fn public_key_instead(path: &Path) -> Option<HelperError> {
+    let text = read_trusted(path, Rule::root_file()).ok()?;
+    parse_public_key_file(&text).ok()?;
+    let private = match path.extension() {
+        Some(ext) if ext == "pub" => path.with_extension("key").display().to_string(),
+        _ => "the private key file `nod-helper gen-key` wrote".to_owned(),
+    };
+    Some(bad_config(
+        path,
+        format!(
+            "host_key_file names this public key, not the host's private key — set \
+             host_key_file to {private} (mode 0600)"
+        ),
+    ))
 }
 
 fn parse_agent_key(path: &Path, text: &str, problems: &mut Vec<HelperError>) -> Option<PinnedKey> {
@@ -438,6 +509,28 @@ mod tests {
         assert!(msg.starts_with("line 2:"), "{msg}");
         assert!(msg.contains("socket_pth"), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_shape_is_named_with_its_key_and_the_form_it_needs() {
+        let problem = |text: &str| {
+            let e = toml::from_str::<RawConfig>(text).unwrap_err();
+            toml_problem(text, &e)
+        };
+        let msg = problem("socket_path = \"/s\"\ntimeout_ms = 30s\n");
+        assert_eq!(
+            msg,
+            "line 2: timeout_ms = 30s is not a whole number — write milliseconds without \
+             quotes or units, e.g. timeout_ms = 30000"
+        );
+        let msg = problem("timeout_ms = \"30000\"\n");
+        assert!(
+            msg.starts_with("line 1: timeout_ms = \"30000\" is not a whole number"),
+            "{msg}"
+        );
+        let msg = problem("host_id = web-1\n");
+        assert!(msg.contains("host_id = \"web-1\""), "{msg}");
+        assert!(!msg.contains("expected"), "{msg}");
     }
 
     #[test]

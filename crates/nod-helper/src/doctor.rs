@@ -2,8 +2,10 @@
 //! prints `ok`, `FAIL` (with the fix to apply), `warn` or `skip`; any FAIL makes the exit code 1.
 //!
 //! It only reads: config and keys (through the same trusted-path loader as `request`), the
-//! forwarded socket's owner and type, `sshd -T`, and one `/etc/pam.d` file. It never connects
-//! to the agent, so it never makes anyone's prompt appear.
+//! forwarded socket's owner and type, `sshd -T`, and one `/etc/pam.d` file (read as libpam
+//! reads it, its `pam_nod.so` arguments parsed by the module's own parser). It connects to the
+//! forwarded socket to see whether anything is behind it, but sends nothing, so it never makes
+//! anyone's prompt appear.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,9 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nod_proto::{KeyId, PinnedKey, parse_public_key_file};
 
-use crate::config::{Config, PamUser};
+use crate::config::{Config, PamUser, own_key_pinned};
 use crate::error::{HelperError, one_line};
-use crate::socket::check_socket;
+use crate::pam_file::{self, PamLine};
+use crate::socket::{Liveness, check_socket, probe};
 
 /// The PAM line docs/setup.md recommends; `doctor --pam-service` looks for it.
 pub const RECOMMENDED_CONTROL: &str = "[success=done authinfo_unavail=ignore default=die]";
@@ -126,9 +129,22 @@ pub fn run(args: &DoctorArgs, out: &mut dyn Write) -> u8 {
 
 /// The checks, in the order docs/troubleshooting.md walks them.
 pub fn checks(args: &DoctorArgs) -> Vec<Check> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        // The host key, the config's owner checks and `sshd -T` are root's: as anyone else
+        // every check below would fail for that reason alone and point the wrong way.
+        return vec![Check::fail(
+            format!(
+                "doctor runs as uid {euid}, not root: the host key is readable by root only, \
+                 so nothing was checked"
+            ),
+            "run it as root: `sudo nod-helper doctor` (with the same options)",
+        )];
+    }
     let mut checks = Vec::new();
     let mut problems = Vec::new();
     let config = Config::load(&args.config, &mut problems);
+    problems.extend(config.as_ref().and_then(own_key_pinned));
     if problems.is_empty() {
         checks.push(Check::ok(format!(
             "config {} and its keys are root-owned, safe and valid",
@@ -186,11 +202,7 @@ fn sudo_user() -> Option<String> {
 fn socket_check(config: &Config, user: &PamUser) -> Check {
     let socket = config.socket_path(user);
     match check_socket(&socket, user) {
-        Ok(()) => Check::ok(format!(
-            "forwarded socket {} is present and owned by {}",
-            socket.display(),
-            user.name
-        )),
+        Ok(()) => liveness_check(&socket, user),
         Err(HelperError::NoSocket { .. }) => Check::fail(
             format!(
                 "no forwarded socket at {} for {}",
@@ -217,6 +229,52 @@ fn socket_check(config: &Config, user: &PamUser) -> Check {
                 ),
             )
         }
+        Err(e) => Check::from_error("forwarded socket", &e),
+    }
+}
+
+/// How long the probe waits for the far end to hang up: one round trip to the workstation.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// A socket of the right owner and type can still be dead: what is behind it decides.
+fn liveness_check(socket: &Path, user: &PamUser) -> Check {
+    let reconnect = "log in again with the RemoteForward block (`ssh <this host>`) and keep \
+                     that session open (sshd replaces the stale file if StreamLocalBindUnlink \
+                     is yes, checked below); a second ssh that forwards the same path takes it \
+                     over and leaves it stale on exit, so run such sessions with `-o \
+                     ClearAllForwardings=yes`";
+    match probe(socket, user, PROBE_WAIT) {
+        Ok(Liveness::Live) => Check::ok(format!(
+            "forwarded socket {} is owned by {} and an open `ssh -R` session serves it",
+            socket.display(),
+            user.name
+        )),
+        Ok(Liveness::Refused) => Check::fail(
+            format!(
+                "forwarded socket {} is stale: nothing listens on it (connection refused), so \
+                 sudo falls back to the password",
+                socket.display()
+            ),
+            reconnect,
+        ),
+        Ok(Liveness::ClosedAtOnce) => Check::fail(
+            format!(
+                "forwarded socket {}: the `ssh -R` session is open, but nothing answers at the \
+                 workstation end (it hung up at once)",
+                socket.display()
+            ),
+            "start the agent on the workstation (`systemctl --user start nod-agent.service`, \
+             or `nod agent`); `nod doctor` there says why it is not running",
+        ),
+        Ok(Liveness::Talks) => Check::fail(
+            format!(
+                "forwarded socket {}: what answers sent data before any request, which `nod \
+                 agent` never does",
+                socket.display()
+            ),
+            "forward the agent's approval socket ($XDG_RUNTIME_DIR/nod/approval.sock), not \
+             another socket, in the RemoteForward line",
+        ),
         Err(e) => Check::from_error("forwarded socket", &e),
     }
 }
@@ -350,10 +408,11 @@ fn agent_key_check(given: &str, config: &Config) -> Check {
         ),
         None => Check::fail(
             format!(
-                "the workstation's agent key {} is not pinned here (pinned: {})",
+                "the workstation's agent key {} is not pinned here; this host pins {}, so the \
+                 agent's replies are refused (exit 30) and sudo fails",
                 KeyId::fingerprint(&wanted.key),
                 if config.agent_keys.is_empty() {
-                    "none".to_owned()
+                    "no agent key".to_owned()
                 } else {
                     config
                         .agent_keys
@@ -363,8 +422,8 @@ fn agent_key_check(given: &str, config: &Config) -> Check {
                         .join(", ")
                 }
             ),
-            "run `nod pair <this host>` on the workstation, or install its `nod agent-key` \
-             output as /etc/nod/agents.d/<name>.pub (root, 0644)",
+            "run `nod pair <this host>` again on the workstation, or install its `nod \
+             agent-key` output as /etc/nod/agents.d/<name>.pub (root, 0644)",
         ),
     }
 }
@@ -404,7 +463,9 @@ pub(crate) fn clock_sanity(now: SystemTime) -> Check {
     }
 }
 
-/// Looks for the pam_nod.so auth line in `<pam_dir>/<service>` and for the module file.
+/// Looks for the pam_nod.so auth line in `<pam_dir>/<service>`, read as libpam reads it, and
+/// judges it as the module would: its control, its arguments (by the module's own parser),
+/// the config its `conf=` names and the helper its `helper=` names, and the module file.
 fn pam_checks(pam_dir: &Path, service: &str, config: &Path) -> Vec<Check> {
     let recommended = format!(
         "auth {RECOMMENDED_CONTROL} pam_nod.so conf={}",
@@ -428,65 +489,100 @@ fn pam_checks(pam_dir: &Path, service: &str, config: &Path) -> Vec<Check> {
             )];
         }
     };
-    let mut checks = Vec::new();
-    let line = text.lines().map(str::trim).find_map(|l| {
-        let l = l.split('#').next().unwrap_or("").trim();
-        let module = pam_module_of(l)?;
-        module
-            .ends_with("pam_nod.so")
-            .then(|| (l.to_owned(), module))
-    });
-    let Some((line, module)) = line else {
+    let lines = pam_file::parse(&text);
+    let Some(line) = lines.iter().find(|l| l.is_auth() && l.is_pam_nod()) else {
         return vec![Check::fail(
-            format!("PAM service {}: no pam_nod.so line", path.display()),
+            format!(
+                "PAM service {}: no auth line with pam_nod.so",
+                path.display()
+            ),
             format!("add this line above the password modules: {recommended}"),
         )];
     };
-    let (kind, control) = split_type_control(&line);
-    if kind == "auth" && same_control(&control, RECOMMENDED_CONTROL) {
-        checks.push(Check::ok(format!("PAM service {}: {line}", path.display())));
+    let at = format!("PAM service {}, line {}", path.display(), line.number);
+    let mut checks = Vec::new();
+    if same_control(&line.control, RECOMMENDED_CONTROL) {
+        checks.push(Check::ok(format!(
+            "{at}: pam_nod.so with the recommended control"
+        )));
     } else {
         checks.push(Check::fail(
-            format!(
-                "PAM service {}: unexpected pam_nod.so line: {line}",
-                path.display()
-            ),
+            format!("{at}: unexpected pam_nod.so control: {}", line.text),
             format!(
                 "use exactly this control so only approvals succeed and only a missing agent \
                  falls back to the password: {recommended}"
             ),
         ));
     }
-    checks.push(module_file_check(&module));
+    checks.extend(pam_args_checks(&at, line, config));
+    checks.push(module_file_check(&line.module));
     checks
 }
 
-/// The module path of a PAM line: the token after type and control (control may be `[…]`).
-fn pam_module_of(line: &str) -> Option<String> {
-    let (kind, control) = split_type_control(line);
-    if kind.is_empty() || kind.starts_with('@') {
-        return None;
-    }
-    let rest = line[kind.len()..].trim_start();
-    let rest = rest[control.len().min(rest.len())..].trim_start();
-    rest.split_whitespace().next().map(str::to_owned)
-}
-
-fn split_type_control(line: &str) -> (String, String) {
-    let line = line.trim().trim_start_matches('-');
-    let Some((kind, rest)) = line.split_once(char::is_whitespace) else {
-        return (line.to_owned(), String::new());
-    };
-    let rest = rest.trim_start();
-    let control = if rest.starts_with('[') {
-        match rest.find(']') {
-            Some(end) => rest[..=end].to_owned(),
-            None => rest.to_owned(),
+/// The module arguments, as `pam_nod.so` parses them, and what they name.
+fn pam_args_checks(at: &str, line: &PamLine, checked_config: &Path) -> Vec<Check> {
+    let args = match pam_nod_conf::parse_args(line.args.iter().map(|a| a.as_bytes())) {
+        Ok(args) => args,
+        Err(e) => {
+            let text = e.to_string();
+            let (what, fix) = text.split_once(" — ").unwrap_or((&text, ""));
+            return vec![Check::fail(
+                format!(
+                    "{at}: {what}, so pam_nod.so refuses every authentication (sudo is locked)"
+                ),
+                fix,
+            )];
         }
-    } else {
-        rest.split_whitespace().next().unwrap_or("").to_owned()
     };
-    (kind.to_owned(), control)
+    let mut checks = Vec::new();
+    if args.conf != checked_config {
+        let mut problems = Vec::new();
+        let loaded = Config::load(&args.conf, &mut problems);
+        problems.extend(loaded.as_ref().and_then(own_key_pinned));
+        if problems.is_empty() {
+            checks.push(Check::ok(format!(
+                "{at}: conf={} is safe and valid (the checks above used {})",
+                args.conf.display(),
+                checked_config.display()
+            )));
+        }
+        for p in &problems {
+            let missing = matches!(p, HelperError::UnsafePath(u)
+                if u.path == args.conf && u.reason == nod_fscheck::Reason::NotFound);
+            let mut c = if missing {
+                Check::fail(
+                    format!("{at}: conf={} does not exist", args.conf.display()),
+                    format!(
+                        "correct conf= in that line (the config checked above is {})",
+                        checked_config.display()
+                    ),
+                )
+            } else {
+                Check::from_error(&format!("{at}: conf={}", args.conf.display()), p)
+            };
+            c.message
+                .push_str(", so every authentication through this line fails (exit 31)");
+            checks.push(c);
+        }
+    }
+    match pam_nod_conf::open_helper(&args.helper) {
+        Ok(_) => checks.push(Check::ok(format!(
+            "{at}: helper {} is root-owned and executable",
+            args.helper.display()
+        ))),
+        Err(e) => {
+            let (what, fix) = e.split_once(" — ").unwrap_or((
+                &e,
+                "install the nod-helper \
+                package, or point helper= at its binary",
+            ));
+            checks.push(Check::fail(
+                format!("{at}: {what}, so pam_nod.so refuses every authentication"),
+                fix,
+            ));
+        }
+    }
+    checks
 }
 
 fn same_control(a: &str, b: &str) -> bool {
@@ -550,20 +646,6 @@ fn pam_module_dirs() -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_module_after_a_bracketed_control() {
-        let line = "auth [success=done authinfo_unavail=ignore default=die] pam_nod.so conf=/x";
-        assert_eq!(pam_module_of(line).as_deref(), Some("pam_nod.so"));
-        let (kind, control) = split_type_control(line);
-        assert_eq!(kind, "auth");
-        assert!(same_control(&control, RECOMMENDED_CONTROL));
-        assert_eq!(
-            pam_module_of("auth required /lib/security/pam_nod.so").as_deref(),
-            Some("/lib/security/pam_nod.so")
-        );
-        assert_eq!(pam_module_of("@include common-auth"), None);
-    }
 
     #[test]
     fn control_order_does_not_matter_but_values_do() {

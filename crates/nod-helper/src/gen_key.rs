@@ -53,6 +53,7 @@ pub fn run(args: &GenKeyArgs) -> Result<GeneratedKey, HelperError> {
     getrandom::getrandom(&mut seed[..]).map_err(|e| HelperError::System {
         what: "the kernel random generator failed",
         detail: e.to_string(),
+        fix: crate::error::RANDOM_FIX,
     })?;
     let key = SigningKey::from_bytes(&seed);
     let public = key.verifying_key();
@@ -115,6 +116,7 @@ fn write_key(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(),
     getrandom::getrandom(&mut suffix).map_err(|e| HelperError::System {
         what: "the kernel random generator failed",
         detail: e.to_string(),
+        fix: crate::error::RANDOM_FIX,
     })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);

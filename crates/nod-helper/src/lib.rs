@@ -27,8 +27,10 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod gen_key;
+pub mod pam_file;
 pub mod request;
 pub mod socket;
+pub mod syslog;
 
 use std::time::Instant;
 
@@ -83,19 +85,9 @@ pub fn run(cli: Cli) -> u8 {
                 sudo_command,
                 timeout_ms,
             };
-            let mut problems = Vec::new();
-            let result = match Config::load(&config, &mut problems) {
-                Some(config) => request::run(&config, &info, start),
-                None => {
-                    Err(problems
-                        .into_iter()
-                        .next()
-                        .unwrap_or_else(|| HelperError::BadConfig {
-                            path: config,
-                            problem: "could not be loaded — run `nod-helper check-config`".into(),
-                        }))
-                }
-            };
+            let result = request(&config, &info, start);
+            let service = info.service.as_deref().filter(|s| !s.is_empty());
+            syslog::outcome(&info.user, service, result.as_ref().map(|_| ()));
             match result {
                 Ok(()) => 0,
                 Err(e) => report(&e),
@@ -124,6 +116,31 @@ pub fn run(cli: Cli) -> u8 {
         Command::GenerateCompletions { shell, dir } => {
             asset_result(assets::generate_completions(shell, &dir), &dir)
         }
+    }
+}
+
+/// `request`: only root can read the host key, so a helper that is not root (in the PAM
+/// stack of a program that is not root) steps aside before it reads anything; as root, the
+/// config and keys must be safe.
+fn request(
+    config: &std::path::Path,
+    info: &request::RequestInfo,
+    start: Instant,
+) -> Result<(), HelperError> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        return Err(HelperError::NotRoot { uid: euid.as_raw() });
+    }
+    let mut problems = Vec::new();
+    match Config::load(config, &mut problems) {
+        Some(config) => request::run(&config, info, start),
+        None => Err(problems
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| HelperError::BadConfig {
+                path: config.to_owned(),
+                problem: "could not be loaded — run `nod-helper check-config`".into(),
+            })),
     }
 }
 

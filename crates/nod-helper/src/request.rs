@@ -4,7 +4,9 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nod_proto::frame::{read_frame_or_stall, write_frame};
-use nod_proto::{Alg, Decision, PROTOCOL_VERSION, ProtoError, RequestBody, SignedResponse};
+use nod_proto::{
+    Alg, Decision, KeyId, PROTOCOL_VERSION, PinnedKey, ProtoError, RequestBody, SignedResponse,
+};
 
 use crate::config::{Config, PamUser};
 use crate::error::{HelperError, one_line};
@@ -58,6 +60,7 @@ pub fn run(config: &Config, info: &RequestInfo, start: Instant) -> Result<(), He
 
     let response =
         SignedResponse::from_json(&reply).map_err(|e| HelperError::from_reply(e, timeout_ms))?;
+    let claimed = shown_key_id(&response.body.agent_key_id);
     let verified = response
         .verify(
             &config.agent_keys,
@@ -65,7 +68,10 @@ pub fn run(config: &Config, info: &RequestInfo, start: Instant) -> Result<(), He
             now_ms()?,
             config.allowed_future_skew_ms,
         )
-        .map_err(|e| HelperError::from_reply(e, timeout_ms))?;
+        .map_err(|e| match e {
+            ProtoError::BadSignature => unverified_signer(config, claimed),
+            e => HelperError::from_reply(e, timeout_ms),
+        })?;
 
     let b = verified.body();
     let detail = detail(b.error_code.as_deref(), b.error_message.as_deref());
@@ -77,6 +83,51 @@ pub fn run(config: &Config, info: &RequestInfo, start: Instant) -> Result<(), He
         Decision::Failed => Err(HelperError::Failed { detail }),
         // A decision this helper does not know cannot be taken as approval.
         _ => Err(HelperError::Protocol(ProtoError::InvalidField("decision"))),
+    }
+}
+
+/// Longest claimed key id repeated in a message.
+const MAX_SHOWN_KEY_ID: usize = 100;
+
+/// The key id a reply claims, made safe for one log line: a nod agent claims its key's
+/// fingerprint, but the field comes off the wire.
+fn shown_key_id(claimed: &str) -> String {
+    let clean = !claimed.is_empty()
+        && claimed.len() <= MAX_SHOWN_KEY_ID
+        && claimed.bytes().all(|b| b.is_ascii_graphic());
+    if clean {
+        claimed.to_owned()
+    } else {
+        let cut: String = claimed.chars().take(MAX_SHOWN_KEY_ID).collect();
+        format!("{cut:?}")
+    }
+}
+
+/// A reply that no pinned key verifies. A signature names no key, so say who the reply says
+/// signed it (its `agent_key_id`: a nod agent's is its key's fingerprint) next to what is
+/// pinned; if that is a pinned key, the reply was changed on the way instead.
+fn unverified_signer(config: &Config, claimed: String) -> HelperError {
+    let names_pinned = config.agent_keys.iter().any(|p| {
+        KeyId::fingerprint(&p.key).as_str() == claimed
+            || p.key_id.as_ref().is_some_and(|id| id.as_str() == claimed)
+    });
+    if names_pinned {
+        HelperError::AlteredReply { claimed }
+    } else {
+        HelperError::UnpinnedAgentKey {
+            claimed,
+            pinned: config.agent_keys.iter().map(describe_pin).collect(),
+        }
+    }
+}
+
+/// A pinned key for a message: its fingerprint, and the key id it pins unless that is the
+/// fingerprint again (as `nod agent-key` files pin).
+fn describe_pin(pin: &PinnedKey) -> String {
+    let fingerprint = KeyId::fingerprint(&pin.key);
+    match &pin.key_id {
+        Some(id) if *id == fingerprint => fingerprint.to_string(),
+        _ => pin.describe(),
     }
 }
 
@@ -118,6 +169,7 @@ fn random(buf: &mut [u8]) -> Result<(), HelperError> {
     getrandom::getrandom(buf).map_err(|e| HelperError::System {
         what: "the kernel random generator failed",
         detail: e.to_string(),
+        fix: crate::error::RANDOM_FIX,
     })
 }
 
@@ -128,7 +180,8 @@ pub fn now_ms() -> Result<u64, HelperError> {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .map_err(|_| HelperError::System {
             what: "the system clock is before 1970",
-            detail: "set the clock (timedatectl / chrony)".into(),
+            detail: "no time to put in the request".into(),
+            fix: "set the clock (timedatectl, chrony)",
         })
 }
 
@@ -156,6 +209,13 @@ mod tests {
             " (rate: slow down)"
         );
         assert!(detail(None, Some(&"x".repeat(1000))).len() < MAX_DETAIL_LEN + 10);
+    }
+
+    #[test]
+    fn a_claimed_key_id_from_the_wire_is_one_bounded_line() {
+        assert_eq!(shown_key_id("SHA256:abc+/="), "SHA256:abc+/=");
+        assert_eq!(shown_key_id("a\nb"), "\"a\\nb\"");
+        assert!(shown_key_id(&"x".repeat(1000)).len() < MAX_SHOWN_KEY_ID + 10);
     }
 
     #[test]

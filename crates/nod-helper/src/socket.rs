@@ -105,8 +105,9 @@ pub fn connect_agent(
         timeout_ms: deadline.timeout_ms(),
     };
     let system = |e: Errno| HelperError::System {
-        what: "cannot create a socket",
+        what: "cannot use a Unix socket",
         detail: e.desc().to_owned(),
+        fix: "check the helper's limits (open files, memory)",
     };
     let fd = socket(
         AddressFamily::Unix,
@@ -141,6 +142,55 @@ pub fn connect_agent(
         });
     }
     Ok(stream)
+}
+
+/// What is behind a forwarded socket of the right owner and type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Something accepted and waits for a request: an `ssh -R` session (and, behind it, the
+    /// agent) or the agent itself.
+    Live,
+    /// Nothing listens: the session that made the socket has gone, or another took the path
+    /// over and left. The file is stale.
+    Refused,
+    /// The connection was accepted and closed before anything was sent: sshd's forward is up,
+    /// but nothing answers at the workstation end.
+    ClosedAtOnce,
+    /// Bytes arrived before any request, which a protocol v1 agent never sends.
+    Talks,
+}
+
+/// Connects to `path` and waits up to `wait` for the far end to hang up, without sending
+/// anything: the agent only asks the person once it has a signed request, so no prompt
+/// appears. Through sshd, a forward whose workstation end is gone hangs up after one round
+/// trip; a longer trip than `wait` reads as live.
+pub fn probe(path: &Path, user: &PamUser, wait: Duration) -> Result<Liveness, HelperError> {
+    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    let deadline = Deadline::new(Instant::now(), wait_ms);
+    let stream = match connect_agent(path, user, &deadline) {
+        Ok(stream) => stream,
+        Err(HelperError::AgentUnreachable {
+            kind: io::ErrorKind::ConnectionRefused,
+            ..
+        }) => return Ok(Liveness::Refused),
+        Err(e) => return Err(e),
+    };
+    let mut io = DeadlineStream::new(&stream, deadline);
+    let mut byte = [0u8; 1];
+    match io.read(&mut byte) {
+        Ok(0) => Ok(Liveness::ClosedAtOnce),
+        Ok(_) => Ok(Liveness::Talks),
+        Err(e) => match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Ok(Liveness::Live),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                Ok(Liveness::ClosedAtOnce)
+            }
+            kind => Err(HelperError::AgentUnreachable {
+                path: path.to_owned(),
+                kind,
+            }),
+        },
+    }
 }
 
 /// A stream whose every read and write gets the time left until the deadline, recomputed just
@@ -194,6 +244,38 @@ mod tests {
         assert_eq!((tv.tv_sec(), tv.tv_usec()), (0, 1));
         let tv = timeval(Duration::from_millis(1500));
         assert_eq!((tv.tv_sec(), tv.tv_usec()), (1, 500_000));
+    }
+
+    #[test]
+    fn probe_tells_a_stale_socket_a_hung_up_forward_and_a_waiting_listener_apart() {
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("nod-probe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let user = PamUser {
+            name: "me".into(),
+            uid: nix::unistd::getuid(),
+        };
+        let wait = Duration::from_millis(300);
+        let path = dir.join("s.sock");
+
+        // A listener that is gone leaves the file: refused.
+        drop(UnixListener::bind(&path).unwrap());
+        assert_eq!(probe(&path, &user, wait).unwrap(), Liveness::Refused);
+
+        // Accepted and closed at once, as sshd does when the workstation end is gone.
+        std::fs::remove_file(&path).unwrap();
+        let listener = UnixListener::bind(&path).unwrap();
+        let closer = std::thread::spawn(move || drop(listener.accept().unwrap()));
+        assert_eq!(probe(&path, &user, wait).unwrap(), Liveness::ClosedAtOnce);
+        closer.join().unwrap();
+
+        // Accepted and waiting for a request: live.
+        std::fs::remove_file(&path).unwrap();
+        let listener = UnixListener::bind(&path).unwrap();
+        assert_eq!(probe(&path, &user, wait).unwrap(), Liveness::Live);
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

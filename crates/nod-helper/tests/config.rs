@@ -273,3 +273,56 @@ fn gen_key_refuses_to_overwrite_without_force() {
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 }
+
+#[test]
+fn host_key_file_naming_the_public_key_says_so_not_chmod() {
+    let Some(s) = Scratch::new() else { return };
+    s.write_pub("host.pub", &host_key());
+    s.write_config_with("agent.sock", "agent.pub", "");
+    let text = fs::read_to_string(s.config_path())
+        .unwrap()
+        .replace("host.key", "host.pub");
+    s.write("config.toml", &text, 0o644);
+    let err = assert_exit(&s.request(&[]), 31);
+    assert!(
+        err.contains("host_key_file names this public key")
+            && err.contains(&format!("{}", s.path("host.key").display()))
+            && !err.contains("chmod"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_timeout_with_a_unit_is_named_with_the_form_it_needs() {
+    let Some(s) = Scratch::new() else { return };
+    s.write_config("timeout_ms = 30s");
+    let err = assert_exit(&s.request(&[]), 31);
+    assert!(
+        err.contains("timeout_ms = 30s is not a whole number")
+            && err.contains("timeout_ms = 30000")
+            && !err.contains("expected newline"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_refuses_the_hosts_own_key_pinned_as_the_agent_key() {
+    let Some(s) = Scratch::new() else { return };
+    s.write_pub("agent.pub", &host_key());
+    let config = s.config_path();
+    let out = helper(&[
+        "check-config",
+        "--config",
+        config.to_str().unwrap(),
+        "--user",
+        "root",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(31), "{text}");
+    assert!(
+        text.contains("pins this host's own public key")
+            && text.contains("`nod agent-key`")
+            && !text.contains("ok: no problems found"),
+        "{text}"
+    );
+}

@@ -444,3 +444,64 @@ fn unknown_user_is_a_config_error() {
     let err = assert_exit(&out, 31);
     assert!(err.contains("no such user"), "{err}");
 }
+
+#[test]
+fn reply_from_an_agent_whose_key_is_not_pinned_names_both_keys_and_the_fix() {
+    let Some(s) = Scratch::new() else { return };
+    // Another agent (a re-keyed workstation) answers, claiming its own fingerprint.
+    let rx = agent(&s.socket_path(), |req| {
+        let body = answer(req, Decision::Approved, &other_key());
+        Reply::Frame(signed(body, &other_key()))
+    });
+    let err = assert_exit(&s.request(&[]), 30);
+    let signer = key_id(&other_key());
+    let pinned = key_id(&agent_key());
+    assert!(
+        err.contains(&format!("the agent's reply is signed by {signer}"))
+            && err.contains(&format!("this host pins {pinned}"))
+            && err.contains("run `nod pair <this host>` again"),
+        "{err}"
+    );
+    wait(&rx);
+}
+
+#[test]
+fn request_as_a_user_who_is_not_root_is_unavailable_and_says_why() {
+    let Some(s) = Scratch::new() else { return };
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "setpriv is missing (apt-get install util-linux); CI=true, so not skipping"
+        );
+        eprintln!("skipping: setpriv is missing");
+        return;
+    };
+    // A screen locker's PAM stack: the helper runs as the user, who cannot read the host key.
+    let config = s.config_path();
+    let out = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_nod-helper"))
+        .args(["request", "--config"])
+        .arg(&config)
+        .args(["--user", "nobody", "--service", "xscreensaver"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = assert_exit(&out, 10);
+    assert!(
+        err.contains("runs as uid 65534, not root")
+            && err.contains("falls through to the next PAM module")
+            && !err.contains("Permission denied"),
+        "{err}"
+    );
+    // As root, the same unreadable-for-others key is fine, and an unsafe one is still 31.
+    std::fs::set_permissions(
+        s.path("host.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    assert_exit(&s.request(&[]), 31);
+}

@@ -1,21 +1,27 @@
 //! `nod doctor`: the workstation half of docs/troubleshooting.md turned into checks. Each
 //! check prints `ok`, `FAIL` (with the fix to apply), `warn` or `skip`; any FAIL makes `nod`
-//! exit 1. With `--host DEST` it also measures the clock skew to the host over ssh and runs
-//! `nod-helper doctor` there with this agent's key.
+//! exit 1. With `--host DEST` it also measures the clock skew to the host over ssh, compares
+//! the host's key with the one pinned here, and runs `nod-helper doctor` there with this
+//! agent's key. None of its ssh sessions forwards anything (see [`crate::remote`]), so an open
+//! login's forwarded socket stays as it is.
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use nod_agent::keystore::{AGENT_KEY_SEALED, Keystore, WRAP_KEY_FILE};
 use nod_agent::pam::hosts::HostsFile;
 use nod_agent::paths::Paths;
+use nod_proto::{KeyId, parse_public_key_file};
 
-use crate::pair::shell_quote;
+use crate::remote::{self, HostConfig, hex_lower, shell_quote};
+
+/// The host config `nod-helper` reads unless told otherwise.
+const DEFAULT_HOST_CONFIG: &str = "/etc/nod/config.toml";
 
 /// Skew above which approvals start to fail (a reply lives 10 s; see troubleshooting.md).
 const MAX_SKEW_MS: i64 = 5_000;
@@ -93,6 +99,8 @@ pub struct DoctorArgs {
     pub host_config: Option<String>,
     /// The helper program on the host.
     pub remote_helper: String,
+    /// `/etc/pam.d/<name>` on the host to check for the pam_nod.so line.
+    pub pam_service: Option<String>,
 }
 
 /// Runs `nod doctor [--host DEST]`; returns whether everything passed.
@@ -103,6 +111,8 @@ pub fn run(paths: &Paths, args: &DoctorArgs) -> Result<bool> {
     let mut checks = local_checks(paths);
     if let Some(dest) = host {
         checks.push(skew_check(dest, ssh_config));
+        let host_config = args.host_config.as_deref().unwrap_or(DEFAULT_HOST_CONFIG);
+        checks.push(host_key_check(paths, dest, ssh_config, host_config));
     }
     let failed = print(&checks, &mut out);
     let summary = |n: usize| match n {
@@ -454,15 +464,6 @@ fn clock_check() -> Check {
     }
 }
 
-fn ssh(ssh_config: Option<&Path>) -> Command {
-    let mut cmd = Command::new("ssh");
-    if let Some(cfg) = ssh_config {
-        cmd.arg("-F").arg(cfg);
-    }
-    cmd.arg("-o").arg("ClearAllForwardings=yes");
-    cmd
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -470,65 +471,203 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The host's clock against ours, read over ssh and corrected by half the round trip.
+/// Readings of the host's clock taken over one session.
+const SKEW_SAMPLES: usize = 3;
+
+/// The host's clock against ours. The session logs in first (whatever prompt or approval the
+/// login takes happens then), and only then is the clock read, a few times, each bracketed by
+/// our own clock; the tightest bracket bounds the skew.
 fn skew_check(dest: &str, ssh_config: Option<&Path>) -> Check {
-    let start = Instant::now();
-    let before = now_ms();
-    let out = ssh(ssh_config)
-        .args(["-o", "BatchMode=yes", "--", dest, "date +%s%3N"])
-        .stdin(Stdio::null())
-        .output();
-    let rtt = start.elapsed().as_millis() as i64;
-    let remote = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().parse::<i64>(),
-        Ok(o) => {
-            return fail(
-                format!(
-                    "cannot reach {dest} with ssh: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                format!("make `ssh {dest} true` work without prompts first (keys, known_hosts)"),
-            );
-        }
+    let script = "echo ready; while read -r _; do date +%s%3N; done";
+    let child = remote::ssh(ssh_config)
+        .args(["-o", "BatchMode=yes", "--", dest])
+        .arg(format!("sh -c {}", shell_quote(script)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
         Err(e) => return fail(format!("cannot run ssh: {e}"), "install openssh-client"),
     };
-    let Ok(remote) = remote else {
-        return skip(format!(
-            "clock skew to {dest}: its `date` does not print milliseconds"
-        ));
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return fail("cannot talk to ssh", "install openssh-client");
     };
-    // The host read its clock somewhere between `before` and `before + rtt`.
-    let after = before + rtt;
-    let skew = skew_bounds(remote, before, after);
-    if skew.abs() > MAX_SKEW_MS {
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = matches!(lines.next(), Some(Ok(l)) if l == "ready");
+    let mut best: Option<(i64, i64, i64)> = None;
+    let mut unreadable = false;
+    if ready {
+        for _ in 0..SKEW_SAMPLES {
+            let before = now_ms();
+            if stdin.write_all(b"\n").and_then(|()| stdin.flush()).is_err() {
+                break;
+            }
+            let Some(Ok(line)) = lines.next() else { break };
+            let after = now_ms();
+            let Ok(remote) = line.trim().parse::<i64>() else {
+                unreadable = true;
+                break;
+            };
+            if best.is_none_or(|(b, a, _)| after - before < a - b) {
+                best = Some((before, after, remote));
+            }
+        }
+    }
+    drop(stdin);
+    drop(lines);
+    let out = child.wait_with_output();
+    if !ready {
+        let err = out
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+            .unwrap_or_default();
+        return fail(
+            format!("cannot reach {dest} with ssh: {err}"),
+            format!("make `ssh {dest} true` work without prompts first (keys, known_hosts)"),
+        );
+    }
+    match best {
+        Some((before, after, remote)) => skew_verdict(dest, before, after, remote),
+        None if unreadable => skip(format!(
+            "clock skew to {dest}: its `date` does not print milliseconds"
+        )),
+        None => warn(format!(
+            "clock skew to {dest}: the session ended before the host's clock could be read"
+        )),
+    }
+}
+
+/// A reading `remote` of the host's clock taken between our `before` and `after` puts the
+/// skew (host minus workstation) between `remote - after` and `remote - before`.
+fn skew_verdict(dest: &str, before: i64, after: i64, remote: i64) -> Check {
+    let (low, high) = (remote - after, remote - before);
+    let rtt = after - before;
+    let fix = "enable NTP on both machines (`sudo timedatectl set-ntp true`, or chrony)";
+    if low > MAX_SKEW_MS || high < -MAX_SKEW_MS {
+        let (least, side) = if low > 0 {
+            (low, "ahead")
+        } else {
+            (-high, "behind")
+        };
         fail(
             format!(
-                "clock skew to {dest}: at least {skew} ms (host minus workstation; measured \
-                 over a {rtt} ms round trip)"
+                "clock skew to {dest}: the host's clock is at least {least} ms {side} \
+                 (measured over a {rtt} ms round trip), more than the {MAX_SKEW_MS} ms \
+                 approvals tolerate"
             ),
-            "enable NTP on both machines (`sudo timedatectl set-ntp true`, or chrony)",
+            fix,
         )
-    } else {
+    } else if low.abs().max(high.abs()) <= MAX_SKEW_MS {
         ok(format!(
-            "clock skew to {dest}: {skew} ms at most (measured over a {rtt} ms round trip)"
+            "clock skew to {dest}: between {low} and {high} ms (host minus workstation, \
+             measured over a {rtt} ms round trip)"
+        ))
+    } else {
+        warn(format!(
+            "clock skew to {dest}: between {low} and {high} ms; the {rtt} ms round trip is too \
+             long to tell whether it is under {MAX_SKEW_MS} ms ({fix})"
         ))
     }
 }
 
-/// The smallest skew consistent with a remote reading taken between `before` and `after`.
-fn skew_bounds(remote: i64, before: i64, after: i64) -> i64 {
-    if remote < before {
-        remote - before
-    } else if remote > after {
-        remote - after
-    } else {
-        0
+/// The host's key as the host has it now, against the key pinned for its `host_id` here. A
+/// host key regenerated on the host makes the agent refuse every request it signs, and sudo
+/// there silently falls back to the password.
+fn host_key_check(paths: &Paths, dest: &str, ssh_config: Option<&Path>, config: &str) -> Check {
+    let read = |script: String| remote::read(ssh_config, dest, &script);
+    let host = match read(format!("cat -- {}", shell_quote(config))).and_then(|t: String| {
+        toml::from_str::<HostConfig>(&t).map_err(|e| anyhow::anyhow!("{}", e.message()))
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            return fail(
+                format!(
+                    "host key: cannot read the nod config {config} on {dest}: {}",
+                    nod_agent::error_chain(e.as_ref())
+                ),
+                "install nod-helper there and write its config as docs/setup.md step 6 \
+                 describes (or pass --host-config)",
+            );
+        }
+    };
+    let pub_path = host.public_key_path();
+    let public = match read(format!("cat -- {}", shell_quote(&pub_path)))
+        .and_then(|t: String| parse_public_key_file(&t).map_err(anyhow::Error::from))
+    {
+        Ok(k) => k,
+        Err(e) => {
+            return fail(
+                format!(
+                    "host key: cannot read {dest}:{pub_path}: {}",
+                    nod_agent::error_chain(e.as_ref())
+                ),
+                "create the host key there with `sudo nod-helper gen-key` (docs/setup.md step 5)",
+            );
+        }
+    };
+    let now = KeyId::fingerprint(&public.key);
+    let hosts_path = paths.hosts_file();
+    let hosts = match HostsFile::load(&hosts_path) {
+        Ok(h) => h,
+        Err(e) => {
+            return fail(
+                format!("host allowlist: {e}"),
+                format!("fix or remove {}", hosts_path.display()),
+            );
+        }
+    };
+    let id = &host.host_id;
+    let Some(entry) = hosts.entries().find(|e| e.id == *id) else {
+        return fail(
+            format!(
+                "host {id} ({dest}) is not in the allowlist {}: the agent refuses its \
+                 requests, so sudo there falls back to the password",
+                hosts_path.display()
+            ),
+            format!("run `nod pair {dest}`"),
+        );
+    };
+    if entry.public_key_hex != hex_lower(public.key.as_bytes()) {
+        let pinned = hosts.get(id).map_or_else(
+            || entry.public_key_hex.clone(),
+            |k| KeyId::fingerprint(&k.key).to_string(),
+        );
+        return fail(
+            format!(
+                "host key of {id} changed: {dest}:{pub_path} is {now}, but this agent pins \
+                 {pinned}, so it refuses the host's requests and sudo there falls back to the \
+                 password"
+            ),
+            format!(
+                "if the key was regenerated on purpose (`nod-helper gen-key --force`), run \
+                 `nod pair {dest} --replace-host-key`; if not, find out who changed it before \
+                 trusting the host"
+            ),
+        );
     }
+    // With no id configured, the helper claims its key's fingerprint.
+    let claims = host
+        .pinned_key_id(&public)
+        .unwrap_or_else(|| now.to_string());
+    if let Some(pinned) = &entry.key_id
+        && claims != *pinned
+    {
+        return fail(
+            format!(
+                "host {id} is pinned here with key id {pinned}, but it now claims {claims}, so \
+                 the agent refuses its requests"
+            ),
+            format!("run `nod pair {dest}` (the key itself is unchanged)"),
+        );
+    }
+    ok(format!(
+        "host key of {id}: {dest} has the key pinned here ({now})"
+    ))
 }
 
 /// `sudo nod-helper doctor --agent-key <our key>` on the host; its report goes to our stdout.
-/// The session keeps the ssh config's forwards, so the helper sees the forwarded socket that
-/// a real login would create.
+/// The session forwards nothing: the helper checks the forwarded socket of the login that is
+/// open (if any), which a forward of this session's own would have replaced and left stale.
 fn remote_doctor(paths: &Paths, dest: &str, args: &DoctorArgs) -> Result<bool> {
     let key = Keystore::open(paths)
         .agent_key()
@@ -544,10 +683,10 @@ fn remote_doctor(paths: &Paths, dest: &str, args: &DoctorArgs) -> Result<bool> {
     if let Some(config) = &args.host_config {
         remote.push_str(&format!(" --config {}", shell_quote(config)));
     }
-    let mut cmd = Command::new("ssh");
-    if let Some(cfg) = &args.ssh_config {
-        cmd.arg("-F").arg(cfg);
+    if let Some(service) = &args.pam_service {
+        remote.push_str(&format!(" --pam-service {}", shell_quote(service)));
     }
+    let mut cmd = remote::ssh(args.ssh_config.as_deref());
     if interactive {
         cmd.arg("-t");
     } else {
@@ -562,18 +701,32 @@ fn remote_doctor(paths: &Paths, dest: &str, args: &DoctorArgs) -> Result<bool> {
     Ok(status.success())
 }
 
-pub(crate) fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn skew_is_zero_inside_the_round_trip_and_the_distance_outside() {
-        assert_eq!(skew_bounds(1050, 1000, 1100), 0);
-        assert_eq!(skew_bounds(900, 1000, 1100), -100);
-        assert_eq!(skew_bounds(7100, 1000, 1100), 6000);
+    fn skew_is_bounded_by_the_round_trip_and_named_as_a_range() {
+        // Read inside our bracket: the skew lies within the round trip, either way.
+        let c = skew_verdict("h", 1000, 1100, 1050);
+        assert_eq!(c.status, Status::Ok);
+        assert!(c.message.contains("between -50 and 50 ms"), "{}", c.message);
+        // 6 s ahead, whatever the round trip: at least 6000 ms.
+        let c = skew_verdict("h", 1000, 1100, 7100);
+        assert!(matches!(c.status, Status::Fail(_)), "{c:?}");
+        assert!(
+            c.message.contains("at least 6000 ms") && c.message.contains("ahead"),
+            "{}",
+            c.message
+        );
+        let c = skew_verdict("h", 10_000, 10_100, 1000);
+        assert!(
+            c.message.contains("at least 9000 ms") && c.message.contains("behind"),
+            "{}",
+            c.message
+        );
+        // A 12 s round trip cannot tell 0 from 6 s: neither ok nor a failure.
+        let c = skew_verdict("h", 0, 12_000, 6000);
+        assert_eq!(c.status, Status::Warn, "{c:?}");
     }
 }

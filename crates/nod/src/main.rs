@@ -14,6 +14,7 @@ mod doctor;
 mod keys;
 mod pair;
 mod passphrase;
+mod remote;
 mod secrets;
 mod ssh_agent;
 mod status;
@@ -140,6 +141,10 @@ enum Command {
         /// The helper program on the host, for --host.
         #[arg(long, value_name = "PROG", default_value = "nod-helper", hide = true)]
         remote_helper: String,
+        /// For --host: check /etc/pam.d/NAME there for the pam_nod.so line, as
+        /// `nod-helper doctor --pam-service NAME` does.
+        #[arg(long, value_name = "NAME", requires = "host")]
+        pam_service: Option<String>,
     },
     /// Pair a Linux host over ssh: allow its host key here, install this agent's key on it
     /// (one sudo), and write the RemoteForward block into ~/.ssh/config. Safe to run again.
@@ -337,12 +342,14 @@ fn run(cli: Cli) -> Result<()> {
             ssh_config,
             host_config,
             remote_helper,
+            pam_service,
         } => {
             let args = doctor::DoctorArgs {
                 host,
                 ssh_config,
                 host_config,
                 remote_helper,
+                pam_service,
             };
             if doctor::run(&paths, &args)? {
                 Ok(())
@@ -400,7 +407,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nod: {e:#}");
+            eprintln!("nod: {}", nod_agent::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

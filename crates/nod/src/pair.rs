@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nod_agent::keystore::Keystore;
@@ -22,7 +22,8 @@ use nod_agent::pam::hosts::HostsFile;
 use nod_agent::paths::Paths;
 use nod_proto::keys::format_public_key_file;
 use nod_proto::parse_public_key_file;
-use serde::Deserialize;
+
+use crate::remote::{self, HostConfig, hex_lower, shell_quote};
 
 /// What `nod pair` was asked to do.
 #[derive(Debug, Clone)]
@@ -40,24 +41,9 @@ pub struct PairArgs {
     pub replace_host_key: bool,
 }
 
-/// The parts of the host's `config.toml` that pairing needs (other keys are the helper's).
-#[derive(Debug, Deserialize)]
-struct HostConfig {
-    socket_path: String,
-    host_key_file: String,
-    agent_pubkey_file: String,
-    host_id: String,
-    key_id: Option<String>,
-}
-
 /// The comment `nod agent-key` puts above the key.
 pub const AGENT_KEY_COMMENT: &str = "nod agent key. Install this file on each Linux host as\n\
                                      /etc/nod/agents.d/<name>.pub (owned by root, mode 0644).";
-
-/// Quotes `s` for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
 
 /// Marker lines around the block `nod pair` owns in the ssh config.
 fn markers(dest: &str) -> (String, String) {
@@ -164,35 +150,12 @@ fn write_atomic_keep_mode(path: &Path, text: &str) -> Result<()> {
 }
 
 fn ssh(args: &PairArgs) -> Command {
-    let mut cmd = Command::new("ssh");
-    if let Some(cfg) = &args.ssh_config {
-        cmd.arg("-F").arg(cfg);
-    }
-    // Pairing needs no forward, and an existing RemoteForward block must not fail it.
-    cmd.args(["-o", "ClearAllForwardings=yes"]);
-    cmd
+    remote::ssh(args.ssh_config.as_deref())
 }
 
 /// Runs the POSIX shell `script` on the host without a terminal and returns its stdout.
 fn remote_read(args: &PairArgs, script: &str) -> Result<String> {
-    // Through `sh -c`, so a login shell that is not POSIX (fish, csh) runs it too.
-    let command = format!("sh -c {}", shell_quote(script));
-    let out = ssh(args)
-        .args(["-o", "BatchMode=yes", "--", &args.dest, &command])
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run ssh")?;
-    if !out.status.success() {
-        bail!(
-            "ssh {} failed ({}): {}\nmake `ssh {} true` work without a password prompt first \
-             (an ssh key, a verified known_hosts entry)",
-            args.dest,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            args.dest
-        );
-    }
-    String::from_utf8(out.stdout).context("the host sent non-UTF-8 text")
+    remote::read(args.ssh_config.as_deref(), &args.dest, script)
 }
 
 /// Splits `key=value` lines followed by a `---` line and a body.
@@ -295,10 +258,7 @@ pub fn run(paths: &Paths, args: &PairArgs) -> Result<()> {
         .socket_path
         .replace("{uid}", &remote_uid.to_string())
         .replace("{user}", remote_user);
-    let host_pub_path = match config.host_key_file.strip_suffix(".key") {
-        Some(stem) => format!("{stem}.pub"),
-        None => format!("{}.pub", config.host_key_file),
-    };
+    let host_pub_path = config.public_key_path();
     let agents_dir = config.agent_pubkey_file.trim_end_matches('/').to_owned();
     let agent_file = format!("{agents_dir}/{name}.pub");
     // Both paths end up in a shell command or the ssh config, where spaces, quotes and `%`
@@ -354,18 +314,13 @@ pub fn run(paths: &Paths, args: &PairArgs) -> Result<()> {
     // Step 1: allow the host here.
     let parsed = parse_public_key_file(&host_pub)
         .map_err(|e| anyhow!("{}:{host_pub_path}: {e}", args.dest))?;
-    // The id the host's config sets, else its key file's; with neither, as `nod hosts add`,
-    // none is pinned and the host's signature decides.
-    let key_id = config
-        .key_id
-        .clone()
-        .or_else(|| parsed.key_id.as_ref().map(|id| id.as_str().to_owned()));
+    let key_id = config.pinned_key_id(&parsed);
     let pins = key_id
         .as_ref()
         .map_or_else(|| "any key id".to_owned(), |id| format!("key id {id}"));
     let hosts_path = paths.hosts_file();
     let mut hosts = HostsFile::load(&hosts_path)?;
-    let key_hex = crate::doctor::hex_lower(parsed.key.as_bytes());
+    let key_hex = hex_lower(parsed.key.as_bytes());
     let same = hosts
         .entries()
         .any(|e| e.id == config.host_id && e.public_key_hex == key_hex && e.key_id == key_id);
@@ -557,10 +512,5 @@ mod tests {
         assert!(!plain_path("/run/a b"));
         assert!(!plain_path("/run/%u"));
         assert!(!plain_path("/run/\"x"));
-    }
-
-    #[test]
-    fn shell_quote_survives_quotes() {
-        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
     }
 }

@@ -412,3 +412,37 @@ fn xdg_fallbacks_use_home_and_ignore_relative_values() {
             .exists()
     );
 }
+
+/// A file of another user where nod wants its own: the message says so once, with the fix,
+/// although the error also carries the same text as its cause.
+#[test]
+fn an_error_and_its_cause_are_printed_once() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs root to give a file to another user; CI=true, so not skipping"
+        );
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let dir = TempDir::new("nod-cli-once", &["config/nod", "run"]);
+    fs::set_permissions(dir.path("run"), fs::Permissions::from_mode(0o700)).unwrap();
+    let nobody = Some(nix::unistd::Uid::from_raw(65534));
+    for (file, args) in [
+        ("config/nod/agent.toml", &["agent"][..]),
+        ("config/nod/hosts.toml", &["hosts", "list"][..]),
+    ] {
+        fs::write(dir.path(file), "").unwrap();
+        nix::unistd::chown(&dir.path(file), nobody, None).unwrap();
+        let o = run(&dir, args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert_eq!(
+            err.matches("is owned by uid 65534, not by you").count(),
+            1,
+            "{args:?} says it twice: {err}"
+        );
+        assert!(err.contains("fix its owner"), "{args:?}: {err}");
+        fs::remove_file(dir.path(file)).unwrap();
+    }
+}

@@ -41,11 +41,9 @@
 mod spawn;
 
 use std::ffi::{CStr, CString, OsStr};
-use std::fmt;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use libc::{c_char, c_int};
@@ -55,14 +53,10 @@ use pam::module::{PamHandle, PamHooks};
 
 pub use spawn::Outcome;
 
-/// Default `conf=`.
-pub const DEFAULT_CONF: &str = "/etc/nod/config.toml";
-/// Default `helper=`.
-pub const DEFAULT_HELPER: &str = "/usr/bin/nod-helper";
-/// Default `timeout_ms=`.
-pub const DEFAULT_TIMEOUT_MS: u32 = 30_000;
-/// Largest accepted `timeout_ms=`: five minutes is already longer than anyone waits at a prompt.
-pub const MAX_TIMEOUT_MS: u32 = 300_000;
+pub use pam_nod_conf::{
+    ArgError, Args, DEFAULT_CONF, DEFAULT_HELPER, DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS,
+};
+
 /// Extra time given to the helper beyond its own deadline before it is killed, so the helper's
 /// own timeout (which maps to "unavailable" with a clean exit) normally fires first.
 pub const GRACE_MS: u64 = 1_000;
@@ -71,113 +65,10 @@ pub const SUDO_COMMAND_MAX: usize = 1024;
 /// The whole environment of the helper.
 pub const HELPER_PATH_ENV: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The parsed module arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Args {
-    pub conf: PathBuf,
-    pub helper: PathBuf,
-    pub timeout_ms: u32,
-    pub debug: bool,
-}
-
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            conf: PathBuf::from(DEFAULT_CONF),
-            helper: PathBuf::from(DEFAULT_HELPER),
-            timeout_ms: DEFAULT_TIMEOUT_MS,
-            debug: false,
-        }
-    }
-}
-
-/// A module argument that could not be accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ArgError {
-    Unknown(String),
-    Repeated(String),
-    NotUtf8,
-    NotAbsolute { name: &'static str, value: String },
-    BadTimeout(String),
-}
-
-impl fmt::Display for ArgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unknown(a) => write!(
-                f,
-                "unknown module argument {a:?} — valid arguments are conf=PATH, helper=PATH, \
-                 timeout_ms=N and debug; fix the pam_nod.so line in /etc/pam.d"
-            ),
-            Self::Repeated(a) => write!(
-                f,
-                "module argument {a:?} is given more than once — keep one in the pam_nod.so line"
-            ),
-            Self::NotUtf8 => write!(
-                f,
-                "a module argument is not valid UTF-8 — fix the pam_nod.so line in /etc/pam.d"
-            ),
-            Self::NotAbsolute { name, value } => write!(
-                f,
-                "{name}={value:?} is not an absolute path — use a full path starting with /"
-            ),
-            Self::BadTimeout(v) => write!(
-                f,
-                "timeout_ms={v:?} is not a whole number of milliseconds in 1..={MAX_TIMEOUT_MS}"
-            ),
-        }
-    }
-}
-
-/// Parses the module arguments. Every argument must be known, and given at most once.
+/// Parses the module arguments as PAM passes them, with the parser `nod-helper doctor` uses
+/// too (crate `pam-nod-conf`). Every argument must be known, and given at most once.
 pub fn parse_args(args: &[&CStr]) -> Result<Args, ArgError> {
-    let mut out = Args::default();
-    let (mut conf, mut helper, mut timeout, mut debug) = (false, false, false, false);
-    for arg in args {
-        let arg = arg.to_str().map_err(|_| ArgError::NotUtf8)?;
-        let (key, value) = match arg.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (arg, None),
-        };
-        let seen = match (key, value) {
-            ("conf", Some(v)) => {
-                out.conf = absolute("conf", v)?;
-                &mut conf
-            }
-            ("helper", Some(v)) => {
-                out.helper = absolute("helper", v)?;
-                &mut helper
-            }
-            ("timeout_ms", Some(v)) => {
-                out.timeout_ms = v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_TIMEOUT_MS).contains(n))
-                    .ok_or_else(|| ArgError::BadTimeout(v.to_owned()))?;
-                &mut timeout
-            }
-            ("debug", None) => {
-                out.debug = true;
-                &mut debug
-            }
-            _ => return Err(ArgError::Unknown(arg.to_owned())),
-        };
-        if std::mem::replace(seen, true) {
-            return Err(ArgError::Repeated(key.to_owned()));
-        }
-    }
-    Ok(out)
-}
-
-fn absolute(name: &'static str, value: &str) -> Result<PathBuf, ArgError> {
-    if value.starts_with('/') {
-        Ok(PathBuf::from(value))
-    } else {
-        Err(ArgError::NotAbsolute {
-            name,
-            value: value.to_owned(),
-        })
-    }
+    pam_nod_conf::parse_args(args.iter().map(|a| a.to_bytes()))
 }
 
 /// What the helper is asked about. Empty items are treated as absent.
@@ -334,36 +225,6 @@ fn log(pamh: &PamHandle, priority: c_int, msg: &str) {
     unsafe { pam_syslog(pamh, priority, c"%s".as_ptr(), msg.as_ptr()) };
 }
 
-/// Opens the helper by fd walk and checks that root can execute it as an ELF binary.
-fn open_helper(path: &Path) -> Result<std::fs::File, String> {
-    let file = nod_fscheck::open_file(path, nod_fscheck::Rule::root_file())
-        .map_err(|e| format!("refusing helper: {e}"))?;
-    let mode = file
-        .metadata()
-        .map_err(|e| format!("refusing helper {}: fstat: {e}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o111 == 0 {
-        return Err(format!(
-            "refusing helper {}: it is not executable (mode {:04o}) — run `chmod 755 {}`",
-            path.display(),
-            mode & 0o7777,
-            path.display()
-        ));
-    }
-    // The fd is close-on-exec, which fexecve accepts for ELF binaries only (a script's
-    // interpreter would be handed a /dev/fd path that is already closed). Say so clearly.
-    let mut magic = [0u8; 4];
-    if file.read_exact_at(&mut magic, 0).is_err() || magic != *b"\x7fELF" {
-        return Err(format!(
-            "refusing helper {}: it is not an ELF executable — point helper= at the \
-             nod-helper binary, not a script",
-            path.display()
-        ));
-    }
-    Ok(file)
-}
-
 fn cstr_item(value: Option<&CStr>) -> Option<Vec<u8>> {
     value
         .map(CStr::to_bytes)
@@ -394,7 +255,7 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr]) -> Outcome {
         tty: cstr_item(pamh.get_item::<Tty>().ok().flatten().map(|v| v.0)),
         sudo_command: sudo_command(),
     };
-    let helper = match open_helper(&args.helper) {
+    let helper = match pam_nod_conf::open_helper(&args.helper) {
         Ok(f) => f,
         Err(msg) => {
             log(pamh, libc::LOG_ERR, &msg);
@@ -468,98 +329,11 @@ mod tests {
     }
 
     #[test]
-    fn no_args_give_the_documented_defaults() {
-        let a = parse(&[]).unwrap();
-        assert_eq!(a.conf, Path::new("/etc/nod/config.toml"));
-        assert_eq!(a.helper, Path::new("/usr/bin/nod-helper"));
-        assert_eq!(a.timeout_ms, 30_000);
-        assert!(!a.debug);
-    }
-
-    #[test]
-    fn all_args_are_parsed() {
-        let a = parse(&[
-            "conf=/etc/nod/other.toml",
-            "helper=/opt/nod/bin/nod-helper",
-            "timeout_ms=5000",
-            "debug",
-        ])
-        .unwrap();
-        assert_eq!(
-            a,
-            Args {
-                conf: "/etc/nod/other.toml".into(),
-                helper: "/opt/nod/bin/nod-helper".into(),
-                timeout_ms: 5000,
-                debug: true,
-            }
-        );
-    }
-
-    #[test]
-    fn unknown_or_misspelt_args_are_refused() {
-        for bad in [
-            "debg",
-            "timeout=5000",
-            "conf",
-            "helper",
-            "debug=1",
-            "",
-            "Conf=/x",
-        ] {
-            assert!(
-                matches!(parse(&[bad]), Err(ArgError::Unknown(_))),
-                "{bad:?} was accepted"
-            );
-        }
-        let msg = parse(&["debg"]).unwrap_err().to_string();
-        assert!(msg.contains("debg") && msg.contains("conf=PATH"), "{msg}");
-    }
-
-    #[test]
-    fn repeated_args_are_refused() {
-        assert_eq!(
-            parse(&["debug", "debug"]).unwrap_err(),
-            ArgError::Repeated("debug".into())
-        );
-        assert_eq!(
-            parse(&["conf=/a", "conf=/b"]).unwrap_err(),
-            ArgError::Repeated("conf".into())
-        );
-    }
-
-    #[test]
-    fn relative_paths_are_refused() {
-        assert!(matches!(
-            parse(&["helper=nod-helper"]),
-            Err(ArgError::NotAbsolute { name: "helper", .. })
-        ));
-        assert!(matches!(
-            parse(&["conf=etc/nod/config.toml"]),
-            Err(ArgError::NotAbsolute { name: "conf", .. })
-        ));
-        assert!(matches!(
-            parse(&["conf="]),
-            Err(ArgError::NotAbsolute { .. })
-        ));
-    }
-
-    #[test]
-    fn timeout_must_be_in_range() {
-        assert_eq!(parse(&["timeout_ms=1"]).unwrap().timeout_ms, 1);
-        assert_eq!(parse(&["timeout_ms=300000"]).unwrap().timeout_ms, 300_000);
-        for bad in ["0", "300001", "-1", "1e3", "", " 5", "99999999999", "3O000"] {
-            let arg = format!("timeout_ms={bad}");
-            assert_eq!(
-                parse(&[&arg]).unwrap_err(),
-                ArgError::BadTimeout(bad.into()),
-                "{arg}"
-            );
-        }
-    }
-
-    #[test]
-    fn non_utf8_arg_is_refused() {
+    fn module_arguments_from_pam_are_parsed_by_the_shared_parser() {
+        let a = parse(&["conf=/etc/nod/other.toml", "timeout_ms=5000", "debug"]).unwrap();
+        assert_eq!(a.conf, Path::new("/etc/nod/other.toml"));
+        assert_eq!((a.timeout_ms, a.debug), (5000, true));
+        assert!(matches!(parse(&["debg"]), Err(ArgError::Unknown(_))));
         let arg = CString::new(vec![b'c', b'o', b'n', b'f', b'=', b'/', 0xff]).unwrap();
         assert_eq!(parse_args(&[&arg]).unwrap_err(), ArgError::NotUtf8);
     }

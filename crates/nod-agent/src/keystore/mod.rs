@@ -662,10 +662,10 @@ impl Keystore {
             })?;
             let key = AgentKey::new(SigningKey::from_bytes(seed));
             // A migration that stopped between sealing and removing the plaintext.
-            if let Some(old) = self.read_plaintext_agent_key()? {
-                if old.verifying_key() == key.public_key() {
-                    wipe_and_remove(&self.agent_key_path());
-                }
+            if let Some(old) = self.read_plaintext_agent_key()?
+                && old.verifying_key() == key.public_key()
+            {
+                wipe_and_remove(&self.agent_key_path());
             }
             return Ok(key);
         }
@@ -905,15 +905,14 @@ pub fn make_non_dumpable() {
 /// Overwrites a small secret file with zeros, then removes it. Best effort: on copy-on-write
 /// file systems and SSDs the old blocks may survive (docs/security.md says so).
 fn wipe_and_remove(path: &Path) {
-    if let Ok(len) = fs::metadata(path).map(|m| m.len()) {
-        if let Ok(mut f) = OpenOptions::new()
+    if let Ok(len) = fs::metadata(path).map(|m| m.len())
+        && let Ok(mut f) = OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)
-        {
-            let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
-            let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
-        }
+    {
+        let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
     }
     if let Err(e) = fs::remove_file(path) {
         event!("keystore: cannot remove {}: {e}", path.display());

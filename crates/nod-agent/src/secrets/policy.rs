@@ -341,16 +341,15 @@ impl PendingQueue {
                 return Ok(());
             }
         } else {
-            if self.entries.len() >= MAX_PENDING {
-                if let Some(oldest) = self
+            if self.entries.len() >= MAX_PENDING
+                && let Some(oldest) = self
                     .entries
                     .iter()
                     .enumerate()
                     .min_by_key(|(_, e)| e.last_seen_ms)
                     .map(|(i, _)| i)
-                {
-                    self.entries.remove(oldest);
-                }
+            {
+                self.entries.remove(oldest);
             }
             entry.requested.truncate(MAX_REQUESTED);
             self.entries.push(entry);

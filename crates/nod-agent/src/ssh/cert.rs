@@ -319,8 +319,13 @@ impl SshAgentService {
             share_key: None,
         };
         let decision = self.core.decide(ask, std::future::pending()).await;
+        let program = exe.as_deref().unwrap_or("unknown program");
+        let caller = match pid {
+            Some(pid) => format!("{program:?} (pid {pid})"),
+            None => format!("{program:?}"),
+        };
         event!(
-            "ssh agent: {summary} for {exe:?} (pid {pid:?}): {}",
+            "ssh agent: {summary} for {caller}: {}",
             decision_word(decision.outcome())
         );
         if !decision.approved() {

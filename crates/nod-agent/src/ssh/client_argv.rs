@@ -38,10 +38,10 @@ pub fn ssh_destination_candidates(argv: &[String]) -> Vec<String> {
                 match (c, value) {
                     ('p', Some(v)) => port = Some(v.to_owned()),
                     ('o', Some(v)) => {
-                        if let Some((k, val)) = v.split_once(['=', ' ']) {
-                            if k.eq_ignore_ascii_case("port") {
-                                port = Some(val.trim().to_owned());
-                            }
+                        if let Some((k, val)) = v.split_once(['=', ' '])
+                            && k.eq_ignore_ascii_case("port")
+                        {
+                            port = Some(val.trim().to_owned());
                         }
                     }
                     _ => {}
@@ -57,11 +57,11 @@ pub fn ssh_destination_candidates(argv: &[String]) -> Vec<String> {
     if let Some(rest) = host.strip_prefix("ssh://") {
         host = rest.split('/').next().unwrap_or(rest);
         host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-        if let Some((h, p)) = host.rsplit_once(':').filter(|(h, _)| !h.ends_with(']')) {
-            if !h.contains(':') {
-                port = Some(p.to_owned());
-                host = h;
-            }
+        if let Some((h, p)) = host.rsplit_once(':').filter(|(h, _)| !h.ends_with(']'))
+            && !h.contains(':')
+        {
+            port = Some(p.to_owned());
+            host = h;
         }
     } else {
         host = host.rsplit_once('@').map_or(host, |(_, h)| h);

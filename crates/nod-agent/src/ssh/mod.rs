@@ -100,7 +100,7 @@ pub enum SshError {
     BadKey(&'static str),
     #[error("signing failed")]
     Sign,
-    #[error("signature not approved ({0:?})")]
+    #[error("signature not approved ({})", decision_word(*.0))]
     NotApproved(Outcome),
     #[error("the audit log cannot be written, so the signature is refused")]
     Audit,

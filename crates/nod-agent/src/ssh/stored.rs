@@ -215,7 +215,7 @@ impl SshAgentService {
             Policy::Remember(_) if self.stored.approvals.granted(&scope, Instant::now()) => {
                 event!(
                     "ssh agent: signature allowed by a remembered approval for {:?}",
-                    scope.caller.exe
+                    scope.caller.exe.as_deref().unwrap_or("unknown program")
                 );
                 Need::Remembered
             }
