@@ -37,8 +37,9 @@ pub struct SshAgentArgs {
     /// Fingerprint hash for logs: sha256 or md5 (nod logs SHA-256 fingerprints).
     #[arg(short = 'E', value_name = "fingerprint_hash")]
     fingerprint_hash: Option<String>,
-    /// How the person is asked for `ssh-add -c` keys (default: agent.toml, else askpass if
-    /// a display and an askpass program exist, else nobody).
+    /// How the person is asked for `ssh-add -c` keys: auto, a kind (tty, askpass, command,
+    /// desktop, polkit, fprintd) or kinds separated by commas (default: agent.toml, else
+    /// askpass if a display and an askpass program exist, else nobody).
     #[arg(long, value_parser = parse_choice, value_name = "KIND[,KIND…]")]
     approver: Option<KindSetting>,
     /// Program for the command approver. Implies --approver command.
