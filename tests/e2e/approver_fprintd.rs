@@ -7,7 +7,6 @@
 //! fprintd lets only an active local session verify (polkit, `allow_active=yes`); a namespace
 //! has no logind session, so a polkit rule grants the test user what an active session has.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use nod_e2e::TestUser;
@@ -40,11 +39,12 @@ struct World {
     user: TestUser,
     bus: SessionBus,
     server: NotificationServer,
-    home: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reader {
+    /// fprintd is not running.
+    NoDaemon,
     None,
     Empty,
     Enrolled,
@@ -56,7 +56,9 @@ impl World {
         let mut sys = PrivateSystem::new(tag);
         sys.start_bus();
         sys.start_polkitd(rule);
-        sys.start_fprintd(reader != Reader::None);
+        if reader != Reader::NoDaemon {
+            sys.start_fprintd(reader != Reader::None);
+        }
         if reader == Reader::Enrolled {
             sys.enroll(&user, ENROLLED);
         }
@@ -69,7 +71,6 @@ impl World {
             user,
             bus,
             server,
-            home,
         }
     }
 
@@ -162,10 +163,19 @@ fn withdrawn_prompt_stops_the_scan_and_releases_the_reader() {
 }
 
 #[test]
-fn no_reader_is_unavailable() {
+fn no_fprintd_or_no_reader_is_unavailable() {
     if !required() {
         return;
     }
+    let w = World::new("fprint-nodaemon", Reader::NoDaemon, ACTIVE_SESSION_RULE);
+    let run = finish(w.probe("pam", &["ask"]));
+    assert_eq!(run.outcomes, ["unavailable"], "{}", run.log);
+    assert!(
+        run.log.contains("fprintd is not installed or not running"),
+        "{}",
+        run.log
+    );
+
     let w = World::new("fprint-noreader", Reader::None, ACTIVE_SESSION_RULE);
     let run = finish(w.probe("pam", &["ask"]));
     assert_eq!(run.outcomes, ["unavailable"], "{}", run.log);
@@ -200,5 +210,4 @@ fn reader_refused_by_polkit_is_unavailable() {
     assert_eq!(run.outcomes, ["unavailable"], "{}", run.log);
     assert!(run.log.contains("active local session"), "{}", run.log);
     assert!(w.server.notify_calls().is_empty());
-    let _ = &w.home;
 }

@@ -41,13 +41,15 @@ struct World {
 
 impl World {
     fn new(tag: &str) -> Self {
-        Self::build(tag, true, true)
+        Self::build(tag, true, true, true)
     }
 
-    fn build(tag: &str, polkitd: bool, nod_policy: bool) -> Self {
+    fn build(tag: &str, bus: bool, polkitd: bool, nod_policy: bool) -> Self {
         let user = test_user(USER, PASSWORD);
         let mut sys = PrivateSystem::with_policy(tag, nod_policy);
-        sys.start_bus();
+        if bus {
+            sys.start_bus();
+        }
         if polkitd {
             sys.start_polkitd("");
         }
@@ -218,16 +220,30 @@ fn withdrawn_prompt_cancels_the_check_and_takes_the_dialog_down() {
 }
 
 #[test]
-fn no_polkitd_or_no_nod_policy_is_unavailable() {
+fn no_system_bus_no_polkitd_or_no_nod_policy_is_unavailable() {
     if !required() {
         return;
     }
-    let w = World::build("polkit-nopolkitd", false, true);
+    let w = World::build("polkit-nobus", false, false, true);
+    let run = finish(w.probe(&["ask"]));
+    assert_eq!(run.outcomes, ["unavailable"], "{}", run.log);
+    assert!(
+        run.log
+            .contains("no system bus at unix:path=/run/dbus/system_bus_socket"),
+        "{}",
+        run.log
+    );
+    assert!(
+        w.server.notify_calls().is_empty(),
+        "nothing shown when nothing is asked"
+    );
+
+    let w = World::build("polkit-nopolkitd", true, false, true);
     let run = finish(w.probe(&["ask"]));
     assert_eq!(run.outcomes, ["unavailable"], "{}", run.log);
     assert!(run.log.contains("polkitd is not running"), "{}", run.log);
 
-    let w = World::build("polkit-nopolicy", true, false);
+    let w = World::build("polkit-nopolicy", true, true, false);
     let run = finish(w.probe(&["ask"]));
     assert_eq!(run.outcomes, ["unavailable"], "{}", run.log);
     assert!(

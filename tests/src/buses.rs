@@ -207,7 +207,7 @@ impl SessionBus {
             .stdout(out)
             .stderr(err);
         let daemon = Daemon::spawn("session dbus-daemon", &mut cmd);
-        wait_for("the session bus socket", START_TIMEOUT, || socket.exists());
+        wait_for_listener("the session bus", &socket);
         Self {
             _daemon: daemon,
             socket,
@@ -217,6 +217,12 @@ impl SessionBus {
     pub fn address(&self) -> String {
         format!("unix:path={}", self.socket.display())
     }
+}
+
+/// Waits until something accepts connections on `socket`: a socket file may be bound a
+/// moment before its daemon listens.
+fn wait_for_listener(what: &str, socket: &Path) {
+    wait_for(what, START_TIMEOUT, || UnixStream::connect(socket).is_ok());
 }
 
 /// `prog` run as `user` (no supplementary groups), or as root.
@@ -605,8 +611,10 @@ impl PrivateSystem {
             .stderr(err);
         self.daemons
             .push(Daemon::spawn("system dbus-daemon", &mut cmd));
-        let socket = self.path("/run/dbus/system_bus_socket");
-        wait_for("the private system bus", START_TIMEOUT, || socket.exists());
+        wait_for_listener(
+            "the private system bus",
+            &self.path("/run/dbus/system_bus_socket"),
+        );
     }
 
     /// Starts the real polkitd with `rules` as `/etc/polkit-1/rules.d/50-nod-e2e.rules`.
@@ -743,8 +751,15 @@ impl Probe {
     /// `scratch`, root-owned 0755, so that any test user can run it.
     pub fn install(scratch: &Scratch, built: &str) -> PathBuf {
         let dst = scratch.join("nod-approve-probe");
-        fs::copy(built, &dst).unwrap();
-        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
+        // Copied by a child: a write descriptor of ours could leak into a child that another
+        // test thread forked but has not exec'd yet, and running the copy would then fail with
+        // ETXTBSY (in setpriv's exec, where no retry can help).
+        run_ok(
+            Command::new("install")
+                .args(["-m", "0755"])
+                .arg(built)
+                .arg(&dst),
+        );
         dst
     }
 

@@ -158,6 +158,11 @@ pub(super) fn error_name(e: &Error) -> Option<String> {
     }
 }
 
+/// `e` for the log: D-Bus errors carry text that a peer chose, so it is escaped.
+pub(super) fn describe(e: &Error) -> String {
+    super::display_safe(&e.to_string())
+}
+
 /// Whether `msg` came from `sender`.
 pub(super) fn sent_by(msg: &Message, sender: &UniqueName<'_>) -> bool {
     msg.header().sender() == Some(sender)

@@ -74,7 +74,10 @@ impl DesktopApprover {
         let mut events = match server.events().await {
             Ok(events) => events,
             Err(e) => {
-                event!("desktop approver: cannot subscribe to the notification server: {e}");
+                event!(
+                    "desktop approver: cannot subscribe to the notification server: {}",
+                    bus::describe(&e)
+                );
                 return Outcome::Unavailable;
             }
         };
@@ -82,7 +85,10 @@ impl DesktopApprover {
         let mut shown = match server.show(prompt, "", &actions, deadline).await {
             Ok(shown) => shown,
             Err(e) => {
-                event!("desktop approver: the notification server refused to show it: {e}");
+                event!(
+                    "desktop approver: the notification server refused to show it: {}",
+                    bus::describe(&e)
+                );
                 return Outcome::Unavailable;
             }
         };
@@ -160,17 +166,22 @@ impl Server {
         let reply = match session.call(&method, &()).await {
             Ok(reply) => reply,
             Err(e) if bus::is_reply(&e) => {
-                return Err(format!("no notification server on the session bus ({e})"));
+                return Err(format!(
+                    "no notification server on the session bus ({})",
+                    bus::describe(&e)
+                ));
             }
-            Err(e) => return Err(format!("no session bus ({e})")),
+            Err(e) => return Err(format!("no session bus ({})", bus::describe(&e))),
         };
         let owner = reply
             .sender()
             .ok_or("the notification server's reply names no sender")?;
-        let caps: Vec<String> =
-            reply.msg.body().deserialize().map_err(|e| {
-                format!("the notification server's capabilities are malformed: {e}")
-            })?;
+        let caps: Vec<String> = reply.msg.body().deserialize().map_err(|e| {
+            format!(
+                "the notification server's capabilities are malformed: {}",
+                bus::describe(&e)
+            )
+        })?;
         Ok(Self {
             conn: reply.conn,
             owner,

@@ -160,8 +160,9 @@ impl Approver for FprintdApprover {
 fn unavailable_or_failed(what: &str, e: &zbus::Error) -> Outcome {
     let Some(name) = bus::error_name(e) else {
         event!(
-            "fprintd approver: {what}: no system bus at {} ({e}); not asked",
-            bus::SYSTEM_BUS
+            "fprintd approver: {what}: no system bus at {} ({}); not asked",
+            bus::SYSTEM_BUS,
+            bus::describe(e)
         );
         return Outcome::Unavailable;
     };
@@ -182,9 +183,12 @@ fn unavailable_or_failed(what: &str, e: &zbus::Error) -> Outcome {
         _ => "",
     };
     if outcome == Outcome::Unavailable {
-        event!("fprintd approver: {what}: {e}{hint}; not asked");
+        event!(
+            "fprintd approver: {what}: {}{hint}; not asked",
+            bus::describe(e)
+        );
     } else {
-        event!("fprintd approver: {what}: {e}");
+        event!("fprintd approver: {what}: {}", bus::describe(e));
     }
     outcome
 }
@@ -239,7 +243,10 @@ impl Claimed {
                     return Outcome::Unavailable;
                 }
                 Err(e) => {
-                    event!("fprintd approver: malformed list of enrolled fingers: {e}");
+                    event!(
+                        "fprintd approver: malformed list of enrolled fingers: {}",
+                        bus::describe(&e)
+                    );
                     self.release().await;
                     return Outcome::Failed;
                 }
@@ -283,7 +290,10 @@ impl Claimed {
         let (mut signals, mut vanished) = match subscribed.await {
             Ok(streams) => streams,
             Err(e) => {
-                event!("fprintd approver: cannot subscribe to the reader: {e}");
+                event!(
+                    "fprintd approver: cannot subscribe to the reader: {}",
+                    bus::describe(&e)
+                );
                 return Outcome::Failed;
             }
         };
@@ -296,9 +306,11 @@ impl Claimed {
         loop {
             match next_status(&mut signals, &mut vanished, &owner).await {
                 Some(result) => match status_of(&result) {
-                    Status::Retry => event!("fprintd approver: {result}; waiting for another scan"),
+                    Status::Retry => {
+                        event!("fprintd approver: {result:?}; waiting for another scan")
+                    }
                     Status::Done(outcome) => {
-                        event!("fprintd approver: {result}");
+                        event!("fprintd approver: {result:?}");
                         return outcome;
                     }
                 },

@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use tokio::time::Instant;
 
-use super::bus::LazyBus;
+use super::bus::{self, LazyBus};
 use super::desktop::{Server, Shown};
 use super::{Outcome, Prompt};
 use crate::log::event;
@@ -35,7 +35,10 @@ impl Notice {
             Ok(server) => match server.show(prompt, how, &[], deadline).await {
                 Ok(shown) => Some(shown),
                 Err(e) => {
-                    event!("the notification server refused the prompt's context: {e}");
+                    event!(
+                        "the notification server refused the prompt's context: {}",
+                        bus::describe(&e)
+                    );
                     None
                 }
             },

@@ -125,6 +125,15 @@ impl PolkitApprover {
                 return Outcome::Failed;
             }
         };
+        // No system bus, nothing to show: the check below would find none either.
+        if let Err(e) = self.system.get().await {
+            event!(
+                "polkit approver: no system bus at {} ({}); not asked",
+                bus::SYSTEM_BUS,
+                bus::describe(&e)
+            );
+            return Outcome::Unavailable;
+        }
         let Some(notice) = Notice::show(
             &self.session,
             prompt,
@@ -152,8 +161,9 @@ impl PolkitApprover {
                 Ok(conn) => conn,
                 Err(e) => {
                     event!(
-                        "polkit approver: no system bus at {} ({e})",
-                        bus::SYSTEM_BUS
+                        "polkit approver: no system bus at {} ({})",
+                        bus::SYSTEM_BUS,
+                        bus::describe(&e)
                     );
                     return Outcome::Unavailable;
                 }
@@ -198,7 +208,10 @@ impl PolkitApprover {
                     details,
                 },
                 Err(e) => {
-                    event!("polkit approver: malformed answer from polkitd: {e}");
+                    event!(
+                        "polkit approver: malformed answer from polkitd: {}",
+                        bus::describe(&e)
+                    );
                     return Outcome::Failed;
                 }
             };
@@ -220,7 +233,10 @@ impl PolkitApprover {
     async fn on_error(&self, conn: &Connection, e: &zbus::Error, action: &str) -> Outcome {
         let Some(name) = bus::error_name(e) else {
             self.system.forget(conn).await;
-            event!("polkit approver: lost the system bus ({e}); not answered");
+            event!(
+                "polkit approver: lost the system bus ({}); not answered",
+                bus::describe(e)
+            );
             return Outcome::Unavailable;
         };
         let message = e.to_string();
@@ -231,8 +247,14 @@ impl PolkitApprover {
                 "polkit approver: polkit does not know {action}; install {POLICY_FILE} (the nod \
                  package does) — not asked"
             ),
-            Outcome::Unavailable => event!("polkit approver: polkitd is not running ({e})"),
-            _ => event!("polkit approver: polkitd failed the check: {e}"),
+            Outcome::Unavailable => event!(
+                "polkit approver: polkitd is not running ({})",
+                bus::describe(e)
+            ),
+            _ => event!(
+                "polkit approver: polkitd failed the check: {}",
+                bus::describe(e)
+            ),
         }
         outcome
     }
