@@ -747,19 +747,22 @@ pub struct ProbeRun {
 }
 
 impl Probe {
-    /// Copies the probe binary `built` (the test's `CARGO_BIN_EXE_nod-approve-probe`) into
-    /// `scratch`, root-owned 0755, so that any test user can run it.
+    /// Puts the probe binary `built` (the test's `CARGO_BIN_EXE_nod-approve-probe`) into
+    /// `scratch`, so that a test user can run it even when the build directory is not
+    /// reachable for them: a hard link (no copy of a debug binary per test), else a copy.
     pub fn install(scratch: &Scratch, built: &str) -> PathBuf {
         let dst = scratch.join("nod-approve-probe");
-        // Copied by a child: a write descriptor of ours could leak into a child that another
-        // test thread forked but has not exec'd yet, and running the copy would then fail with
-        // ETXTBSY (in setpriv's exec, where no retry can help).
-        run_ok(
-            Command::new("install")
-                .args(["-m", "0755"])
-                .arg(built)
-                .arg(&dst),
-        );
+        if fs::hard_link(built, &dst).is_err() {
+            // Copied by a child: a write descriptor of ours could leak into a child that
+            // another test thread forked but has not exec'd yet, and running the copy would
+            // then fail with ETXTBSY (in setpriv's exec, where no retry can help).
+            run_ok(
+                Command::new("install")
+                    .args(["-m", "0755"])
+                    .arg(built)
+                    .arg(&dst),
+            );
+        }
         dst
     }
 
