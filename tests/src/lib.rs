@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod buses;
 pub mod ssh_bench;
 
 use std::ffi::OsStr;

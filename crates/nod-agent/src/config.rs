@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! [approver]
-//! kind = "auto"             # auto | tty | askpass | command, or a list tried in order
+//! kind = "auto"             # auto | tty | askpass | command | desktop | polkit | fprintd,
+//!                           # or a list tried in order
 //! command = ["prog", "arg"]
 //! [presence]
 //! pam = "any"               # any | verified (a password or a fingerprint)
@@ -35,6 +36,12 @@ pub enum ApproverKind {
     Tty,
     Askpass,
     Command,
+    /// A notification with Approve and Deny buttons on the session bus.
+    Desktop,
+    /// System authentication through polkit (the password, or what its PAM stack asks).
+    Polkit,
+    /// An enrolled finger, through fprintd.
+    Fprintd,
 }
 
 impl std::str::FromStr for ApproverKind {
@@ -45,8 +52,11 @@ impl std::str::FromStr for ApproverKind {
             "tty" => Ok(Self::Tty),
             "askpass" => Ok(Self::Askpass),
             "command" => Ok(Self::Command),
+            "desktop" => Ok(Self::Desktop),
+            "polkit" => Ok(Self::Polkit),
+            "fprintd" => Ok(Self::Fprintd),
             other => Err(format!(
-                "unknown approver {other:?}; use tty, askpass or command"
+                "unknown approver {other:?}; use tty, askpass, command, desktop, polkit or fprintd"
             )),
         }
     }
@@ -396,6 +406,16 @@ mod tests {
         assert_eq!("tty".parse::<ApproverKind>(), Ok(ApproverKind::Tty));
         assert_eq!("askpass".parse::<ApproverKind>(), Ok(ApproverKind::Askpass));
         assert_eq!("command".parse::<ApproverKind>(), Ok(ApproverKind::Command));
+        assert_eq!("desktop".parse::<ApproverKind>(), Ok(ApproverKind::Desktop));
+        assert_eq!("polkit".parse::<ApproverKind>(), Ok(ApproverKind::Polkit));
+        assert_eq!("fprintd".parse::<ApproverKind>(), Ok(ApproverKind::Fprintd));
         assert!("always".parse::<ApproverKind>().is_err());
+        for kind in ["desktop", "polkit", "fprintd"] {
+            let c = parse(&format!("[approver]\nkind = \"{kind}\"")).unwrap();
+            assert_eq!(
+                c.approver.kind,
+                Some(KindSetting::One(KindWord::Kind(kind.parse().unwrap())))
+            );
+        }
     }
 }

@@ -58,7 +58,8 @@ enum Command {
     /// [approval] allowed_future_skew_ms, rate_limit_burst, rate_limit_per_minute;
     /// [secrets] backend = "auto"|"file"|"secret-service".
     Agent {
-        /// How the person is asked: auto, or a kind (tty, askpass, command), or kinds
+        /// How the person is asked: auto, or a kind (tty, askpass, command, desktop: a
+        /// notification with buttons, polkit: system authentication, fprintd: a fingerprint), or kinds
         /// separated by commas, tried in order. Default: agent.toml, else auto (a dialog in a
         /// graphical session, then this terminal; with neither, nobody: requests are answered
         /// unavailable, and the agent says so).

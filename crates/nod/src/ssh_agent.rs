@@ -65,8 +65,9 @@ pub struct SshAgentArgs {
     /// Default lifetime of added keys: seconds, or e.g. 30m, 1h30m, 2d.
     #[arg(short = 't', value_name = "life", action = ArgAction::Append)]
     life: Vec<String>,
-    /// How the person is asked for `ssh-add -c` keys (default: agent.toml, else askpass if
-    /// a display and an askpass program exist, else nobody).
+    /// How the person is asked for `ssh-add -c` keys: auto, a kind (tty, askpass, command,
+    /// desktop, polkit, fprintd) or kinds separated by commas (default: agent.toml, else
+    /// askpass if a display and an askpass program exist, else nobody).
     #[arg(long, value_parser = parse_choice, value_name = "KIND[,KIND…]")]
     approver: Option<KindSetting>,
     /// Program for the command approver. Implies --approver command.

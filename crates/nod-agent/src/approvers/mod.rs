@@ -6,11 +6,18 @@
 //! into `Approved`.
 //!
 //! Backends: [`tty::TtyApprover`], [`askpass::AskpassApprover`], [`command::CommandApprover`],
-//! and [`Unavailable`] when none can reach the person.
+//! [`desktop::DesktopApprover`] (a notification with buttons), [`polkit::PolkitApprover`]
+//! (system authentication) and [`fprintd::FprintdApprover`] (a fingerprint); an empty chain
+//! when none can reach the person.
 
 pub mod askpass;
+mod bus;
 mod child;
 pub mod command;
+pub mod desktop;
+pub mod fprintd;
+mod notice;
+pub mod polkit;
 mod prompt;
 pub mod tty;
 
@@ -94,7 +101,8 @@ pub type ApprovalFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>
 /// expiry); a backend should give up by then, and the caller drops the future at the deadline
 /// anyway, so anything a backend holds must clean up on drop (e.g. kill its child).
 pub trait Approver: fmt::Debug + Send + Sync {
-    /// Short name for logs: `tty`, `askpass`, `command`, `none`.
+    /// Short name for logs: `tty`, `askpass`, `command`, `desktop`, `polkit`, `fprintd`,
+    /// `none`.
     fn name(&self) -> &'static str;
 
     /// How a yes from this approver proves presence.
@@ -204,6 +212,9 @@ pub fn select(
                 };
                 Arc::new(command::CommandApprover::new(argv).ok_or(SelectError::NoCommand)?)
             }
+            ApproverKind::Desktop => Arc::new(desktop::DesktopApprover::new()),
+            ApproverKind::Polkit => Arc::new(polkit::PolkitApprover::new()),
+            ApproverKind::Fprintd => Arc::new(fprintd::FprintdApprover::new()),
         });
     }
     Ok(chain)
@@ -298,5 +309,29 @@ mod tests {
         };
         let err = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap_err();
         assert!(matches!(err, SelectError::NoAskpass));
+    }
+
+    #[test]
+    fn explicit_system_approvers_are_built_without_touching_a_bus() {
+        // Nothing here connects: a bus is reached at the first prompt only.
+        for (kind, name, presence) in [
+            (ApproverKind::Desktop, "desktop", Presence::Click),
+            (ApproverKind::Polkit, "polkit", Presence::Password),
+            (ApproverKind::Fprintd, "fprintd", Presence::Fingerprint),
+        ] {
+            let cli = ApproverChoice {
+                kind: Some(KindSetting::One(KindWord::Kind(kind))),
+                command: None,
+            };
+            let chain = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap();
+            assert_eq!(names(&chain), [name]);
+            assert_eq!(chain[0].presence(), presence);
+        }
+        let cli = ApproverChoice {
+            kind: Some(parse_choice("fprintd,polkit,desktop").unwrap()),
+            command: None,
+        };
+        let chain = select(&cli, &ApproverConfig::default(), &Environment::default()).unwrap();
+        assert_eq!(names(&chain), ["fprintd", "polkit", "desktop"]);
     }
 }

@@ -134,7 +134,7 @@ impl Prompt {
         match self {
             Self::Pam(p) => {
                 let mut text = format!(
-                    "{} as {} on {} ({})",
+                    "nod: allow {} as {} on {} ({})?",
                     display_safe(&p.service),
                     display_safe(&p.user),
                     display_safe(&p.host),
@@ -156,7 +156,7 @@ impl Prompt {
                 if !from.is_empty() {
                     text.push_str(&format!("\n  {}", from.join(", ")));
                 }
-                format!("nod: allow {text}?")
+                text
             }
             Self::SshSessionCert(p) => p.text(),
             Self::SshSign(p) => {
@@ -394,6 +394,10 @@ mod tests {
         assert!(!text.contains('\u{202e}'));
         assert!(text.contains("\\u{1b}[2J"));
         assert!(text.contains("web-1.example.com") && text.contains("Approved!"));
+        assert!(
+            text.starts_with("nod: allow sudo as alice on web-1.example.com (web-1)?\n"),
+            "{text}"
+        );
     }
 
     #[test]

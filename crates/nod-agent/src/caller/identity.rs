@@ -360,6 +360,17 @@ struct Image {
     layout: [u64; 10],
 }
 
+/// `starttime` of `/proc/<pid>/stat` (field 22): clock ticks since boot, what polkit calls a
+/// process's `start-time`.
+pub fn start_ticks(pid: i32) -> io::Result<u64> {
+    // stat_fields()[0] is field 4.
+    stat_fields(pid)?
+        .get(22 - 4)
+        .copied()
+        .filter(|&t| t != 0)
+        .ok_or_else(|| io::Error::other("malformed stat"))
+}
+
 fn stat_fields(pid: i32) -> io::Result<Vec<u64>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // comm (field 2) may hold spaces and parentheses; fields after the last ')' are plain.
@@ -596,6 +607,15 @@ mod tests {
 
     fn me() -> u32 {
         nix::unistd::getuid().as_raw()
+    }
+
+    #[test]
+    fn start_ticks_of_a_process_stay_the_same() {
+        let pid = std::process::id() as i32;
+        let t = start_ticks(pid).unwrap();
+        assert!(t > 0);
+        assert_eq!(start_ticks(pid).unwrap(), t);
+        assert!(start_ticks(-1).is_err());
     }
 
     #[test]

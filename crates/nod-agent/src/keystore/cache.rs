@@ -74,10 +74,10 @@ pub fn store(key: &WrapKey, timeout: Duration) -> Result<(), KeystoreError> {
 fn candidates(key_id: &[u8; KEY_ID_LEN]) -> Vec<Key> {
     let desc = description(key_id);
     let mut found = Vec::new();
-    if let Ok(ring) = KeyRing::from_special_id(KeyRingIdentifier::User, false) {
-        if let Ok(key) = ring.search(&desc) {
-            found.push(key);
-        }
+    if let Ok(ring) = KeyRing::from_special_id(KeyRingIdentifier::User, false)
+        && let Ok(key) = ring.search(&desc)
+    {
+        found.push(key);
     }
     found.extend(
         proc_keys(&desc)

@@ -523,10 +523,11 @@ impl Keystore {
     /// Unseals a TPM protector, at most once per [`TPM_RETRY`] after a failure.
     fn unseal(&self, protector: &Protector, pin: Option<&[u8]>) -> Result<WrapKey, KeystoreError> {
         let mut failed = crate::lock(&self.unlock.tpm_failed);
-        if let Some((when, why)) = &*failed {
-            if pin.is_none() && when.elapsed() < TPM_RETRY {
-                return Err(KeystoreError::Tpm(why.clone()));
-            }
+        if let Some((when, why)) = &*failed
+            && pin.is_none()
+            && when.elapsed() < TPM_RETRY
+        {
+            return Err(KeystoreError::Tpm(why.clone()));
         }
         match unseal_tpm(protector, pin) {
             Ok(key) => {

@@ -57,9 +57,9 @@ pub fn wipe_and_remove(path: &Path) {
         let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
         let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
     }
-    if let Err(e) = fs::remove_file(path) {
-        if e.kind() != io::ErrorKind::NotFound {
-            crate::log::event!("cannot remove {}: {e}", path.display());
-        }
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        crate::log::event!("cannot remove {}: {e}", path.display());
     }
 }
