@@ -921,7 +921,7 @@ fn wipe_and_remove(path: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     use nod_proto::keys::format_private_key_file;

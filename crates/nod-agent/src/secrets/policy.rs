@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::keyfile::{self, Key32};
-use crate::files::write_atomic;
+use crate::files::{RETRY_AFTER, write_atomic};
 use crate::keystore::{Keystore, KeystoreError, ProtectorKind};
 
 /// Pending entries kept at most.
@@ -80,6 +80,9 @@ pub struct PolicyStore {
     entries: Vec<PolicyEntry>,
     stamp: Stamp,
     broken: Option<PolicyError>,
+    /// When the policy last failed to load: tried again after [`RETRY_AFTER`] even if the file
+    /// did not change (a read that failed for a passing reason recovers by itself).
+    failed_at: Option<std::time::Instant>,
 }
 
 fn stamp_of(path: &Path) -> io::Result<Stamp> {
@@ -112,6 +115,7 @@ impl PolicyStore {
             entries: Vec::new(),
             stamp: None,
             broken: None,
+            failed_at: None,
         };
         s.reload();
         s
@@ -140,6 +144,12 @@ impl PolicyStore {
         self.broken = None;
         match self.read() {
             Ok((entries, stamp, legacy)) => {
+                if self.failed_at.take().is_some() {
+                    crate::log::event!(
+                        "secrets policy {}: read again, working",
+                        self.path.display()
+                    );
+                }
                 self.entries = entries;
                 self.stamp = stamp;
                 if legacy {
@@ -147,6 +157,8 @@ impl PolicyStore {
                 }
             }
             Err(e) => {
+                // Not logged here: the request it fails says why.
+                self.failed_at = Some(std::time::Instant::now());
                 self.stamp = stamp_of(&self.path).ok().flatten();
                 self.broken = Some(e);
             }
@@ -220,8 +232,10 @@ impl PolicyStore {
     /// The current policy: reloaded if the file changed since we last read or wrote it.
     pub fn current(&mut self) -> Result<&[PolicyEntry], PolicyError> {
         let now = stamp_of(&self.path).map_err(|e| self.io_err(e))?;
-        // Locked: look again each time, so an unlock takes effect without a restart.
-        if now != self.stamp || matches!(self.broken, Some(PolicyError::Locked { .. })) {
+        // Locked: look again each time, so an unlock takes effect without a restart; another
+        // failure: again after a moment.
+        let retry = self.failed_at.is_some_and(|t| t.elapsed() >= RETRY_AFTER);
+        if now != self.stamp || retry || matches!(self.broken, Some(PolicyError::Locked { .. })) {
             self.reload();
         }
         match &self.broken {
@@ -252,6 +266,7 @@ impl PolicyStore {
         self.entries = file.entries;
         self.stamp = stamp_of(&self.path).map_err(|e| self.io_err(e))?;
         self.broken = None;
+        self.failed_at = None;
         Ok(())
     }
 
@@ -420,6 +435,27 @@ mod tests {
         assert!(s.upsert(entry("sha256:22")).is_err());
         fs::rename(&p, dir.join("policy.json.bad")).unwrap();
         assert!(s.current().unwrap().is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A read that fails for a passing reason (the keystore's wrapping key briefly gone, the
+    /// policy file itself unchanged) recovers a moment later, without a restart.
+    #[test]
+    fn a_failed_read_is_tried_again_though_the_file_did_not_change() {
+        let dir = tempdir();
+        let (p, k) = (dir.join("policy.json"), dir.join("key"));
+        let ks = keystore(&dir);
+        PolicyStore::open(&p, &k, &ks)
+            .upsert(entry("sha256:11"))
+            .unwrap();
+        let wrap = ks.protector_path().to_owned();
+        let aside = dir.join("keystore.key.aside");
+        fs::rename(&wrap, &aside).unwrap();
+        let mut s = PolicyStore::open(&p, &k, &keystore(&dir));
+        assert!(s.current().is_err(), "fails closed");
+        fs::rename(&aside, &wrap).unwrap();
+        std::thread::sleep(RETRY_AFTER);
+        assert_eq!(s.current().unwrap().len(), 1);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -3,11 +3,10 @@
 //! ([`super::policy`]).
 //!
 //! Persistent keys are read from `ssh_keys.sealed` and re-read whenever the file changes
-//! (its mtime, size or inode), so `nod keys …` run while the agent is up takes effect on the
-//! next request. Any change to the file drops every `remember` grant: a policy tightened with
+//! (its inode, size or times), so `nod keys …` run while the agent is up takes effect on the
+//! next request; a read that failed is tried again a moment later (`files::Watched`). Any change to the file drops every `remember` grant: a policy tightened with
 //! `nod keys policy` must not be outlived by a grant made under the old one.
 
-use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
 use ssh_key::PrivateKey;
@@ -19,6 +18,7 @@ use super::credential::PublicCredential;
 use super::message::Identity;
 use super::policy::{Approvals, CallerScope, GrantScope, Policy};
 use super::{SshAgentService, SshError};
+use crate::files::Watched;
 use crate::keystore::{Keystore, SSH_KEYS_FILE};
 use crate::lock;
 use crate::log::event;
@@ -31,14 +31,11 @@ struct Persistent {
     key: Arc<PrivateKey>,
 }
 
-/// Identifies a version of the keystore file: (mtime ns, size, inode).
-type Stamp = Option<(i128, u64, u64)>;
-
+/// The persistent keys as last read, and whether they have been read at all.
 #[derive(Debug, Default)]
 struct Cache {
-    stamp: Stamp,
-    loaded: bool,
-    keys: Vec<Persistent>,
+    file: Option<Watched<Vec<Persistent>>>,
+    seen: bool,
 }
 
 /// The agent's keystore-backed state. Without a keystore (unit tests), only the approval
@@ -49,12 +46,6 @@ pub struct Stored {
     cache: Mutex<Cache>,
     pub(super) approvals: Approvals,
     pub(super) sessions: SessionCerts,
-}
-
-fn stamp(keystore: &Keystore) -> Stamp {
-    let meta = std::fs::symlink_metadata(keystore.path(SSH_KEYS_FILE)).ok()?;
-    let ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    Some((ns, meta.size(), meta.ino()))
 }
 
 impl Stored {
@@ -76,36 +67,36 @@ impl Stored {
             return f(&[]);
         };
         let mut cache = lock(&self.cache);
-        let now = stamp(keystore);
-        if !cache.loaded || cache.stamp != now {
-            // Locked: look again on the next request, so an unlock needs no restart.
-            let mut retry = false;
-            cache.keys = match keystore.ssh_keys() {
-                Ok(keys) => keys
-                    .into_iter()
-                    .map(|k| Persistent {
-                        name: k.name,
-                        policy: k.policy,
-                        key: Arc::new(k.key),
-                    })
-                    .collect(),
-                Err(e) => {
-                    event!("ssh agent: persistent keys not offered: {e}");
-                    retry = e.is_locked();
-                    Vec::new()
-                }
-            };
-            if cache.loaded {
-                event!(
-                    "ssh agent: keystore changed; {} persistent keys; remembered approvals dropped",
-                    cache.keys.len()
-                );
-                self.approvals.revoke_all();
-            }
-            cache.stamp = now;
-            cache.loaded = !retry;
+        let Cache { file, seen } = &mut *cache;
+        let file = file.get_or_insert_with(|| Watched::new(&keystore.path(SSH_KEYS_FILE)));
+        // A failed read (a locked keystore, a file made unreadable) is tried again a moment
+        // later even if the file did not change, so an unlock or a fix needs no restart.
+        let mut read_ok = false;
+        let (keys, _) = file.current(|_, _| {
+            keystore
+                .ssh_keys()
+                .inspect(|_| read_ok = true)
+                .map(|keys| {
+                    keys.into_iter()
+                        .map(|k| Persistent {
+                            name: k.name,
+                            policy: k.policy,
+                            key: Arc::new(k.key),
+                        })
+                        .collect()
+                })
+                .map_err(|e| format!("ssh agent: persistent keys not offered: {e}"))
+        });
+        // Any new version of the file drops the remembered approvals (not a retry that fails
+        // again: that changes nothing, and would log every second).
+        if read_ok && std::mem::replace(seen, true) {
+            event!(
+                "ssh agent: keystore changed; {} persistent keys; remembered approvals dropped",
+                keys.len()
+            );
+            self.approvals.revoke_all();
         }
-        f(&cache.keys)
+        f(keys)
     }
 
     /// Persistent keys and live session certificates, for `ssh-add -l`.
@@ -221,5 +212,36 @@ impl SshAgentService {
             }
             Policy::Always | Policy::Remember(_) => Need::Ask(Authorization { policy, scope }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::keystore::ssh::{KeyType, generate};
+    use crate::keystore::tests::{store, tempdir};
+
+    /// A read that fails for a passing reason (here the wrapping key briefly gone, with the
+    /// keys file itself unchanged) recovers a moment later, without a restart.
+    #[test]
+    fn persistent_keys_come_back_after_a_failed_read_without_a_change_to_the_file() {
+        let root = tempdir("stored-retry");
+        let writer = store(&root);
+        let key = generate(KeyType::Ed25519, None, "work").unwrap();
+        writer.add_ssh_key("work", key, Policy::Always).unwrap();
+        let wrap = writer.protector_path().to_owned();
+        let aside = root.join("keystore.key.aside");
+        fs::rename(&wrap, &aside).unwrap();
+
+        let stored = Stored::new(Some(store(&root)));
+        assert!(stored.identities().is_empty(), "fails closed");
+        fs::rename(&aside, &wrap).unwrap();
+        std::thread::sleep(crate::files::RETRY_AFTER);
+        let ids = stored.identities();
+        assert_eq!(ids.len(), 1, "the key is offered again");
+        assert_eq!(ids[0].comment, "work");
+        fs::remove_dir_all(root).unwrap();
     }
 }
