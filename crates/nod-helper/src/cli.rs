@@ -19,8 +19,10 @@ pub struct Cli {
 pub enum Command {
     /// Create the host key pair (private key 0600, refuses to overwrite without --force).
     GenKey {
+        /// Where to write the private key (`private_key_hex=`; `host_key_file` in the config).
         #[arg(long, value_name = "PATH")]
         private_key_file: PathBuf,
+        /// Where to write the public key, for `nod hosts add` or `nod pair` on the workstation.
         #[arg(long, value_name = "PATH")]
         public_key_file: PathBuf,
         /// Key id the host claims (default: the key's SHA256 fingerprint).
@@ -34,20 +36,25 @@ pub enum Command {
     /// the decision (0 approved, 10 unavailable, 11 cancelled, 12 failed, 20 denied,
     /// 30 bad signature/binding/freshness, 31 unsafe config, 32 protocol error).
     Request {
+        /// The config file.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// The PAM user.
         #[arg(long, allow_hyphen_values = true)]
         user: String,
+        /// The PAM remote user (PAM_RUSER), shown in the prompt.
         #[arg(long, allow_hyphen_values = true)]
         ruser: Option<String>,
+        /// The PAM remote host (PAM_RHOST), shown in the prompt.
         #[arg(long, allow_hyphen_values = true)]
         rhost: Option<String>,
+        /// The PAM terminal (PAM_TTY), shown in the prompt.
         #[arg(long, allow_hyphen_values = true)]
         tty: Option<String>,
         /// The PAM service (default: `service` from the config, else "sudo").
         #[arg(long, allow_hyphen_values = true)]
         service: Option<String>,
+        /// The command run under sudo, shown in the prompt.
         #[arg(long, allow_hyphen_values = true)]
         sudo_command: Option<String>,
         /// Overrides `timeout_ms` from the config.
@@ -56,6 +63,7 @@ pub enum Command {
     },
     /// Check the config, keys and agent socket, and print every problem found.
     CheckConfig {
+        /// The config file.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Check the socket path of this user (default: the current user).
@@ -65,6 +73,7 @@ pub enum Command {
     /// Check this host's setup step by step (config, forwarded socket, sshd, pinned agent key,
     /// clock, PAM line); print each check as ok or FAIL with the fix. Exit 1 if any failed.
     Doctor {
+        /// The config file.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Whose forwarded socket to check (default: $SUDO_USER under sudo, else the current user).

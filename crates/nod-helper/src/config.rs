@@ -36,7 +36,7 @@ const KNOWN_PLACEHOLDERS: [&str; 2] = ["{uid}", "{user}"];
 /// The file as written, before defaults and checks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
+pub(crate) struct RawConfig {
     socket_path: String,
     host_key_file: PathBuf,
     agent_pubkey_file: PathBuf,

@@ -27,6 +27,8 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod gen_key;
+#[cfg(test)]
+mod man_page_tests;
 pub mod pam_file;
 pub mod request;
 pub mod socket;

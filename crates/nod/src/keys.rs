@@ -58,6 +58,7 @@ pub enum KeysCommand {
         /// always (default), remember or never.
         #[arg(long, default_value = "always")]
         policy: String,
+        /// How long a remember approval lasts (e.g. 10m); default 10m.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
     },
@@ -70,6 +71,7 @@ pub enum KeysCommand {
     Policy {
         name: String,
         policy: String,
+        /// How long a remember approval lasts (e.g. 10m); default 10m.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
     },
@@ -91,6 +93,7 @@ pub enum KeysCommand {
     /// Change how the wrapping key is protected: tpm, passphrase or file. Only the wrapping
     /// key is re-wrapped (atomically); the sealed keys and secrets stay as they are.
     Protect {
+        /// The new protector.
         protector: ProtectorKind,
         #[command(flatten)]
         secret: SecretArgs,

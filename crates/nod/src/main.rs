@@ -12,6 +12,8 @@ static NOD_CLI_MARK: [u8; 48] = nod_agent::caller::identity::nod_cli_mark();
 mod assets;
 mod doctor;
 mod keys;
+#[cfg(test)]
+mod man_page_tests;
 mod pair;
 mod passphrase;
 mod remote;
