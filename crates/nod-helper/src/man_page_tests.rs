@@ -227,3 +227,17 @@ fn every_config_example_loads() {
     }
     assert!(n >= 2, "{n} config examples");
 }
+
+#[test]
+fn a_helper_not_run_as_root_is_documented_as_unavailable() {
+    let page = page("nod-helper.8");
+    let exit = check::section(&page, "EXIT STATUS").unwrap();
+    let request = check::tagged(check::subsection(exit, "nod-helper request").unwrap());
+    let code = HelperError::NotRoot { uid: 1000 }.exit_code().to_string();
+    let (_, body) = request
+        .iter()
+        .find(|(t, _)| *t == code)
+        .expect("the code a helper that is not root exits with");
+    assert!(body.contains("does not run as root"), "exit {code}: {body}");
+    assert_eq!(code, EXIT_UNAVAILABLE.to_string());
+}
