@@ -241,3 +241,8 @@ fn a_helper_not_run_as_root_is_documented_as_unavailable() {
     assert!(body.contains("does not run as root"), "exit {code}: {body}");
     assert_eq!(code, EXIT_UNAVAILABLE.to_string());
 }
+
+#[test]
+fn every_command_and_option_has_a_help_text_for_the_reference() {
+    assert_eq!(check::undocumented(&Cli::command()), Vec::<String>::new());
+}

@@ -70,6 +70,42 @@ impl<'de> Deserializer<'de> for Probe {
     }
 }
 
+/// The options and commands of `cmd` that the pages would show without a word of help, as
+/// `<command path> --<option>` and `<command path>`: every visible subcommand needs an about,
+/// and every visible option other than the built-in `--help` and `--version` a help text.
+pub fn undocumented(cmd: &clap::Command) -> Vec<String> {
+    let mut cmd = cmd.clone().disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    walk(&cmd, cmd.get_name(), &mut out);
+    out
+}
+
+fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+    for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+        let builtin = matches!(
+            arg.get_action(),
+            clap::ArgAction::Help
+                | clap::ArgAction::HelpShort
+                | clap::ArgAction::HelpLong
+                | clap::ArgAction::Version
+        );
+        if !builtin && !arg.is_positional() && arg.get_help().is_none() {
+            out.push(format!(
+                "{path} --{}",
+                arg.get_long().unwrap_or(arg.get_id().as_str())
+            ));
+        }
+    }
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let sub_path = format!("{path} {}", sub.get_name());
+        if sub.get_about().is_none() {
+            out.push(sub_path.clone());
+        }
+        walk(sub, &sub_path, out);
+    }
+}
+
 /// The body of section `name` (`.SH NAME` or `.SH "NAME"`), up to the next `.SH`.
 pub fn section<'a>(page: &'a str, name: &str) -> Option<&'a str> {
     block(page, ".SH", name, &[".SH"])

@@ -185,3 +185,8 @@ fn writes_the_main_page_one_per_command_and_the_config_page() {
         );
     }
 }
+
+#[test]
+fn every_command_and_option_has_a_help_text_for_the_reference() {
+    assert_eq!(check::undocumented(&Cli::command()), Vec::<String>::new());
+}

@@ -77,6 +77,7 @@ pub enum SecretsCommand {
     /// List the targets of a service (never values); needs --search in the policy.
     Search {
         service: String,
+        /// Only the targets that start with this.
         #[arg(long)]
         prefix: Option<String>,
     },
