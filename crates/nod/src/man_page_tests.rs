@@ -144,6 +144,9 @@ fn files_name_every_file_of_the_agent() {
         name(p.secrets_socket().unwrap()),
     ];
     names.extend([AGENT_KEY_SEALED, SSH_KEYS_FILE, USER_CA_FILE, WRAP_KEY_FILE].map(str::to_owned));
+    let secrets =
+        nod_agent::secrets::SecretsFiles::new(&p, &nod_agent::keystore::Keystore::open(&p));
+    names.extend([secrets.store, secrets.policy, secrets.pending].map(name));
     for n in names {
         assert!(text.contains(&n), "FILES lacks {n}");
     }
