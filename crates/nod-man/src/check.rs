@@ -331,6 +331,27 @@ pub fn shell_words(line: &str) -> Vec<String> {
     words
 }
 
+/// The docs a page's SEE ALSO names under `/usr/share/doc/<package>/`, as paths under the
+/// source tree's `docs/`: `setup.md` for `/usr/share/doc/nod/setup.md.gz` or `setup.md.gz`,
+/// `protocol/` for `protocol/`.
+pub fn named_docs(page: &str) -> Vec<String> {
+    let see_also: String = section(page, "SEE ALSO")
+        .unwrap_or_default()
+        .lines()
+        .map(plain)
+        .collect::<Vec<_>>()
+        .join(" ");
+    see_also
+        .split([' ', ',', '(', ')'])
+        .filter_map(|w| match w.strip_prefix("/usr/share/doc/") {
+            Some(rest) => rest.split_once('/').map(|(_, file)| file),
+            None => Some(w),
+        })
+        .filter(|w| w.ends_with(".md.gz") || (w.ends_with('/') && !w.starts_with('/')))
+        .map(|w| w.trim_end_matches(".gz").to_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +418,13 @@ mod tests {
             )]
         );
         assert_eq!(examples(approval), [["$ nod pair --name \"a b\""]]);
+    }
+
+    #[test]
+    fn named_docs_are_the_doc_files_see_also_names() {
+        let page = ".SH \"SEE ALSO\"\n.BR nod (1)\n.PP\n.I /usr/share/doc/nod/\nholds\n\
+            .I setup.md.gz\n(a, b),\n.I protocol/\nand\n.I /usr/share/doc/nod\\-helper/x.md.gz\n";
+        assert_eq!(named_docs(page), ["setup.md", "protocol/", "x.md"]);
     }
 
     #[test]

@@ -193,3 +193,14 @@ fn writes_the_main_page_one_per_command_and_the_config_page() {
 fn every_command_and_option_has_a_help_text_for_the_reference() {
     assert_eq!(check::undocumented(&Cli::command()), Vec::<String>::new());
 }
+
+#[test]
+fn the_docs_see_also_names_are_shipped() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let named = check::named_docs(&page("nod.1"));
+    assert!(!named.is_empty());
+    for doc in named {
+        let path = docs.join(&doc);
+        assert!(path.exists(), "{} is not in docs/", path.display());
+    }
+}
