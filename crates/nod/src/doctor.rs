@@ -190,18 +190,27 @@ fn approver_check(paths: &Paths) -> Check {
                 .collect()
         })
         .unwrap_or_default();
+    let chosen_by = agent["approvers_chosen_by"].as_str().unwrap_or_default();
     if approvers.is_empty() {
+        let found = match chosen_by.strip_prefix("auto (") {
+            Some(found) => format!(" (auto found {}", found),
+            None => String::new(),
+        };
         return fail(
-            "approvers: the agent has none, so nobody is asked: every sudo falls back to the \
-             password, confirm keys are refused and `nod register` cannot be approved",
-            "start the agent where it can reach you: inside your graphical session (the \
-             packaged unit gets the session's bus and display once the desktop has imported \
-             them: `systemctl --user import-environment DISPLAY WAYLAND_DISPLAY \
-             DBUS_SESSION_BUS_ADDRESS`, then `systemctl --user restart nod-agent`), or run \
-             `nod agent` in a terminal, or set [approver] in ~/.config/nod/agent.toml",
+            format!(
+                "approvers: the agent has none{found}, so nobody is asked: every sudo falls \
+                 back to the password, confirm keys are refused and `nod register` cannot be \
+                 approved"
+            ),
+            nod_agent::daemon::NO_APPROVER_FIX,
         );
     }
-    ok(format!("approvers: {}", approvers.join(", then ")))
+    let how = if chosen_by.is_empty() {
+        String::new()
+    } else {
+        format!(", chosen by {chosen_by}")
+    };
+    ok(format!("approvers: {}{how}", approvers.join(", then ")))
 }
 
 /// A directory that must be ours and 0700. Returns whether it exists.

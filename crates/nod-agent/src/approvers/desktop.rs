@@ -36,6 +36,11 @@ const DENY: &str = "deny";
 /// How long closing a notification may take once the answer is known.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the notification server (started by the bus, if it can) may take to say what it
+/// can show. A server that does not answer by then is unavailable, so the next approver of the
+/// chain is still asked in time.
+const FIND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Asks with a notification on the session bus.
 #[derive(Debug)]
 pub struct DesktopApprover {
@@ -163,7 +168,14 @@ impl Server {
             iface: IFACE,
             member: "GetCapabilities",
         };
-        let reply = match session.call(&method, &()).await {
+        let call = tokio::time::timeout(FIND_TIMEOUT, session.call(&method, &()));
+        let Ok(reply) = call.await else {
+            return Err(format!(
+                "the notification server did not answer within {} s",
+                FIND_TIMEOUT.as_secs()
+            ));
+        };
+        let reply = match reply {
             Ok(reply) => reply,
             Err(e) if bus::is_reply(&e) => {
                 return Err(format!(
