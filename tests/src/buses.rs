@@ -193,24 +193,29 @@ impl SessionBus {
             chown(&home, Some(user.uid), Some(user.gid)).unwrap();
         }
         fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = home.join("bus");
-        let _ = fs::remove_file(&socket);
+        Self::start_at(&home, &home.join("bus"), owner)
+    }
+
+    /// A bus listening on `socket` (e.g. where the systemd user manager puts one,
+    /// `$XDG_RUNTIME_DIR/bus`), its config and log in `home`.
+    pub fn start_at(home: &Path, socket: &Path, owner: Option<&TestUser>) -> Self {
+        let _ = fs::remove_file(socket);
         let config = home.join("session.conf");
         let policy = "  <policy context=\"default\">\n    <allow user=\"*\"/>\n    \
                       <allow send_destination=\"*\" eavesdrop=\"true\"/>\n    \
                       <allow eavesdrop=\"true\"/>\n    <allow own=\"*\"/>\n  </policy>\n";
-        fs::write(&config, bus_config("session", &socket, policy)).unwrap();
-        let (_, out, err) = log_file(&home, "dbus-daemon.log");
+        fs::write(&config, bus_config("session", socket, policy)).unwrap();
+        let (_, out, err) = log_file(home, "dbus-daemon.log");
         let mut cmd = as_user(owner, "dbus-daemon");
         cmd.arg(format!("--config-file={}", config.display()))
             .args(["--nofork", "--nopidfile"])
             .stdout(out)
             .stderr(err);
         let daemon = Daemon::spawn("session dbus-daemon", &mut cmd);
-        wait_for_listener("the session bus", &socket);
+        wait_for_listener("the session bus", socket);
         Self {
             _daemon: daemon,
-            socket,
+            socket: socket.to_owned(),
         }
     }
 
