@@ -18,6 +18,7 @@ use std::process::{Command, Output, Stdio};
 use nod_e2e::buses::{NotificationServer, SessionBus, require_session_tools, test_user};
 use nod_e2e::{
     Agent, FallbackMarker, Host, PamService, Scratch, SudoersDropIn, TestUser, code, require, run,
+    run_ok,
 };
 
 const APPROVED: i32 = 0;
@@ -131,7 +132,8 @@ impl SudoHost {
 
 /// `nod doctor`'s line about the approvers (and its fix, when it fails).
 fn doctor_approvers(agent: &Agent) -> String {
-    let out = run(&mut agent.nod(["doctor"]));
+    // Its own session bus is the agent's: the one in their runtime directory, if any.
+    let out = run(agent.nod(["doctor"]).env_remove("DBUS_SESSION_BUS_ADDRESS"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut lines = text.lines().skip_while(|l| !l.contains("approvers:"));
     let line = lines
@@ -162,8 +164,14 @@ fn packaged_unit_in_a_graphical_session_asks_the_desktop_and_approve_runs_sudo()
     let doctor = doctor_approvers(&agent);
     assert!(
         doctor.starts_with("ok")
-            && doctor.contains("approvers: desktop (click), chosen by auto (session bus"),
+            && doctor.contains("approvers: desktop (click), chosen by auto (session bus")
+            && doctor.contains("a notification server with buttons is on the session bus"),
         "{doctor}"
+    );
+    let status = run_ok(agent.nod(["status"]).env_remove("DBUS_SESSION_BUS_ADDRESS"));
+    assert!(
+        status.contains("approvers: desktop (click)\napprovers chosen by: auto (session bus"),
+        "{status}"
     );
     // One user per test: a sudoers drop-in sets the user's PAM service.
     let user = test_user("nod-e2e-auto-gui", "auto-pass-1");
@@ -294,6 +302,13 @@ fn a_bus_without_a_notification_server_asks_the_next_approver_and_never_denies()
         "{}",
         agent.log()
     );
+    let doctor = doctor_approvers(&agent);
+    assert!(
+        doctor.starts_with("warn")
+            && doctor.contains("no notification server on the session bus")
+            && doctor.contains("the next one is asked"),
+        "{doctor}"
+    );
     let host = paired(&scratch, &agent, "noserver-host");
     assert_eq!(
         code(&host.request("root", &[])),
@@ -324,6 +339,13 @@ fn a_bus_without_a_notification_server_asks_the_next_approver_and_never_denies()
     let scratch = Scratch::new("auto-noserver-alone");
     let _bus = user_manager_bus(&scratch);
     let agent = Agent::start_as_unit(&scratch, &[]);
+    let doctor = doctor_approvers(&agent);
+    assert!(
+        doctor.starts_with("FAIL")
+            && doctor.contains("no notification server on the session bus")
+            && doctor.contains("fix: log in to your graphical session"),
+        "{doctor}"
+    );
     let host = paired(&scratch, &agent, "alone-host");
     assert_eq!(
         code(&host.request("root", &[])),

@@ -210,7 +210,37 @@ fn approver_check(paths: &Paths) -> Check {
     } else {
         format!(", chosen by {chosen_by}")
     };
-    ok(format!("approvers: {}{how}", approvers.join(", then ")))
+    let line = format!("approvers: {}{how}", approvers.join(", then "));
+    if approvers.iter().any(|a| a.starts_with("desktop ")) {
+        return match desktop_server() {
+            Ok(bus) => ok(format!(
+                "{line}; a notification server with buttons is on the session bus {bus}"
+            )),
+            Err(why) if approvers.len() > 1 => warn(format!(
+                "{line}; but {why}, so the desktop approver cannot reach you and the next one is \
+                 asked (log in to your desktop, or set [approver] in agent.toml)"
+            )),
+            Err(why) => fail(
+                format!("{line}; but {why}, so nobody can be asked"),
+                format!(
+                    "log in to your graphical session (a desktop whose notifications show \
+                     buttons: GNOME, KDE Plasma, dunst, mako), or {}",
+                    nod_agent::daemon::NO_APPROVER_FIX
+                ),
+            ),
+        };
+    }
+    ok(line)
+}
+
+/// The notification server the desktop approver would use, looked for on this shell's session
+/// bus (the same user's bus as the agent's, in a session with one).
+fn desktop_server() -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot look for a notification server ({e})"))?;
+    rt.block_on(nod_agent::approvers::desktop::check_server())
 }
 
 /// A directory that must be ours and 0700. Returns whether it exists.

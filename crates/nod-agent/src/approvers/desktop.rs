@@ -150,6 +150,22 @@ impl Approver for DesktopApprover {
     }
 }
 
+/// Whether the desktop approver would reach a notification server that can show its buttons,
+/// asked on the session bus of this process's environment (for `nod doctor`): `Ok` names the
+/// bus, `Err` says what is missing.
+pub async fn check_server() -> Result<String, String> {
+    let address = super::SessionAddress::from_env();
+    let session = LazyBus::new(Bus::Session);
+    let server = Server::find(&session).await?;
+    if !server.has("actions") {
+        return Err(format!(
+            "the notification server on the session bus {address} cannot show buttons (no \
+             \"actions\" capability)"
+        ));
+    }
+    Ok(address.to_string())
+}
+
 /// The notification server that answered, and what it can show.
 #[derive(Debug)]
 pub(super) struct Server {

@@ -22,10 +22,13 @@ pub enum CoreError {
     Audit(#[from] AuditError),
 }
 
-/// What the agent says at start when nobody can be asked (then what `auto` found, and the fix).
-pub const NO_APPROVER: &str = "no approver can reach you, so every request is answered \
-     unavailable (hosts fall back to the password, confirm keys are refused, `nod register` \
-     cannot be approved)";
+/// What the agent says at start when nobody can be asked, then what `auto` found,
+/// [`NO_APPROVER_EFFECT`] and the fix.
+pub const NO_APPROVER: &str = "no approver can reach you";
+
+/// What follows from [`NO_APPROVER`].
+pub const NO_APPROVER_EFFECT: &str = "so every request is answered unavailable (hosts fall back \
+     to the password, confirm keys are refused, `nod register` cannot be approved)";
 
 /// The fix for [`NO_APPROVER`].
 pub const NO_APPROVER_FIX: &str = "run the agent inside your graphical session (the packaged \
@@ -67,7 +70,8 @@ pub fn build_core(
         );
     } else {
         event!(
-            "{NO_APPROVER}: auto found {}. Fix: {NO_APPROVER_FIX}; `nod doctor` checks this",
+            "{NO_APPROVER}: auto found {}, {NO_APPROVER_EFFECT}. Fix: {NO_APPROVER_FIX}; \
+             `nod doctor` checks this",
             env.describe()
         );
     }
