@@ -357,3 +357,100 @@ fn a_bus_without_a_notification_server_asks_the_next_approver_and_never_denies()
     assert_eq!(last["decision"], "unavailable", "{last}");
     assert_eq!(last["reason"], "no_approver", "{last}");
 }
+
+/// A background `nod ssh-agent`, stopped when dropped.
+struct DropIn(nix::unistd::Pid);
+
+impl Drop for DropIn {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// `nod ssh-agent -s -a <socket>` in the environment of the unit's agent: starts the
+/// background agent and returns it with what the command printed on stdout and stderr.
+fn ssh_agent_s(agent: &Agent, socket: &std::path::Path) -> (Option<DropIn>, String, String) {
+    let out = run(agent
+        .nod(["ssh-agent", "-s", "-a"])
+        .arg(socket)
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdin(Stdio::null()));
+    assert!(out.status.success(), "nod ssh-agent -s: {out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid = stdout
+        .split("SSH_AGENT_PID=")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.parse().ok())
+        .map(|pid| DropIn(nix::unistd::Pid::from_raw(pid)));
+    (
+        pid,
+        stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn nod_ssh_agent_s_chooses_its_approvers_as_the_unit_does() {
+    if !require(&["ssh-add", "ssh-keygen"]) || !require_session_tools() {
+        return;
+    }
+    let scratch = Scratch::new("auto-ssh-agent");
+    let bus = user_manager_bus(&scratch);
+    let server = NotificationServer::start(&bus, "body actions", None);
+    let agent = Agent::start_as_unit(&scratch, &[]);
+    let dir = scratch.dir("ssh", 0o700);
+    let socket = dir.join("drop-in.sock");
+    let (drop_in, _, stderr) = ssh_agent_s(&agent, &socket);
+    let _drop_in = drop_in.expect("nod ssh-agent -s prints SSH_AGENT_PID");
+    assert!(!stderr.contains("no way to ask you"), "{stderr}");
+    let key = dir.join("id_confirm");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "confirm-key", "-f"])
+            .arg(&key),
+    );
+    let ssh = |program: &str| {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("SSH_AUTH_SOCK", &socket)
+            .stdin(Stdio::null());
+        cmd
+    };
+    run_ok(ssh("ssh-add").arg("-c").arg(&key));
+    std::fs::remove_file(&key).unwrap();
+    let data = dir.join("data.txt");
+    std::fs::write(&data, "signed through the desktop\n").unwrap();
+    let signed = std::thread::scope(|s| {
+        let signing = s.spawn(|| {
+            run(ssh("ssh-keygen")
+                .args(["-Y", "sign", "-n", "file", "-f"])
+                .arg(key.with_extension("pub"))
+                .arg(&data))
+        });
+        let n = server.wait_for_notify(1)[0].clone();
+        assert!(
+            n.summary.contains("SSH key confirm-key"),
+            "{}\n{}",
+            n.summary,
+            n.body
+        );
+        server.click(1, "approve");
+        signing.join().unwrap()
+    });
+    assert!(signed.status.success(), "sign: {signed:?}");
+    assert!(dir.join("data.txt.sig").exists());
+    drop(_drop_in);
+
+    // No bus: the command warns on stderr, naming what auto found.
+    let scratch = Scratch::new("auto-ssh-agent-none");
+    Agent::runtime_dir(&scratch);
+    let agent = Agent::start_as_unit(&scratch, &[]);
+    let socket = scratch.join("drop-in.sock");
+    let (_drop_in, _, stderr) = ssh_agent_s(&agent, &socket);
+    assert!(
+        stderr.contains("the background agent has no way to ask you (auto found no session bus"),
+        "{stderr}"
+    );
+}
