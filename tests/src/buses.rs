@@ -193,24 +193,29 @@ impl SessionBus {
             chown(&home, Some(user.uid), Some(user.gid)).unwrap();
         }
         fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = home.join("bus");
-        let _ = fs::remove_file(&socket);
+        Self::start_at(&home, &home.join("bus"), owner)
+    }
+
+    /// A bus listening on `socket` (e.g. where the systemd user manager puts one,
+    /// `$XDG_RUNTIME_DIR/bus`), its config and log in `home`.
+    pub fn start_at(home: &Path, socket: &Path, owner: Option<&TestUser>) -> Self {
+        let _ = fs::remove_file(socket);
         let config = home.join("session.conf");
         let policy = "  <policy context=\"default\">\n    <allow user=\"*\"/>\n    \
                       <allow send_destination=\"*\" eavesdrop=\"true\"/>\n    \
                       <allow eavesdrop=\"true\"/>\n    <allow own=\"*\"/>\n  </policy>\n";
-        fs::write(&config, bus_config("session", &socket, policy)).unwrap();
-        let (_, out, err) = log_file(&home, "dbus-daemon.log");
+        fs::write(&config, bus_config("session", socket, policy)).unwrap();
+        let (_, out, err) = log_file(home, "dbus-daemon.log");
         let mut cmd = as_user(owner, "dbus-daemon");
         cmd.arg(format!("--config-file={}", config.display()))
             .args(["--nofork", "--nopidfile"])
             .stdout(out)
             .stderr(err);
         let daemon = Daemon::spawn("session dbus-daemon", &mut cmd);
-        wait_for_listener("the session bus", &socket);
+        wait_for_listener("the session bus", socket);
         Self {
             _daemon: daemon,
-            socket,
+            socket: socket.to_owned(),
         }
     }
 
@@ -424,6 +429,22 @@ impl NotificationServer {
             MOCK_IFACE,
             "EmitSignal",
             &(NOTIFICATIONS, signal, signature, args),
+        );
+    }
+
+    /// From now on every notification is answered at once: the server's `Notify` hands out
+    /// the id as before and emits `ActionInvoked(id, "approve")` itself (from the server's own
+    /// connection, as a click would), for benchmarks of the whole approval path.
+    pub fn approve_every_notification(&self) {
+        let code = "if args[1]:\n    ret = args[1]\nelse:\n    ret = self.next_id\n    \
+                    self.next_id += 1\n\
+                    self.EmitSignal('', 'ActionInvoked', 'us', [ret, 'approve'])\n";
+        let () = self.call(
+            NOTIFICATIONS,
+            NOTIFICATIONS_PATH,
+            MOCK_IFACE,
+            "AddMethod",
+            &(NOTIFICATIONS, "Notify", "susssasa{sv}i", "u", code),
         );
     }
 

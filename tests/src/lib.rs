@@ -248,6 +248,29 @@ impl Agent {
         agent
     }
 
+    /// Starts `nod agent` as the packaged systemd unit runs it: `ExecStart=/usr/bin/nod agent`,
+    /// no `agent.toml`, no approver flags, stdin not a terminal, no display, and no session
+    /// bus but what `env` gives (not the test's own), so `auto` decides alone. The runtime
+    /// directory is [`Agent::runtime_dir`], where the user manager's bus socket would be.
+    pub fn start_as_unit(scratch: &Scratch, env: &[(&str, &str)]) -> Self {
+        let mut agent = Self::prepare(scratch, None);
+        let mut cmd = agent.nod(["agent"]);
+        cmd.env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .envs(env.iter().copied());
+        agent.spawn(cmd);
+        agent
+    }
+
+    /// The `XDG_RUNTIME_DIR` that [`Agent::start_as_unit`] gives the agent of `scratch`,
+    /// made (0700) so that a bus can listen there before the agent starts.
+    pub fn runtime_dir(scratch: &Scratch) -> PathBuf {
+        let home = scratch.dir("agent", 0o700);
+        let runtime = home.join("runtime");
+        fs::create_dir_all(&runtime).unwrap();
+        fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
+        runtime
+    }
+
     /// Starts `nod agent` with `approver` as its command approver under an open-files limit
     /// of `nofile` (soft and hard, through `prlimit`).
     pub fn start_limited(scratch: &Scratch, approver: &Path, nofile: u64) -> Self {

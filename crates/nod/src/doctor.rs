@@ -190,18 +190,57 @@ fn approver_check(paths: &Paths) -> Check {
                 .collect()
         })
         .unwrap_or_default();
+    let chosen_by = agent["approvers_chosen_by"].as_str().unwrap_or_default();
     if approvers.is_empty() {
+        let found = match chosen_by.strip_prefix("auto (") {
+            Some(found) => format!(" (auto found {}", found),
+            None => String::new(),
+        };
         return fail(
-            "approvers: the agent has none, so nobody is asked: every sudo falls back to the \
-             password, confirm keys are refused and `nod register` cannot be approved",
-            "start the agent where it can reach you: inside your graphical session (the \
-             packaged unit gets the session's bus and display once the desktop has imported \
-             them: `systemctl --user import-environment DISPLAY WAYLAND_DISPLAY \
-             DBUS_SESSION_BUS_ADDRESS`, then `systemctl --user restart nod-agent`), or run \
-             `nod agent` in a terminal, or set [approver] in ~/.config/nod/agent.toml",
+            format!(
+                "approvers: the agent has none{found}, so nobody is asked: every sudo falls \
+                 back to the password, confirm keys are refused and `nod register` cannot be \
+                 approved"
+            ),
+            nod_agent::daemon::NO_APPROVER_FIX,
         );
     }
-    ok(format!("approvers: {}", approvers.join(", then ")))
+    let how = if chosen_by.is_empty() {
+        String::new()
+    } else {
+        format!(", chosen by {chosen_by}")
+    };
+    let line = format!("approvers: {}{how}", approvers.join(", then "));
+    if approvers.iter().any(|a| a.starts_with("desktop ")) {
+        return match desktop_server() {
+            Ok(bus) => ok(format!(
+                "{line}; a notification server with buttons is on the session bus {bus}"
+            )),
+            Err(why) if approvers.len() > 1 => warn(format!(
+                "{line}; but {why}, so the desktop approver cannot reach you and the next one is \
+                 asked (log in to your desktop, or set [approver] in agent.toml)"
+            )),
+            Err(why) => fail(
+                format!("{line}; but {why}, so nobody can be asked"),
+                format!(
+                    "log in to your graphical session (a desktop whose notifications show \
+                     buttons: GNOME, KDE Plasma, dunst, mako), or {}",
+                    nod_agent::daemon::NO_APPROVER_FIX
+                ),
+            ),
+        };
+    }
+    ok(line)
+}
+
+/// The notification server the desktop approver would use, looked for on this shell's session
+/// bus (the same user's bus as the agent's, in a session with one).
+fn desktop_server() -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot look for a notification server ({e})"))?;
+    rt.block_on(nod_agent::approvers::desktop::check_server())
 }
 
 /// A directory that must be ours and 0700. Returns whether it exists.

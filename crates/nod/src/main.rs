@@ -62,9 +62,11 @@ enum Command {
     Agent {
         /// How the person is asked: auto, or a kind (tty, askpass, command, desktop: a
         /// notification with buttons, polkit: system authentication, fprintd: a fingerprint), or kinds
-        /// separated by commas, tried in order. Default: agent.toml, else auto (a dialog in a
-        /// graphical session, then this terminal; with neither, nobody: requests are answered
-        /// unavailable, and the agent says so).
+        /// separated by commas, tried in order. Default: agent.toml, else auto: a notification
+        /// when a session bus is there ($DBUS_SESSION_BUS_ADDRESS or $XDG_RUNTIME_DIR/bus),
+        /// then an askpass dialog with a display, then this terminal, each skipped when it
+        /// cannot reach you; with none, nobody: requests are answered unavailable, and the
+        /// agent says so with the fix.
         #[arg(long, value_parser = parse_choice, value_name = "KIND[,KIND…]")]
         approver: Option<KindSetting>,
         /// Program for the command approver (prompt as JSON on stdin; exit 0 approve,

@@ -66,8 +66,10 @@ pub struct SshAgentArgs {
     #[arg(short = 't', value_name = "life", action = ArgAction::Append)]
     life: Vec<String>,
     /// How the person is asked for `ssh-add -c` keys: auto, a kind (tty, askpass, command,
-    /// desktop, polkit, fprintd) or kinds separated by commas (default: agent.toml, else
-    /// askpass if a display and an askpass program exist, else nobody).
+    /// desktop, polkit, fprintd) or kinds separated by commas (default: agent.toml, else auto
+    /// as for `nod agent`: a notification when a session bus is there, then askpass with a
+    /// display and an askpass program, then the terminal in the foreground (-d, -D); with
+    /// none, nobody, and a warning).
     #[arg(long, value_parser = parse_choice, value_name = "KIND[,KIND…]")]
     approver: Option<KindSetting>,
     /// Program for the command approver. Implies --approver command.

@@ -48,6 +48,12 @@ pub fn run(paths: &Paths, json: bool) -> Result<()> {
     } else {
         println!("approvers: {}", approvers.join(", then "));
     }
+    if let Some(how) = status["approvers_chosen_by"].as_str() {
+        println!(
+            "approvers chosen by: {}",
+            nod_agent::approvers::display_safe(how)
+        );
+    }
     if let Some(sockets) = status["sockets"].as_object() {
         for (name, path) in sockets {
             println!("socket {name}: {}", text(path));

@@ -3,13 +3,18 @@
 //! - Approval round trip: `nod-helper request` exec → signed request → `nod agent` → command
 //!   approver `/bin/true` → signed response → verified decision, timed from outside as the
 //!   helper's wall-clock run.
+//! - The same round trip with the `desktop` approver: a notification on a private session bus,
+//!   shown by python3-dbusmock's notification server, which answers every `Notify` with
+//!   `ActionInvoked(id, "approve")` at once (`GetCapabilities`, `Notify`, the signal and
+//!   `CloseNotification` on the bus per request).
 //! - PAM overhead: what `pam_nod.so` adds on top of the helper it runs, i.e.
 //!   (pamtester with pam_nod.so − pamtester with only pam_permit.so) − helper alone, from the
 //!   medians of interleaved runs. The pam_permit baseline takes pamtester's own start-up and
 //!   libpam's stack loading out of the figure.
 //!
 //! - SSH agent: `nod agent` against OpenSSH's `ssh-agent`, same keys, sign/s and latency with
-//!   1 and 4 clients, idle RSS (`nod_e2e::ssh_bench`). `NOD_BENCH_ONLY=ssh` runs only this.
+//!   1 and 4 clients, idle RSS (`nod_e2e::ssh_bench`). `NOD_BENCH_ONLY=ssh` runs only this,
+//!   `NOD_BENCH_ONLY=approval` only the approval figures; `NOD_BENCH_RUNS=N` sets the runs.
 //!
 //! The macos-auth helper cannot run here (its peer is a macOS agent), so its published figure
 //! is printed for comparison and labelled as such.
@@ -17,6 +22,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nod_e2e::buses::{NotificationServer, SessionBus, require_session_tools};
 use nod_e2e::{Agent, Host, PamService, Scratch, code, require, run};
 
 const RUNS: usize = 300;
@@ -42,12 +48,81 @@ fn main() {
         std::process::exit(1);
     }
     let scratch = Scratch::new("bench");
-    if std::env::var("NOD_BENCH_ONLY").is_ok_and(|v| v == "ssh") {
+    let only = std::env::var("NOD_BENCH_ONLY").unwrap_or_default();
+    if only == "ssh" {
         nod_e2e::ssh_bench::run(&scratch);
         return;
     }
+    if only == "approval" {
+        approval(&scratch);
+        desktop_approval(&Scratch::new("bench-desktop"));
+        return;
+    }
     approval(&scratch);
+    desktop_approval(&Scratch::new("bench-desktop"));
     nod_e2e::ssh_bench::run(&Scratch::new("bench-ssh"));
+}
+
+/// Runs of each measurement; `NOD_BENCH_RUNS` makes a quick smoke run.
+fn runs() -> usize {
+    std::env::var("NOD_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RUNS)
+}
+
+/// The approval round trip with the `desktop` approver against the test notification server.
+fn desktop_approval(scratch: &Scratch) {
+    if !require_session_tools() {
+        println!("desktop approver: not measured (needs dbus-daemon and python3-dbusmock)");
+        return;
+    }
+    let bus = SessionBus::start(&scratch.path, None);
+    let server = NotificationServer::start(&bus, "body body-markup actions", None);
+    server.approve_every_notification();
+    let agent = Agent::start_configured(
+        scratch,
+        "[approver]\nkind = \"desktop\"\n\
+         [approval]\nrate_limit_burst = 100000\nrate_limit_per_minute = 1000000\n",
+        &[("DBUS_SESSION_BUS_ADDRESS", &bus.address())],
+    );
+    let host = Host::setup(
+        scratch,
+        "bench-desktop",
+        &agent.public_key_file(),
+        &agent.socket.display().to_string(),
+    );
+    agent.add_host("bench-desktop", &host.host_pub);
+    let once = || {
+        let start = Instant::now();
+        let out = host.request("root", &[]);
+        let t = start.elapsed();
+        assert_eq!(
+            code(&out),
+            0,
+            "helper did not get an approval through the desktop: {out:?}\n{}",
+            agent.log()
+        );
+        t
+    };
+    for _ in 0..20 {
+        once();
+    }
+    let runs = runs();
+    let times: Vec<Duration> = (0..runs).map(|_| once()).collect();
+    let (d50, d95, d99) = summary(times);
+    let shown = server.notify_calls().len();
+    assert_eq!(shown, runs + 20, "one notification per request");
+    println!();
+    println!(
+        "nod approval benchmark, desktop approver ({runs} runs; notification server: python3-dbusmock)"
+    );
+    println!();
+    println!("| measurement | p50 ms | p95 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| helper exec → verified decision (approver desktop, auto-approving notification server) | {d50:.3} | {d95:.3} | {d99:.3} |"
+    );
 }
 
 fn approval(scratch: &Scratch) {
@@ -123,7 +198,8 @@ fn approval(scratch: &Scratch) {
     }
     let (mut helper, mut pam, mut permit, mut startup) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..RUNS {
+    let runs = runs();
+    for _ in 0..runs {
         helper.push(helper_once());
         pam.push(pam_once(&service.name));
         permit.push(pam_once(&baseline.name));
@@ -135,7 +211,7 @@ fn approval(scratch: &Scratch) {
     let (s50, s95, s99) = summary(startup);
     let overhead = (p50 - b50) - h50;
 
-    println!("nod approval benchmark ({RUNS} runs each, interleaved; release build)");
+    println!("nod approval benchmark ({runs} runs each, interleaved; release build)");
     println!();
     println!("| measurement | p50 ms | p95 ms | p99 ms |");
     println!("|---|---|---|---|");

@@ -5,8 +5,13 @@
 //! The system bus is always the real socket, never `$DBUS_SYSTEM_BUS_ADDRESS`: a process of
 //! the same user could point that variable at a bus of its own, where its own "polkit" or
 //! "fprintd" says yes. The session bus is whatever the session says it is; everything on it
-//! runs as the user anyway.
+//! runs as the user anyway. Without `$DBUS_SESSION_BUS_ADDRESS` it is the socket that the
+//! systemd user manager (through `dbus-user-session`) keeps at `$XDG_RUNTIME_DIR/bus`, where
+//! every user unit finds it even when the desktop did not import the variable.
 
+use std::ffi::OsString;
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -20,10 +25,78 @@ pub(super) const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 /// How long connecting (and the bus's `Hello`) may take before the bus counts as absent.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the session bus is, and how that was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionAddress {
+    /// `$DBUS_SESSION_BUS_ADDRESS`, as the session set it.
+    Variable(String),
+    /// The user manager's socket, `$XDG_RUNTIME_DIR/bus` (or `/run/user/<uid>/bus`): used when
+    /// the variable is unset; it may not exist.
+    UserSocket(PathBuf),
+}
+
+impl SessionAddress {
+    /// From the environment: a non-empty `$DBUS_SESSION_BUS_ADDRESS`, else the socket in the
+    /// runtime directory (`$XDG_RUNTIME_DIR` when it is an absolute path, else
+    /// `/run/user/<uid>` as the agent's own paths fall back to).
+    pub fn from_env() -> Self {
+        Self::from_vars(
+            std::env::var_os("DBUS_SESSION_BUS_ADDRESS"),
+            std::env::var_os("XDG_RUNTIME_DIR"),
+            nix::unistd::geteuid().as_raw(),
+        )
+    }
+
+    fn from_vars(address: Option<OsString>, runtime: Option<OsString>, uid: u32) -> Self {
+        if let Some(address) = address.filter(|a| !a.is_empty()) {
+            return Self::Variable(address.to_string_lossy().into_owned());
+        }
+        let runtime = runtime
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .unwrap_or_else(|| PathBuf::from(format!("/run/user/{uid}")));
+        Self::UserSocket(runtime.join("bus"))
+    }
+
+    /// Whether a bus may be there, without connecting: the variable is set, or the user
+    /// manager's socket exists.
+    pub fn reachable(&self) -> bool {
+        match self {
+            Self::Variable(_) => true,
+            Self::UserSocket(path) => {
+                std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+            }
+        }
+    }
+
+    /// The D-Bus address to connect to.
+    pub fn address(&self) -> String {
+        match self {
+            Self::Variable(a) => a.clone(),
+            Self::UserSocket(path) => format!("unix:path={}", path.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for SessionAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Variable(a) => write!(f, "{} (DBUS_SESSION_BUS_ADDRESS)", super::display_safe(a)),
+            Self::UserSocket(path) => {
+                write!(
+                    f,
+                    "unix:path={}",
+                    super::display_safe(&path.display().to_string())
+                )
+            }
+        }
+    }
+}
+
 /// Which bus an approver talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Bus {
-    /// `$DBUS_SESSION_BUS_ADDRESS`, else `$XDG_RUNTIME_DIR/bus`.
+    /// [`SessionAddress::from_env`], looked up at each connection.
     Session,
     /// [`SYSTEM_BUS`].
     System,
@@ -51,7 +124,9 @@ impl LazyBus {
             return Ok(conn.clone());
         }
         let builder = match self.bus {
-            Bus::Session => zbus::conn::Builder::session()?,
+            Bus::Session => {
+                zbus::conn::Builder::address(SessionAddress::from_env().address().as_str())?
+            }
             Bus::System => zbus::conn::Builder::address(SYSTEM_BUS)?,
         };
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, builder.build())
@@ -204,4 +279,46 @@ pub(super) async fn vanished(
 /// The member of a signal, for dispatch.
 pub(super) fn member(msg: &Message) -> Option<String> {
     msg.header().member().map(|m| m.as_str().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_bus_is_the_variable_else_the_user_managers_socket() {
+        let var = |s: &str| Some(OsString::from(s));
+        assert_eq!(
+            SessionAddress::from_vars(var("unix:path=/tmp/b"), var("/run/user/7"), 7),
+            SessionAddress::Variable("unix:path=/tmp/b".into())
+        );
+        // Unset or empty: the socket that the user manager gives every unit.
+        for unset in [None, var("")] {
+            let found = SessionAddress::from_vars(unset, var("/run/user/7"), 7);
+            assert_eq!(found, SessionAddress::UserSocket("/run/user/7/bus".into()));
+            assert_eq!(found.address(), "unix:path=/run/user/7/bus");
+        }
+        // A runtime directory that is unset or not absolute is not believed.
+        for runtime in [None, var("relative/dir"), var("")] {
+            assert_eq!(
+                SessionAddress::from_vars(None, runtime, 1000),
+                SessionAddress::UserSocket("/run/user/1000/bus".into())
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_socket_at_the_user_managers_path_counts_as_a_bus() {
+        let dir = std::env::temp_dir().join(format!("nod-bus-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = |name: &str| SessionAddress::UserSocket(dir.join(name));
+        assert!(!at("bus").reachable(), "nothing there");
+        std::fs::write(dir.join("file"), "").unwrap();
+        assert!(!at("file").reachable(), "a regular file is no bus");
+        let _listener = std::os::unix::net::UnixListener::bind(dir.join("bus")).unwrap();
+        assert!(at("bus").reachable());
+        assert!(SessionAddress::Variable("unix:path=/nowhere".into()).reachable());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -36,6 +36,11 @@ const DENY: &str = "deny";
 /// How long closing a notification may take once the answer is known.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the notification server (started by the bus, if it can) may take to say what it
+/// can show. A server that does not answer by then is unavailable, so the next approver of the
+/// chain is still asked in time.
+const FIND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Asks with a notification on the session bus.
 #[derive(Debug)]
 pub struct DesktopApprover {
@@ -145,6 +150,22 @@ impl Approver for DesktopApprover {
     }
 }
 
+/// Whether the desktop approver would reach a notification server that can show its buttons,
+/// asked on the session bus of this process's environment (for `nod doctor`): `Ok` names the
+/// bus, `Err` says what is missing.
+pub async fn check_server() -> Result<String, String> {
+    let address = super::SessionAddress::from_env();
+    let session = LazyBus::new(Bus::Session);
+    let server = Server::find(&session).await?;
+    if !server.has("actions") {
+        return Err(format!(
+            "the notification server on the session bus {address} cannot show buttons (no \
+             \"actions\" capability)"
+        ));
+    }
+    Ok(address.to_string())
+}
+
 /// The notification server that answered, and what it can show.
 #[derive(Debug)]
 pub(super) struct Server {
@@ -163,7 +184,14 @@ impl Server {
             iface: IFACE,
             member: "GetCapabilities",
         };
-        let reply = match session.call(&method, &()).await {
+        let call = tokio::time::timeout(FIND_TIMEOUT, session.call(&method, &()));
+        let Ok(reply) = call.await else {
+            return Err(format!(
+                "the notification server did not answer within {} s",
+                FIND_TIMEOUT.as_secs()
+            ));
+        };
+        let reply = match reply {
             Ok(reply) => reply,
             Err(e) if bus::is_reply(&e) => {
                 return Err(format!(

@@ -21,6 +21,7 @@ pub mod polkit;
 mod prompt;
 pub mod tty;
 
+pub use bus::SessionAddress;
 pub use prompt::{
     PamPrompt, Prompt, SecretsPrompt, SecretsUsePrompt, SessionCertPrompt, SshDestination,
     SshSignPrompt, display_safe,
@@ -152,6 +153,9 @@ pub struct Environment {
     pub stdin_is_tty: bool,
     pub has_display: bool,
     pub askpass: Option<PathBuf>,
+    /// The session bus, when one may be there ([`SessionAddress::reachable`]): the desktop's
+    /// notification server is looked for on it at the first prompt, not before.
+    pub session_bus: Option<SessionAddress>,
 }
 
 impl Environment {
@@ -161,14 +165,47 @@ impl Environment {
             stdin_is_tty: std::io::stdin().is_terminal(),
             has_display: set("DISPLAY") || set("WAYLAND_DISPLAY"),
             askpass: askpass::find_program(),
+            session_bus: Some(SessionAddress::from_env()).filter(SessionAddress::reachable),
         }
+    }
+
+    /// What `auto` found, for the start-up line and `nod doctor`.
+    pub fn describe(&self) -> String {
+        let bus = match &self.session_bus {
+            Some(bus) => format!("session bus {bus}"),
+            None => "no session bus (DBUS_SESSION_BUS_ADDRESS is unset and there is no socket \
+                     at $XDG_RUNTIME_DIR/bus)"
+                .to_owned(),
+        };
+        let display = match (self.has_display, &self.askpass) {
+            (true, Some(p)) => format!(
+                "a display and askpass {}",
+                display_safe(&p.display().to_string())
+            ),
+            (true, None) => "a display but no askpass program".to_owned(),
+            (false, _) => "no DISPLAY or WAYLAND_DISPLAY".to_owned(),
+        };
+        let tty = if self.stdin_is_tty {
+            "stdin is a terminal"
+        } else {
+            "stdin is not a terminal"
+        };
+        format!("{bus}; {display}; {tty}")
     }
 }
 
-/// What `auto` means here: in a graphical session, a dialog (`askpass`); with a terminal,
-/// `tty`; otherwise nobody can be asked.
+/// What `auto` means here, in this order:
+/// - in a graphical session, a notification (`desktop`): whenever a session bus is there, as
+///   the systemd user manager gives one to every unit; a session without a notification server
+///   makes it unavailable at the prompt, and the next is asked;
+/// - with a display and an askpass program, a dialog (`askpass`);
+/// - with a terminal on stdin, `tty`;
+/// - otherwise nobody can be asked.
 pub fn auto_chain(env: &Environment) -> Vec<ApproverKind> {
     let mut kinds = Vec::new();
+    if env.session_bus.is_some() {
+        kinds.push(ApproverKind::Desktop);
+    }
     if env.has_display && env.askpass.is_some() {
         kinds.push(ApproverKind::Askpass);
     }
@@ -176,6 +213,52 @@ pub fn auto_chain(env: &Environment) -> Vec<ApproverKind> {
         kinds.push(ApproverKind::Tty);
     }
     kinds
+}
+
+/// Where a chain comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// `--approver` or `--approver-command`.
+    CommandLine,
+    /// `[approver]` in `agent.toml`.
+    Config,
+    /// [`auto_chain`]: nothing chose, or `auto` was chosen.
+    Auto,
+}
+
+/// The kinds to build and where they come from: the command line, then `agent.toml`, then
+/// `auto`.
+fn resolve(
+    cli: &ApproverChoice,
+    config: &ApproverConfig,
+    env: &Environment,
+) -> (Vec<ApproverKind>, Origin) {
+    let command = || KindSetting::One(KindWord::Kind(ApproverKind::Command));
+    let from_cli = cli.kind.clone().or(cli.command.as_ref().map(|_| command()));
+    let (setting, origin) = match from_cli {
+        Some(s) => (Some(s), Origin::CommandLine),
+        None => (
+            config
+                .kind
+                .clone()
+                .or(config.command.as_ref().map(|_| command())),
+            Origin::Config,
+        ),
+    };
+    match setting.and_then(|s| s.chain()) {
+        Some(kinds) => (kinds, origin),
+        None => (auto_chain(env), Origin::Auto),
+    }
+}
+
+/// How the chain was chosen, for the start-up line and `nod status`: `command line`,
+/// `agent.toml`, or `auto (`what it found`)`.
+pub fn chosen_by(cli: &ApproverChoice, config: &ApproverConfig, env: &Environment) -> String {
+    match resolve(cli, config, env).1 {
+        Origin::CommandLine => "the command line".to_owned(),
+        Origin::Config => "agent.toml".to_owned(),
+        Origin::Auto => format!("auto ({})", env.describe()),
+    }
 }
 
 /// Builds the approver chain: the command line, then `agent.toml`, then `auto`. An empty chain
@@ -186,16 +269,7 @@ pub fn select(
     config: &ApproverConfig,
     env: &Environment,
 ) -> Result<Vec<Arc<dyn Approver>>, SelectError> {
-    let command = || KindSetting::One(KindWord::Kind(ApproverKind::Command));
-    let setting = cli
-        .kind
-        .clone()
-        .or(cli.command.as_ref().map(|_| command()))
-        .or(config.kind.clone())
-        .or(config.command.as_ref().map(|_| command()));
-    let kinds = setting
-        .and_then(|s| s.chain())
-        .unwrap_or_else(|| auto_chain(env));
+    let (kinds, _) = resolve(cli, config, env);
     let mut chain: Vec<Arc<dyn Approver>> = Vec::new();
     for kind in kinds {
         chain.push(match kind {
@@ -268,6 +342,7 @@ mod tests {
             stdin_is_tty: true,
             has_display: true,
             askpass: Some("/usr/bin/ssh-askpass".into()),
+            session_bus: None,
         };
         assert_eq!(
             names(&select(&none, &empty, &gui).unwrap()),
@@ -293,6 +368,110 @@ mod tests {
         );
         assert_eq!(parse_choice("auto").unwrap().chain(), None);
         assert!(parse_choice("tty,yes").is_err());
+    }
+
+    fn bus() -> Option<SessionAddress> {
+        Some(SessionAddress::UserSocket("/run/user/1000/bus".into()))
+    }
+
+    #[test]
+    fn auto_in_a_unit_with_only_a_session_bus_is_the_desktop() {
+        // The packaged unit: no terminal, no display, the user manager's bus socket.
+        let unit = Environment {
+            session_bus: bus(),
+            ..Default::default()
+        };
+        assert_eq!(auto_chain(&unit), [ApproverKind::Desktop]);
+        let chain = select(
+            &ApproverChoice::default(),
+            &ApproverConfig::default(),
+            &unit,
+        )
+        .unwrap();
+        assert_eq!(names(&chain), ["desktop"]);
+        assert_eq!(chain[0].presence(), Presence::Click);
+    }
+
+    #[test]
+    fn auto_asks_the_desktop_then_a_dialog_then_the_terminal() {
+        let all = Environment {
+            stdin_is_tty: true,
+            has_display: true,
+            askpass: Some("/usr/bin/ssh-askpass".into()),
+            session_bus: bus(),
+        };
+        assert_eq!(
+            auto_chain(&all),
+            [
+                ApproverKind::Desktop,
+                ApproverKind::Askpass,
+                ApproverKind::Tty
+            ]
+        );
+        let chain = select(&ApproverChoice::default(), &ApproverConfig::default(), &all).unwrap();
+        assert_eq!(names(&chain), ["desktop", "askpass", "tty"]);
+        // A terminal inside a desktop session: the notification first, the terminal if the
+        // session has no notification server.
+        let terminal = Environment {
+            stdin_is_tty: true,
+            session_bus: bus(),
+            ..Default::default()
+        };
+        assert_eq!(
+            auto_chain(&terminal),
+            [ApproverKind::Desktop, ApproverKind::Tty]
+        );
+        // `kind = "auto"` in agent.toml is the same as no [approver].
+        let cfg = ApproverConfig {
+            kind: Some(parse_choice("auto").unwrap()),
+            command: None,
+        };
+        assert_eq!(
+            names(&select(&ApproverChoice::default(), &cfg, &terminal).unwrap()),
+            ["desktop", "tty"]
+        );
+    }
+
+    #[test]
+    fn auto_needs_an_askpass_program_as_well_as_a_display() {
+        let display_only = Environment {
+            has_display: true,
+            ..Default::default()
+        };
+        assert!(auto_chain(&display_only).is_empty());
+        let askpass_only = Environment {
+            askpass: Some("/usr/bin/ssh-askpass".into()),
+            ..Default::default()
+        };
+        assert!(auto_chain(&askpass_only).is_empty());
+        assert!(auto_chain(&Environment::default()).is_empty());
+    }
+
+    #[test]
+    fn chosen_by_names_the_source_and_what_auto_found() {
+        let none = ApproverChoice::default();
+        let empty = ApproverConfig::default();
+        let unit = Environment {
+            session_bus: bus(),
+            ..Default::default()
+        };
+        assert_eq!(
+            chosen_by(&none, &empty, &unit),
+            "auto (session bus unix:path=/run/user/1000/bus; no DISPLAY or WAYLAND_DISPLAY; \
+             stdin is not a terminal)"
+        );
+        let headless = chosen_by(&none, &empty, &Environment::default());
+        assert!(headless.starts_with("auto (no session bus"), "{headless}");
+        let cli = ApproverChoice {
+            kind: None,
+            command: Some("/bin/approve".into()),
+        };
+        assert_eq!(chosen_by(&cli, &empty, &unit), "the command line");
+        let cfg = ApproverConfig {
+            kind: Some(parse_choice("tty").unwrap()),
+            command: None,
+        };
+        assert_eq!(chosen_by(&none, &cfg, &unit), "agent.toml");
     }
 
     #[test]

@@ -468,7 +468,9 @@ pub fn run(options: DropInOptions, out: &mut dyn Write) -> Result<u8, DropInErro
 
 /// The background agent has no terminal (it runs in a session of its own), so unless a desktop
 /// session, an askpass dialog or `agent.toml` gives it an approver, keys that need a yes are
-/// refused. Say so here, where the person still sees stderr.
+/// refused. Say so here, where the person still sees stderr. The background agent resolves its
+/// approvers as `nod agent` does (`auto`: the desktop's notifications, then askpass; never
+/// `tty`, since it keeps no terminal).
 fn warn_if_nobody_can_be_asked(options: &DropInOptions) {
     let Ok(paths) = Paths::from_env() else { return };
     let Ok(config) = AgentConfig::load(&paths.agent_config()) else {
@@ -482,10 +484,11 @@ fn warn_if_nobody_can_be_asked(options: &DropInOptions) {
         .is_ok_and(|chain| chain.is_empty())
     {
         eprintln!(
-            "nod ssh-agent: warning: the background agent has no way to ask you (no desktop \
-             session, no askpass dialog, no [approver] in agent.toml), so keys added with \
-             `ssh-add -c` and keys whose policy asks are refused; set [approver] in \
-             ~/.config/nod/agent.toml, or run `nod ssh-agent -D` in a terminal of its own"
+            "nod ssh-agent: warning: the background agent has no way to ask you (auto found {}; \
+             no [approver] in agent.toml), so keys added with `ssh-add -c` and keys whose \
+             policy asks are refused; set [approver] in ~/.config/nod/agent.toml, or run \
+             `nod ssh-agent -D` in a terminal of its own",
+            env.describe()
         );
     }
 }

@@ -173,6 +173,9 @@ pub struct ApproverInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub approvers: Vec<ApproverInfo>,
+    /// How they were chosen: `the command line`, `agent.toml` or `auto (what it found)`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub approvers_chosen_by: String,
     pub open: Vec<Open>,
     pub recent: Vec<Recent>,
 }
@@ -210,6 +213,8 @@ pub struct Core {
     shared: Mutex<HashMap<[u8; 32], Shared>>,
     board: Mutex<Board>,
     next_id: AtomicU64,
+    /// How the approvers were chosen, for `nod status` and `nod doctor`.
+    chosen_by: String,
 }
 
 fn service_index(s: Service) -> usize {
@@ -307,7 +312,14 @@ impl Core {
             shared: Mutex::new(HashMap::new()),
             board: Mutex::new(Board::default()),
             next_id: AtomicU64::new(1),
+            chosen_by: String::new(),
         }
+    }
+
+    /// Says how the approvers were chosen (`agent.toml`, `auto (…)`), in the status.
+    pub fn with_chosen_by(mut self, chosen_by: String) -> Self {
+        self.chosen_by = chosen_by;
+        self
     }
 
     pub fn audit_log(&self) -> &Arc<AuditLog> {
@@ -335,6 +347,7 @@ impl Core {
         let board = lock(&self.board);
         Status {
             approvers: self.approvers(),
+            approvers_chosen_by: self.chosen_by.clone(),
             open: board.open.clone(),
             recent: board.recent.iter().cloned().collect(),
         }
