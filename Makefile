@@ -67,10 +67,12 @@ soak: build
 	NOD_BIN_DIR=$(TARGET_DIR)/debug $(TARGET_DIR)/debug/nod-soak
 
 # Side-by-side benchmarks; prints ratios against the peers measured in the same run.
+# The soak suite runs here too, against the release build (make check runs it on the debug one).
 bench:
-	$(CARGO) build --release --workspace
+	$(CARGO) build --release --workspace --bins --examples
 	NOD_BIN_DIR=$(TARGET_DIR)/release $(CARGO) run --release -p nod-e2e --bin nod-bench
 	NOD_BIN_DIR=$(TARGET_DIR)/release $(CARGO) run --release -p nod-e2e --bin nod-secrets-bench
+	NOD_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/nod-soak
 
 # Packages. PROFILE=dev reuses the debug build (CI's package test); the default is release.
 PROFILE ?= release
