@@ -203,6 +203,12 @@ impl<T: Default> Watched<T> {
         }
     }
 
+    /// Makes the next [`Watched::current`] load again at once, whatever the stamp says (a
+    /// keystore that was locked may be unlocked by the next request).
+    pub(crate) fn reload_next_time(&mut self) {
+        self.loaded = false;
+    }
+
     /// The value, loaded again first if the file changed, or if the last load failed a while
     /// ago. `load` returns the new value or an error to log; while it fails, the value is
     /// `T::default()` (fail closed: no hosts, no keys). Returns whether the value was loaded

@@ -71,7 +71,7 @@ impl Stored {
         let file = file.get_or_insert_with(|| Watched::new(&keystore.path(SSH_KEYS_FILE)));
         // A failed read (a locked keystore, a file made unreadable) is tried again a moment
         // later even if the file did not change, so an unlock or a fix needs no restart.
-        let mut read_ok = false;
+        let (mut read_ok, mut locked) = (false, false);
         let (keys, _) = file.current(|_, _| {
             keystore
                 .ssh_keys()
@@ -85,7 +85,10 @@ impl Stored {
                         })
                         .collect()
                 })
-                .map_err(|e| format!("ssh agent: persistent keys not offered: {e}"))
+                .map_err(|e| {
+                    locked = e.is_locked();
+                    format!("ssh agent: persistent keys not offered: {e}")
+                })
         });
         // Any new version of the file drops the remembered approvals (not a retry that fails
         // again: that changes nothing, and would log every second).
@@ -96,7 +99,13 @@ impl Stored {
             );
             self.approvals.revoke_all();
         }
-        f(keys)
+        let r = f(keys);
+        if locked {
+            // Locked: look again on the very next request, so `nod keys unlock` takes effect
+            // at once.
+            file.reload_next_time();
+        }
+        r
     }
 
     /// Persistent keys and live session certificates, for `ssh-add -l`.
