@@ -2,7 +2,7 @@
 //! documented, every documented key is read, the defaults and limits are the code's, and every
 //! example loads.
 
-use nod_agent::approvers::{ApproverChoice, Environment, select};
+use nod_agent::approvers::{ApproverChoice, Environment, SessionAddress, select};
 use nod_agent::config::{
     AgentConfig, ApprovalConfig, ApproverConfig, ApproverKind, KindSetting, KindWord,
     PresenceConfig, Required, SecretsBackend, SecretsConfig, SshConfig,
@@ -198,6 +198,9 @@ fn everything_available() -> Environment {
     env.stdin_is_tty = true;
     env.has_display = true;
     env.askpass = Some("/usr/bin/ssh-askpass".into());
+    env.session_bus = Some(SessionAddress::Variable(
+        "unix:path=/run/user/1000/bus".into(),
+    ));
     env
 }
 
