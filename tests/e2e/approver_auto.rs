@@ -98,35 +98,26 @@ impl SudoHost {
 
     /// `sudo -S /usr/bin/id -u` run by the user; a password (if asked) comes from `stdin`.
     fn sudo_id(&self, stdin: &str) -> Output {
-        let mut child = Command::new("setpriv")
-            .arg(format!("--reuid={}", self.user.uid))
-            .arg(format!("--regid={}", self.user.gid))
-            .args([
-                "--init-groups",
-                "--",
-                "sudo",
-                "-S",
-                "-p",
-                "",
-                "/usr/bin/id",
-                "-u",
-            ])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("HOME", &self.user.home)
-            .env("USER", &self.user.name)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        nod_e2e::run_with_stdin(
+            &mut Command::new("setpriv")
+                .arg(format!("--reuid={}", self.user.uid))
+                .arg(format!("--regid={}", self.user.gid))
+                .args([
+                    "--init-groups",
+                    "--",
+                    "sudo",
+                    "-S",
+                    "-p",
+                    "",
+                    "/usr/bin/id",
+                    "-u",
+                ])
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", &self.user.home)
+                .env("USER", &self.user.name),
+            stdin,
+        )
     }
 }
 

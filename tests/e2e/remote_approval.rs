@@ -297,21 +297,15 @@ impl SudoOverSsh {
              sudo -S -p '' id -u",
             sock = self.remote_socket.display()
         );
-        let mut child = self
-            .sshd
-            .ssh_with_forward(&self.user, &self.remote_socket, agent_socket, &remote_cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        nod_e2e::run_with_stdin(
+            &mut self.sshd.ssh_with_forward(
+                &self.user,
+                &self.remote_socket,
+                agent_socket,
+                &remote_cmd,
+            ),
+            stdin,
+        )
     }
 }
 

@@ -165,6 +165,20 @@ pub fn run(cmd: &mut Command) -> Output {
     }
 }
 
+/// Runs a command with `stdin` written to its standard input, and collects its output.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // A command that exits without reading gives EPIPE here; its output still tells why.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
 /// Runs a command that must succeed and returns its stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
