@@ -10,7 +10,6 @@
 //! - A bus without a notification server makes `desktop` unavailable: the next approver of the
 //!   chain is asked, and with none left the host gets *unavailable*, never *denied*.
 
-use std::io::Write;
 use std::os::unix::fs::chown;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -99,7 +98,7 @@ impl SudoHost {
     /// `sudo -S /usr/bin/id -u` run by the user; a password (if asked) comes from `stdin`.
     fn sudo_id(&self, stdin: &str) -> Output {
         nod_e2e::run_with_stdin(
-            &mut Command::new("setpriv")
+            Command::new("setpriv")
                 .arg(format!("--reuid={}", self.user.uid))
                 .arg(format!("--regid={}", self.user.gid))
                 .args([
