@@ -331,6 +331,26 @@ mod tests {
         }
     }
 
+    /// A host list made unsafe (group-writable) allows no host; once fixed with `chmod` (the
+    /// contents unchanged), the running agent allows them again without a restart.
+    #[test]
+    fn the_allowlist_comes_back_once_the_file_is_safe_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::files::test_dir("hosts-recover");
+        let path = dir.join("hosts.toml");
+        let mut hosts = HostsFile::default();
+        let file = format_public_key_file(&vk(1), &KeyId::new("k").unwrap(), "c");
+        hosts.add("web-1", &file, Path::new("k.pub"), None).unwrap();
+        hosts.save(&path).unwrap();
+        let mut list = HostAllowlist::open(&path);
+        assert_eq!(list.current().len(), 1);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(list.current().is_empty(), "an unsafe file allows nobody");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(list.current().len(), 1, "back without a restart");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn add_takes_key_id_from_flag_then_file_else_pins_none() {
         let mut hosts = HostsFile::default();
