@@ -142,6 +142,8 @@ struct Unlock {
     asker: Mutex<Option<Arc<dyn Asker>>>,
     /// When the TPM last failed to unseal, and why.
     tpm_failed: Mutex<Option<(Instant, String)>>,
+    /// This process created the file protector, and said so with its warning.
+    created_here: std::sync::atomic::AtomicBool,
 }
 
 /// The agent's signing key with its key id. The secret is zeroized on drop (ed25519-dalek's
@@ -205,6 +207,7 @@ impl Keystore {
                 key: OnceLock::new(),
                 asker: Mutex::new(None),
                 tpm_failed: Mutex::new(None),
+                created_here: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -373,6 +376,9 @@ impl Keystore {
         }
         let key = WrapKey::generate()?;
         self.write_protector(&Protector::File(Zeroizing::new(*key.bytes())))?;
+        self.unlock
+            .created_here
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         event!(
             "keystore: new wrapping key in {} (protector: file). Anyone with a copy of this \
              disk can open every key and secret; protect it with `nod keys protect tpm` or \
@@ -875,9 +881,15 @@ fn prepare(paths: &Paths, asker: Option<Arc<dyn Asker>>) -> Keystore {
     keystore
 }
 
-/// One line on how the keys are kept at rest, plain about a file protector.
+/// One line on how the keys are kept at rest, plain about a file protector (unless the line
+/// that created it just said so).
 fn describe_at_rest(keystore: &Keystore) {
     match keystore.protector().ok().flatten().map(|p| p.kind()) {
+        Some(ProtectorKind::File)
+            if keystore
+                .unlock
+                .created_here
+                .load(std::sync::atomic::Ordering::Relaxed) => {}
         Some(ProtectorKind::File) => event!(
             "keys at rest: protector file ({}): anyone with a copy of this disk gets every key \
              and secret; use `nod keys protect tpm` or `nod keys protect passphrase`",
