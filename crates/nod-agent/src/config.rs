@@ -63,7 +63,10 @@ impl std::str::FromStr for ApproverKind {
 }
 
 /// The least a host, key or secrets service asks of the person (`presence = "verified"`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+/// Ordered from weakest to strongest, so `a.max(b)` is what both ask.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Required {
     /// Any approver that reaches the person.
@@ -71,6 +74,16 @@ pub enum Required {
     Any,
     /// A password or a fingerprint; a click or a keypress is not asked.
     Verified,
+}
+
+impl Required {
+    /// `any` or `verified`, as written in `agent.toml` and on the command line.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Verified => "verified",
+        }
+    }
 }
 
 impl std::str::FromStr for Required {

@@ -5,6 +5,12 @@
 //! binary private key format (`PrivateKey::to_bytes`). Strings are u32-length-prefixed. Keys
 //! are parsed straight out of the zeroized plaintext buffer, so no stray copy of a key is left
 //! in freed memory by the encoding itself.
+//!
+//! Version 2 (`nod-ssh-keys-v2\0`) adds, after the TTL, the key's presence word (`any` or
+//! `verified`). It is written only when a key needs more than `any`, so a keystore that uses
+//! no presence minimum stays readable by a nod that knows version 1 only; such a nod refuses a
+//! version-2 file as written by a newer nod rather than reading its keys without their
+//! minimum. A version-1 file reads as every key `any`.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,6 +20,7 @@ use ssh_key::{Algorithm, EcdsaCurve, HashAlg, LineEnding, rand_core::OsRng};
 use zeroize::Zeroizing;
 
 use super::{Keystore, KeystoreError, SSH_KEYS_FILE, USER_CA_FILE};
+use crate::config::Required;
 use crate::duration::format_duration;
 
 /// A `remember` grant's lifetime when none is given.
@@ -79,17 +86,40 @@ impl fmt::Display for Policy {
     }
 }
 
-const MAGIC: &[u8] = b"nod-ssh-keys-v1\0";
+/// Version 1: no presence; every key reads as `any`.
+const MAGIC_V1: &[u8] = b"nod-ssh-keys-v1\0";
+/// Version 2: a presence word per key.
+const MAGIC_V2: &[u8] = b"nod-ssh-keys-v2\0";
 const PURPOSE: &str = "ssh-keys";
 const CA_PURPOSE: &str = "user-ca";
 /// Longest key name.
 const MAX_NAME: usize = 64;
+/// Longest policy or presence word (`remember`, `verified`).
+const MAX_WORD: usize = 16;
+/// Fewer bytes than any key takes in a file of either version (length prefixes and the TTL;
+/// its name, words and key blob take more). Bounds the count a file may claim by its length,
+/// before anything is allocated.
+const MIN_KEY_LEN: usize = 4 * 4 + 8;
 
-/// One persistent key. `Debug` shows the name, policy and fingerprint only.
+/// Refuses what a key cannot be: `never` asks nobody, so it cannot need verified presence.
+fn check_presence(policy: Policy, presence: Required) -> Result<(), KeystoreError> {
+    if policy == Policy::Never && presence != Required::Any {
+        return Err(KeystoreError::Refused(format!(
+            "a key with policy never asks nobody, so it cannot need {} presence; give it policy \
+             always or remember, or --presence any",
+            presence.word()
+        )));
+    }
+    Ok(())
+}
+
+/// One persistent key. `Debug` shows the name, policy, presence and fingerprint only.
 #[derive(Clone)]
 pub struct StoredKey {
     pub name: String,
     pub policy: Policy,
+    /// The least presence a signature with it asks for (at least `[presence] ssh`).
+    pub presence: Required,
     /// Zeroized on drop by ssh-key. Its comment is the name.
     pub key: PrivateKey,
 }
@@ -99,6 +129,7 @@ impl fmt::Debug for StoredKey {
         f.debug_struct("StoredKey")
             .field("name", &self.name)
             .field("policy", &self.policy)
+            .field("presence", &self.presence)
             .field("fingerprint", &self.fingerprint())
             .field("key", &"<redacted>")
             .finish()
@@ -244,6 +275,9 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 fn encode(keys: &[StoredKey]) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+    // Version 2 only when a key needs it: a file without presence minimums stays readable by
+    // a nod that knows version 1 only.
+    let v2 = keys.iter().any(|k| k.presence != Required::Any);
     let blobs = keys
         .iter()
         .map(|k| {
@@ -252,21 +286,27 @@ fn encode(keys: &[StoredKey]) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
                 .map_err(|e| KeystoreError::Refused(format!("cannot encode key {:?}: {e}", k.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let len = MAGIC.len()
+    let len = MAGIC_V2.len()
         + 4
         + keys
             .iter()
             .zip(&blobs)
-            .map(|(k, b)| 4 + k.name.len() + 4 + k.policy.word().len() + 8 + 4 + b.len())
+            .map(|(k, b)| {
+                let presence = if v2 { 4 + k.presence.word().len() } else { 0 };
+                4 + k.name.len() + 4 + k.policy.word().len() + 8 + presence + 4 + b.len()
+            })
             .sum::<usize>();
     // Sized up front: the buffer never reallocates, so no partial copy is left unzeroized.
     let mut out = Zeroizing::new(Vec::with_capacity(len));
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(if v2 { MAGIC_V2 } else { MAGIC_V1 });
     out.extend_from_slice(&u32::try_from(keys.len()).unwrap_or(u32::MAX).to_be_bytes());
     for (k, blob) in keys.iter().zip(&blobs) {
         put_str(&mut out, k.name.as_bytes());
         put_str(&mut out, k.policy.word().as_bytes());
         out.extend_from_slice(&k.policy.ttl().map_or(0, |t| t.as_secs()).to_be_bytes());
+        if v2 {
+            put_str(&mut out, k.presence.word().as_bytes());
+        }
         put_str(&mut out, blob);
     }
     Ok(out)
@@ -297,26 +337,73 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.u32()?).ok()?;
         self.take(n)
     }
+    /// A short ASCII word (a policy or a presence).
+    fn word(&mut self) -> Option<&'a str> {
+        let word = self.str()?;
+        if word.len() > MAX_WORD {
+            return None;
+        }
+        std::str::from_utf8(word).ok()
+    }
 }
 
+/// The keys of a file of either version; `None` for anything else (another version, a
+/// truncated or padded file, a word or key that does not parse).
 fn decode(plain: &[u8]) -> Option<Vec<StoredKey>> {
     let mut r = Reader(plain);
-    if r.take(MAGIC.len())? != MAGIC {
+    let v2 = match r.take(MAGIC_V1.len())? {
+        m if m == MAGIC_V1 => false,
+        m if m == MAGIC_V2 => true,
+        _ => return None,
+    };
+    let count = usize::try_from(r.u32()?).ok()?;
+    if count > r.0.len() / MIN_KEY_LEN {
         return None;
     }
-    let count = r.u32()?;
-    let mut keys = Vec::new();
+    let mut keys = Vec::with_capacity(count);
     for _ in 0..count {
-        let name = String::from_utf8(r.str()?.to_vec()).ok()?;
-        let word = std::str::from_utf8(r.str()?).ok()?;
+        let name = r.str()?;
+        if name.len() > MAX_NAME {
+            return None;
+        }
+        let name = String::from_utf8(name.to_vec()).ok()?;
+        let word = r.word()?;
         let ttl = r.u64()?;
         let ttl = (word == "remember").then(|| Duration::from_secs(ttl));
         let policy = Policy::parse(word, ttl).ok()?;
+        let presence = if v2 {
+            r.word()?.parse().ok()?
+        } else {
+            Required::Any
+        };
+        check_presence(policy, presence).ok()?;
         let mut key = PrivateKey::from_bytes(r.str()?).ok()?;
         key.set_comment(name.clone());
-        keys.push(StoredKey { name, policy, key });
+        keys.push(StoredKey {
+            name,
+            policy,
+            presence,
+            key,
+        });
     }
     r.0.is_empty().then_some(keys)
+}
+
+/// The fuzzing entry point (`fuzz/fuzz_targets/ssh_keys_file.rs`): `data` as the opened
+/// plaintext of `ssh_keys.sealed`. Must never panic, and what decodes must encode to a file
+/// that decodes to the same keys.
+pub fn fuzz_decode(data: &[u8]) {
+    let summary = |keys: &[StoredKey]| -> Vec<(String, Policy, Required, String)> {
+        keys.iter()
+            .map(|k| (k.name.clone(), k.policy, k.presence, k.fingerprint()))
+            .collect()
+    };
+    if let Some(keys) = decode(data)
+        && let Ok(again) = encode(&keys)
+    {
+        let decoded = decode(&again).expect("an encoded file decodes");
+        assert_eq!(summary(&decoded), summary(&keys));
+    }
 }
 
 impl Keystore {
@@ -336,15 +423,28 @@ impl Keystore {
         self.write_sealed(SSH_KEYS_FILE, PURPOSE, &plain)
     }
 
-    /// Adds a key under a new name. Refused if the name or the key is already there, or the
-    /// agent could not sign with it.
+    /// Adds a key under a new name, asking `any` presence. Refused if the name or the key is
+    /// already there, or the agent could not sign with it.
     pub fn add_ssh_key(
+        &self,
+        name: &str,
+        key: PrivateKey,
+        policy: Policy,
+    ) -> Result<StoredKey, KeystoreError> {
+        self.add_ssh_key_requiring(name, key, policy, Required::Any)
+    }
+
+    /// Adds a key under a new name whose signatures need at least `presence`. Refused as
+    /// [`Keystore::add_ssh_key`], and for `never` with `verified` (nobody would be asked).
+    pub fn add_ssh_key_requiring(
         &self,
         name: &str,
         mut key: PrivateKey,
         policy: Policy,
+        presence: Required,
     ) -> Result<StoredKey, KeystoreError> {
         valid_name(name)?;
+        check_presence(policy, presence)?;
         let _lock = self.exclusive()?;
         let mut keys = self.ssh_keys()?;
         if keys.iter().any(|k| k.name == name) {
@@ -365,6 +465,7 @@ impl Keystore {
         let stored = StoredKey {
             name: name.to_owned(),
             policy,
+            presence,
             key,
         };
         keys.push(stored.clone());
@@ -386,14 +487,31 @@ impl Keystore {
 
     /// Sets a key's policy.
     pub fn set_ssh_policy(&self, name: &str, policy: Policy) -> Result<(), KeystoreError> {
+        self.update_ssh_key(name, Some(policy), None).map(drop)
+    }
+
+    /// Sets a key's policy, its presence minimum, or both (`None` keeps what it has), and
+    /// returns the key as now stored. Refused for `never` with `verified`.
+    pub fn update_ssh_key(
+        &self,
+        name: &str,
+        policy: Option<Policy>,
+        presence: Option<Required>,
+    ) -> Result<StoredKey, KeystoreError> {
         let _lock = self.exclusive()?;
         let mut keys = self.ssh_keys()?;
         let key = keys
             .iter_mut()
             .find(|k| k.name == name)
             .ok_or_else(|| KeystoreError::NoSuchKey(name.to_owned()))?;
+        let policy = policy.unwrap_or(key.policy);
+        let presence = presence.unwrap_or(key.presence);
+        check_presence(policy, presence)?;
         key.policy = policy;
-        self.save_ssh_keys(&keys)
+        key.presence = presence;
+        let updated = key.clone();
+        self.save_ssh_keys(&keys)?;
+        Ok(updated)
     }
 
     /// The user CA key, if `nod keys ca init` made one.
@@ -557,11 +675,250 @@ mod tests {
         assert_eq!(opened.key_data(), key.key_data());
     }
 
+    fn stored(name: &str, policy: Policy, presence: Required) -> StoredKey {
+        StoredKey {
+            name: name.into(),
+            policy,
+            presence,
+            key: generate(KeyType::Ed25519, None, name).unwrap(),
+        }
+    }
+
+    /// A file built by hand, as the format's description says: per key the name, policy
+    /// word, TTL, presence word (version 2 only) and key blob.
+    fn file(magic: &[u8], keys: &[(&str, &str, u64, Option<&str>, &PrivateKey)]) -> Vec<u8> {
+        let mut out = magic.to_vec();
+        out.extend_from_slice(&u32::try_from(keys.len()).unwrap().to_be_bytes());
+        for (name, word, ttl, presence, key) in keys {
+            put_str(&mut out, name.as_bytes());
+            put_str(&mut out, word.as_bytes());
+            out.extend_from_slice(&ttl.to_be_bytes());
+            if let Some(presence) = presence {
+                put_str(&mut out, presence.as_bytes());
+            }
+            put_str(&mut out, &key.to_bytes().unwrap());
+        }
+        out
+    }
+
+    type Summary = Vec<(String, Policy, Required, String)>;
+
+    fn summary(keys: &[StoredKey]) -> Summary {
+        keys.iter()
+            .map(|k| (k.name.clone(), k.policy, k.presence, k.fingerprint()))
+            .collect()
+    }
+
+    #[test]
+    fn a_version_1_file_reads_as_any_presence_and_is_written_back_as_version_1() {
+        let work = generate(KeyType::Ed25519, None, "work").unwrap();
+        let ci = generate(KeyType::Ecdsa, None, "ci").unwrap();
+        let old = file(
+            b"nod-ssh-keys-v1\0",
+            &[
+                ("work", "remember", 90, None, &work),
+                ("ci", "never", 0, None, &ci),
+            ],
+        );
+        let keys = decode(&old).expect("a version-1 file decodes");
+        assert_eq!(
+            summary(&keys),
+            vec![
+                (
+                    "work".into(),
+                    Policy::Remember(Duration::from_secs(90)),
+                    Required::Any,
+                    work.fingerprint(HashAlg::Sha256).to_string()
+                ),
+                (
+                    "ci".into(),
+                    Policy::Never,
+                    Required::Any,
+                    ci.fingerprint(HashAlg::Sha256).to_string()
+                ),
+            ]
+        );
+        // Nothing needs version 2, so an older nod can still read what this one writes.
+        assert_eq!(&encode(&keys).unwrap()[..], &old[..]);
+    }
+
+    #[test]
+    fn presence_round_trips_in_version_2() {
+        let keys = vec![
+            stored("strict", Policy::Always, Required::Verified),
+            stored("loose", Policy::Never, Required::Any),
+            stored(
+                "sticky",
+                Policy::Remember(Duration::from_secs(600)),
+                Required::Verified,
+            ),
+        ];
+        let plain = encode(&keys).unwrap();
+        assert!(plain.starts_with(MAGIC_V2));
+        // The only magic a version-1 nod knows: it refuses the file instead of reading the
+        // keys without their minimum.
+        assert!(!plain.starts_with(MAGIC_V1));
+        let decoded = decode(&plain).expect("version 2 decodes");
+        assert_eq!(summary(&decoded), summary(&keys));
+        assert_eq!(&encode(&decoded).unwrap()[..], &plain[..]);
+        assert!(decode(&encode(&[]).unwrap()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn truncated_padded_or_garbled_files_are_refused() {
+        let plain = encode(&[
+            stored("strict", Policy::Always, Required::Verified),
+            stored("loose", Policy::Always, Required::Any),
+        ])
+        .unwrap();
+        for n in 0..plain.len() {
+            assert!(decode(&plain[..n]).is_none(), "a file cut at {n} bytes");
+        }
+        let mut padded = plain.to_vec();
+        padded.push(0);
+        assert!(decode(&padded).is_none(), "trailing bytes");
+
+        let key = generate(KeyType::Ed25519, None, "k").unwrap();
+        let v2 = b"nod-ssh-keys-v2\0";
+        assert_eq!(
+            decode(&file(v2, &[("k", "always", 0, Some("verified"), &key)])).map(|k| summary(&k)),
+            Some(summary(&[StoredKey {
+                name: "k".into(),
+                policy: Policy::Always,
+                presence: Required::Verified,
+                key: key.clone(),
+            }]))
+        );
+        for (presence, why) in [
+            (Some("verifies"), "an unknown presence word"),
+            (Some(""), "an empty presence word"),
+            (Some("verifiedverifiedverified"), "a presence word too long"),
+            (None, "a version-2 key without its presence word"),
+        ] {
+            let bad = file(v2, &[("k", "always", 0, presence, &key)]);
+            assert!(decode(&bad).is_none(), "{why}");
+        }
+        // `never` with `verified` is never written, and not read either.
+        let never = file(v2, &[("k", "never", 0, Some("verified"), &key)]);
+        assert!(decode(&never).is_none(), "never with verified");
+        // A presence word in a version-1 file is garbage there.
+        let v1 = file(
+            b"nod-ssh-keys-v1\0",
+            &[("k", "always", 0, Some("any"), &key)],
+        );
+        assert!(decode(&v1).is_none(), "a presence word in version 1");
+
+        let mut newer = plain.to_vec();
+        newer[..MAGIC_V2.len()].copy_from_slice(b"nod-ssh-keys-v3\0");
+        assert!(decode(&newer).is_none(), "a version this nod does not know");
+
+        // A count that the file's length cannot hold is refused before anything is allocated.
+        let mut many = MAGIC_V2.to_vec();
+        many.extend_from_slice(&u32::MAX.to_be_bytes());
+        many.extend_from_slice(&[0; 64]);
+        assert!(decode(&many).is_none(), "a count larger than the file");
+    }
+
+    /// The fuzz target's seeds are files of each version that decode, so the fuzzer starts
+    /// from inside the format.
+    #[test]
+    fn the_fuzz_seeds_decode() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/ssh_keys_file");
+        for (seed, keys) in [("v1-two-keys", 2), ("v2-verified", 2), ("v2-empty", 0)] {
+            let plain = fs::read(dir.join(seed)).unwrap();
+            let decoded = decode(&plain).unwrap_or_else(|| panic!("{seed} does not decode"));
+            assert_eq!(decoded.len(), keys, "{seed}");
+            fuzz_decode(&plain);
+        }
+    }
+
+    #[test]
+    fn a_file_of_a_newer_version_is_refused_as_such() {
+        let root = tempdir("ssh-newer");
+        let store = store(&root);
+        let mut plain = encode(&[stored("k", Policy::Always, Required::Verified)]).unwrap();
+        plain[..MAGIC_V2.len()].copy_from_slice(b"nod-ssh-keys-v3\0");
+        store.write_sealed(SSH_KEYS_FILE, PURPOSE, &plain).unwrap();
+        let err = store.ssh_keys().unwrap_err();
+        assert!(err.to_string().contains("written by a newer nod?"), "{err}");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn presence_is_stored_with_the_key_and_changed_with_its_policy() {
+        let root = tempdir("ssh-presence");
+        let store = store(&root);
+        let key = || generate(KeyType::Ed25519, None, "k").unwrap();
+        let err = store
+            .add_ssh_key_requiring("n", key(), Policy::Never, Required::Verified)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("policy never asks nobody"),
+            "{err}"
+        );
+        store
+            .add_ssh_key_requiring("strict", key(), Policy::Always, Required::Verified)
+            .unwrap();
+        store.add_ssh_key("plain", key(), Policy::Always).unwrap();
+        let keys = store.ssh_keys().unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.presence).collect::<Vec<_>>(),
+            [Required::Verified, Required::Any]
+        );
+
+        // Only what is given changes.
+        let k = store
+            .update_ssh_key(
+                "strict",
+                Some(Policy::Remember(Duration::from_secs(60))),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            (k.policy, k.presence),
+            (
+                Policy::Remember(Duration::from_secs(60)),
+                Required::Verified
+            )
+        );
+        assert!(store.set_ssh_policy("strict", Policy::Never).is_err());
+        assert!(
+            store
+                .update_ssh_key("plain", Some(Policy::Never), Some(Required::Verified))
+                .is_err()
+        );
+        let k = store
+            .update_ssh_key("strict", Some(Policy::Never), Some(Required::Any))
+            .unwrap();
+        assert_eq!((k.policy, k.presence), (Policy::Never, Required::Any));
+        assert!(
+            store
+                .ssh_keys()
+                .unwrap()
+                .iter()
+                .all(|k| k.presence == Required::Any)
+        );
+        assert!(matches!(
+            store.update_ssh_key("nobody", None, Some(Required::Any)),
+            Err(KeystoreError::NoSuchKey(_))
+        ));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn presence_minimums_combine_to_the_stronger() {
+        assert_eq!(Required::Any.max(Required::Verified), Required::Verified);
+        assert_eq!(Required::Verified.max(Required::Any), Required::Verified);
+        assert_eq!(Required::Any.max(Required::Any), Required::Any);
+    }
+
     #[test]
     fn stored_key_debug_is_redacted() {
         let key = StoredKey {
             name: "k".into(),
             policy: Policy::Never,
+            presence: Required::Any,
             key: generate(KeyType::Ed25519, None, "k").unwrap(),
         };
         let seed = hex::encode(key.key.key_data().ed25519().unwrap().private.to_bytes());
