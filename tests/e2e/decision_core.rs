@@ -1,6 +1,7 @@
 //! The decision core end to end, with the real programs: prompts of all three services on one
 //! approver are shown one at a time; refusals before a prompt are in the audit log; two agents
-//! of one user keep one valid audit chain; an approver that cannot show a dialog never denies.
+//! of one user keep one valid audit chain; an approver that cannot show a dialog never denies;
+//! a host or a key that needs verified presence is not approved by a program.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -320,4 +321,60 @@ fn a_host_that_needs_verified_presence_is_not_approved_by_a_click() {
     // Re-added without --presence, the host follows agent.toml (any) and is approved.
     agent.add_host("strict-host", &strict.host_pub);
     assert_eq!(code(&strict.request("root", &[])), APPROVED);
+}
+
+#[test]
+fn a_key_that_needs_verified_presence_is_not_approved_by_a_program() {
+    if !require(&["ssh-keygen"]) {
+        return;
+    }
+    let scratch = Scratch::new("key-presence");
+    // The scripted approver approves; it is a program, so it is not a verified presence.
+    let agent = Agent::start(&scratch);
+    let socket = agent.wait_for_ssh_socket();
+    let dir = scratch.dir("d", 0o755);
+    let public = run_ok(&mut agent.nod([
+        "keys",
+        "generate",
+        "--name",
+        "strict",
+        "--presence",
+        "verified",
+    ]));
+    let key = dir.join("strict");
+    fs::write(key.with_extension("pub"), public).unwrap();
+    let list = run_ok(&mut agent.nod(["keys", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("strict\t") && l.ends_with("\talways\tverified")),
+        "{list}"
+    );
+    let data = dir.join("data.txt");
+    fs::write(&data, "to be signed\n").unwrap();
+
+    let out = sign_file(&socket, &key, &data);
+    assert!(!out.status.success(), "signed without verified presence");
+    assert!(agent.prompts().is_empty(), "{:?}", agent.prompts());
+    let last = agent.audit().pop().unwrap();
+    assert_eq!(last["service"], "ssh", "{last}");
+    assert_eq!(last["action"], "sign", "{last}");
+    assert_eq!(last["key_comment"], "strict", "{last}");
+    assert_eq!(last["decision"], "unavailable", "{last}");
+    assert_eq!(last["reason"], "presence_unavailable", "{last}");
+
+    // The same key asking any presence is signed with after the approver says yes; the
+    // running agent takes the change without a restart.
+    run_ok(&mut agent.nod(["keys", "policy", "strict", "--presence", "any"]));
+    let out = sign_file(&socket, &key, &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(data.with_extension("txt.sig").exists());
+    assert_eq!(agent.prompts().len(), 1, "{:?}", agent.prompts());
+    let last = agent.audit().pop().unwrap();
+    assert_eq!(last["key_comment"], "strict", "{last}");
+    assert_eq!(last["decision"], "approved", "{last}");
+    assert_eq!(last["presence"], "program", "{last}");
 }

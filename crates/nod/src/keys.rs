@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use nod_agent::config::Required;
 use nod_agent::keystore::ssh::{
     KeyType, StoredKey, ca_line, decrypt_import, generate, parse_import,
 };
@@ -43,6 +44,12 @@ pub enum KeysCommand {
         /// How long a remember approval lasts (e.g. 10m); default 10m.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// The least presence its signatures need: `any` approver, or `verified` (a password or
+        /// a fingerprint; a click or a keypress is not asked, and with no such approver the
+        /// signature is refused). The stronger of this and `[presence] ssh` of agent.toml
+        /// applies. Not with policy never.
+        #[arg(long, value_name = "any|verified", default_value = "any")]
+        presence: Required,
     },
     /// Import an OpenSSH private key file into the keystore. A passphrase-protected file is
     /// decrypted in memory (the passphrase is asked on the terminal). The file is left as it
@@ -61,19 +68,32 @@ pub enum KeysCommand {
         /// How long a remember approval lasts (e.g. 10m); default 10m.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// The least presence its signatures need: `any` approver, or `verified` (a password or
+        /// a fingerprint; a click or a keypress is not asked, and with no such approver the
+        /// signature is refused). The stronger of this and `[presence] ssh` of agent.toml
+        /// applies. Not with policy never.
+        #[arg(long, value_name = "any|verified", default_value = "any")]
+        presence: Required,
     },
-    /// List the keys: name, type, fingerprint, policy.
+    /// List the keys: name, type, fingerprint, policy, presence.
     List,
     /// Remove a key from the keystore.
     Remove { name: String },
     /// Set a key's approval policy: always (every signature), remember (once per program,
-    /// terminal and host for --ttl), never (no prompt).
+    /// terminal and host for --ttl), never (no prompt); or its presence minimum, or both.
+    /// What is not given stays as it is.
     Policy {
         name: String,
-        policy: String,
+        #[arg(required_unless_present = "presence")]
+        policy: Option<String>,
         /// How long a remember approval lasts (e.g. 10m); default 10m.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, requires = "policy")]
         ttl: Option<Duration>,
+        /// The least presence its signatures need: `any` approver, or `verified` (a password or
+        /// a fingerprint; a click or a keypress is not asked, and with no such approver the
+        /// signature is refused). Not with policy never.
+        #[arg(long, value_name = "any|verified")]
+        presence: Option<Required>,
     },
     /// The user CA for session certificates.
     Ca {
@@ -319,11 +339,12 @@ fn parse_policy(word: &str, ttl: Option<Duration>) -> Result<Policy> {
 
 fn print_added(key: &StoredKey) {
     eprintln!(
-        "added {} {} {} (policy {})",
+        "added {} {} {} (policy {}, presence {})",
         key.name,
         key.type_name(),
         key.fingerprint(),
-        key.policy
+        key.policy,
+        key.presence.word()
     );
     println!("{}", key.public_line());
 }
@@ -348,10 +369,11 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
             name,
             policy: word,
             ttl,
+            presence,
         } => {
             let policy = parse_policy(&word, ttl)?;
             let key = generate(kind, bits, &name)?;
-            print_added(&add_key(&store, &name, key, policy)?);
+            print_added(&add_key(&store, &name, key, policy, presence)?);
         }
         KeysCommand::Import {
             file,
@@ -359,6 +381,7 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
             name,
             policy: word,
             ttl,
+            presence,
         } => {
             let policy = parse_policy(&word, ttl)?;
             let pem = Zeroizing::new(
@@ -380,7 +403,7 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
                     .map(|n| n.to_string_lossy().into_owned())
                     .context("give the key a --name")?,
             };
-            print_added(&add_key(&store, &name, key, policy)?);
+            print_added(&add_key(&store, &name, key, policy, presence)?);
         }
         KeysCommand::List => {
             let keys = store.ssh_keys()?;
@@ -389,11 +412,12 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
             }
             for k in keys {
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     k.name,
                     k.type_name(),
                     k.fingerprint(),
-                    k.policy
+                    k.policy,
+                    k.presence.word()
                 );
             }
         }
@@ -405,10 +429,11 @@ pub fn run_keys(paths: &Paths, command: KeysCommand) -> Result<()> {
             name,
             policy: word,
             ttl,
+            presence,
         } => {
-            let policy = parse_policy(&word, ttl)?;
-            store.set_ssh_policy(&name, policy)?;
-            println!("{name}: {policy}");
+            let policy = word.map(|w| parse_policy(&w, ttl)).transpose()?;
+            let key = store.update_ssh_key(&name, policy, presence)?;
+            println!("{name}: {}, presence {}", key.policy, key.presence.word());
         }
         KeysCommand::Ca {
             command: CaCommand::Init,
@@ -459,7 +484,8 @@ fn add_key(
     name: &str,
     key: nod_agent::keystore::ssh::PrivateKey,
     policy: Policy,
+    presence: Required,
 ) -> Result<nod_agent::keystore::ssh::StoredKey> {
     nod_agent::ssh::sign::check_key(key.key_data()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(store.add_ssh_key(name, key, policy)?)
+    Ok(store.add_ssh_key_requiring(name, key, policy, presence)?)
 }

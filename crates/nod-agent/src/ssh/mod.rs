@@ -662,7 +662,7 @@ impl SshAgentService {
         if let Some(key) = self.session_key(&request.credential)? {
             return self.signers.sign(&key, &request.data, request.flags).await;
         }
-        let (key, comment, policy) = self.find_with_policy(&request.credential)?;
+        let (key, comment, policy, key_presence) = self.find_with_policy(&request.credential)?;
         // `never` asks nobody, so skip building a grant scope (it reads `/proc`): this is the
         // hot path of an agent used like ssh-agent.
         if matches!(policy, policy::Policy::Never) {
@@ -698,7 +698,8 @@ impl SshAgentService {
                     prompt,
                     event: record,
                     deadline: Instant::now() + PROMPT_TIMEOUT,
-                    required: self.presence,
+                    // The stronger of `[presence] ssh` and the key's own minimum.
+                    required: self.presence.max(key_presence),
                     rate_key: Some(policy::rate_key(&auth.scope)),
                     share_key: Some(policy::request_id(&auth.scope, &request.data)),
                 };
@@ -717,8 +718,22 @@ impl SshAgentService {
                         .grant(auth.scope.clone(), ttl, Instant::now());
                 }
                 // The key may have been removed, or the agent locked, while the prompt was
-                // open.
-                self.find_with_policy(&request.credential)?;
+                // open; or its minimum raised above what this approver proves (a change to the
+                // keystore, which also drops the grant just made).
+                let (_, _, _, now_needs) = self.find_with_policy(&request.credential)?;
+                let required = self.presence.max(now_needs);
+                if !decision.presence().is_some_and(|p| p.satisfies(required)) {
+                    event!(
+                        "ssh agent: {comment:?} now needs {} presence, more than the approval \
+                         proved; not signed",
+                        required.word()
+                    );
+                    let mut record = sign_event(caller, Some(&comment), fingerprint);
+                    record.destination = bindings.last().map(|b| b.host_fingerprint());
+                    self.core
+                        .record(record, Outcome::Unavailable, Some("presence_unavailable"));
+                    return Err(SshError::NotApproved(Outcome::Unavailable));
+                }
             }
         }
         self.signers.sign(&key, &request.data, request.flags).await

@@ -1,5 +1,5 @@
 //! What the agent adds to the keys `ssh-add` gives it: persistent keys from the keystore (with
-//! their policies), session certificates ([`super::cert`]), and the per-key approval state
+//! their policies and presence minimums), session certificates ([`super::cert`]), and the per-key approval state
 //! ([`super::policy`]).
 //!
 //! Persistent keys are read from `ssh_keys.sealed` and re-read whenever the file changes
@@ -18,6 +18,7 @@ use super::credential::PublicCredential;
 use super::message::Identity;
 use super::policy::{Approvals, CallerScope, GrantScope, Policy};
 use super::{SshAgentService, SshError};
+use crate::config::Required;
 use crate::files::Watched;
 use crate::keystore::{Keystore, SSH_KEYS_FILE};
 use crate::lock;
@@ -28,6 +29,8 @@ use crate::log::event;
 struct Persistent {
     name: String,
     policy: Policy,
+    /// The least presence its signatures need (`nod keys … --presence`).
+    presence: Required,
     key: Arc<PrivateKey>,
 }
 
@@ -81,6 +84,7 @@ impl Stored {
                         .map(|k| Persistent {
                             name: k.name,
                             policy: k.policy,
+                            presence: k.presence,
                             key: Arc::new(k.key),
                         })
                         .collect()
@@ -120,12 +124,12 @@ impl Stored {
         ids
     }
 
-    /// The persistent key for `public`, with its name and policy.
-    fn find(&self, public: &KeyData) -> Option<(Arc<PrivateKey>, String, Policy)> {
+    /// The persistent key for `public`, with its name, policy and presence minimum.
+    fn find(&self, public: &KeyData) -> Option<(Arc<PrivateKey>, String, Policy, Required)> {
         self.with_keys(|keys| {
             keys.iter()
                 .find(|k| k.key.public_key().key_data() == public)
-                .map(|k| (Arc::clone(&k.key), k.name.clone(), k.policy))
+                .map(|k| (Arc::clone(&k.key), k.name.clone(), k.policy, k.presence))
         })
     }
 }
@@ -169,12 +173,13 @@ impl SshAgentService {
         })
     }
 
-    /// The key behind `credential`: a persistent key (with its policy) first, else a key or
-    /// certificate added with `ssh-add` (`never`, or `always` if added with `-c`).
+    /// The key behind `credential`: a persistent key (with its policy and presence minimum)
+    /// first, else a key or certificate added with `ssh-add` (`never`, or `always` if added
+    /// with `-c`; presence `any`).
     pub(super) fn find_with_policy(
         &self,
         credential: &PublicCredential,
-    ) -> Result<(Arc<PrivateKey>, String, Policy), SshError> {
+    ) -> Result<(Arc<PrivateKey>, String, Policy, Required), SshError> {
         self.keyring().unlocked()?;
         if let PublicCredential::Key(public) = credential
             && let Some(found) = self.stored.find(public)
@@ -190,6 +195,7 @@ impl SshAgentService {
             } else {
                 Policy::Never
             },
+            Required::Any,
         ))
     }
 
