@@ -124,7 +124,8 @@ fn keys_generate_import_list_policy_remove_round_trip_sealed() {
             "work",
             "ssh-ed25519",
             fp(&dir.path("work.pub")).as_str(),
-            "always"
+            "always",
+            "any"
         ]
     );
     assert_eq!(rows[1][..2], ["ec", "ecdsa-sha2-nistp384"]);
@@ -135,7 +136,8 @@ fn keys_generate_import_list_policy_remove_round_trip_sealed() {
             "imported@test",
             "ssh-ed25519",
             fp(&imported.with_extension("pub")).as_str(),
-            "remember 90s"
+            "remember 90s",
+            "any"
         ]
     );
 
