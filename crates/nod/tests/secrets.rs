@@ -25,7 +25,7 @@ use nod_client::proto::{Action, Reason, Request, SecretValue, Status};
 
 mod common;
 
-use common::{Agent, TempDir, command as cmd, nod_bin, output_with_stdin};
+use common::{Agent, TempDir, command as cmd, copy_exe, nod_bin, output_with_stdin};
 
 fn run(dir: &TempDir, args: &[&str]) -> Output {
     cmd(dir, nod_bin()).args(args).output().unwrap()
@@ -77,24 +77,6 @@ fn start_agent(dir: &TempDir, exit_code: i32) -> Agent {
 
 fn prompt(dir: &TempDir) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(dir.path("prompt.json")).unwrap()).unwrap()
-}
-
-/// Copies an executable with `cp` in a child process, optionally appending a newline (same
-/// behaviour, another hash). Writing it from this process could leave a writable fd in a child
-/// that another test thread forked but has not exec'd yet, and exec would fail with ETXTBSY.
-fn copy_exe(src: &Path, dst: &Path, append: bool) {
-    let status = Command::new("/bin/sh")
-        .args([
-            "-c",
-            r#"rm -f "$2" && cp "$1" "$2" && chmod 755 "$2" && if [ "$3" = 1 ]; then printf '\n' >> "$2"; fi"#,
-            "sh",
-        ])
-        .arg(src)
-        .arg(dst)
-        .arg(if append { "1" } else { "0" })
-        .status()
-        .unwrap();
-    assert!(status.success(), "copying {} failed", src.display());
 }
 
 /// nod-client's example client, built next to `nod` (`cargo build --workspace --examples`).

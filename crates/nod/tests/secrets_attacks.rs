@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Agent, TempDir, nod_bin};
+use common::{Agent, TempDir, copy_exe, nod_bin};
 
 const SERVICE: &str = "aws";
 const TARGET: &str = "prod";
@@ -90,24 +90,6 @@ fn text(o: &Output) -> String {
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "{}", text(&o));
     o
-}
-
-/// Copies an executable with `cp` in a child process, optionally appending a newline (same
-/// behaviour, another hash). A write from this process could leave a writable fd in a child
-/// that another test thread forked but has not exec'd yet (ETXTBSY).
-fn copy_exe(src: &Path, dst: &Path, append: bool) {
-    let status = Command::new("/bin/sh")
-        .args([
-            "-c",
-            r#"rm -f "$2" && cp "$1" "$2" && chmod 755 "$2" && if [ "$3" = 1 ]; then printf '\n' >> "$2"; fi"#,
-            "sh",
-        ])
-        .arg(src)
-        .arg(dst)
-        .arg(if append { "1" } else { "0" })
-        .status()
-        .unwrap();
-    assert!(status.success(), "copying {} failed", src.display());
 }
 
 fn hash_of(path: &Path) -> String {

@@ -130,6 +130,24 @@ pub fn output_with_stdin(cmd: &mut Command, input: &str) -> Output {
 }
 
 /// Status, stdout and stderr, for assertion messages.
+/// Copies an executable with `cp` in a child process, optionally appending a newline (same
+/// behaviour, another hash). Writing it from this process could leave a writable fd in a child
+/// that another test thread forked but has not exec'd yet, and exec would fail with ETXTBSY.
+pub fn copy_exe(src: &Path, dst: &Path, append: bool) {
+    let status = Command::new("/bin/sh")
+        .args([
+            "-c",
+            r#"rm -f "$2" && cp "$1" "$2" && chmod 755 "$2" && if [ "$3" = 1 ]; then printf '\n' >> "$2"; fi"#,
+            "sh",
+        ])
+        .arg(src)
+        .arg(dst)
+        .arg(if append { "1" } else { "0" })
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying {} failed", src.display());
+}
+
 pub fn out(o: &Output) -> String {
     format!(
         "status {}\nstdout: {}\nstderr: {}",
