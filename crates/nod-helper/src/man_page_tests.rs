@@ -250,10 +250,5 @@ fn every_command_and_option_has_a_help_text_for_the_reference() {
 #[test]
 fn the_docs_see_also_names_are_shipped() {
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
-    let named = check::named_docs(&page("nod-helper.8"));
-    assert!(!named.is_empty());
-    for doc in named {
-        let path = docs.join(&doc);
-        assert!(path.exists(), "{} is not in docs/", path.display());
-    }
+    check::assert_named_docs_exist(&page("nod-helper.8"), &docs);
 }

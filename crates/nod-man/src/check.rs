@@ -352,6 +352,17 @@ pub fn named_docs(page: &str) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that the page's SEE ALSO names at least one doc and that each is in `docs_dir`
+/// (the source tree's `docs/`, which the packages ship).
+pub fn assert_named_docs_exist(page: &str, docs_dir: &std::path::Path) {
+    let named = named_docs(page);
+    assert!(!named.is_empty());
+    for doc in named {
+        let path = docs_dir.join(&doc);
+        assert!(path.exists(), "{} is not in docs/", path.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
