@@ -74,18 +74,7 @@ impl SudoHost {
                 fallback.script.display(),
             ),
         );
-        let sudoers = SudoersDropIn::new(
-            tag,
-            &format!(
-                "Defaults:{u} pam_service={svc}\n\
-                 Defaults:{u} passwd_tries=1\n\
-                 Defaults:{u} timestamp_timeout=0\n\
-                 Defaults:{u} !lecture\n\
-                 {u} ALL=(root) ALL\n",
-                u = user.name,
-                svc = service.name
-            ),
-        );
+        let sudoers = SudoersDropIn::sudo_through(tag, &user.name, &service.name);
         Self {
             host,
             user,

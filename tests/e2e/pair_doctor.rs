@@ -290,18 +290,7 @@ fn pair_makes_sudo_approval_work_and_second_run_changes_nothing() {
     drop(nopasswd);
 
     // Now the open session's sudo goes through the nod PAM service, and is approved.
-    let _sudoers = SudoersDropIn::new(
-        "pair-sudo",
-        &format!(
-            "Defaults:{u} pam_service={svc}\n\
-             Defaults:{u} passwd_tries=1\n\
-             Defaults:{u} timestamp_timeout=0\n\
-             Defaults:{u} !lecture\n\
-             {u} ALL=(root) ALL\n",
-            u = user.name,
-            svc = service.name
-        ),
-    );
+    let _sudoers = SudoersDropIn::sudo_through("pair-sudo", &user.name, &service.name);
     agent.answer(Answer::Approve);
     fs::write(&go, "").unwrap();
     let mut rest = String::new();

@@ -265,18 +265,7 @@ impl SudoOverSsh {
             tag,
             &pam_stack(host, &module, &fallback, "auth required pam_unix.so"),
         );
-        let sudoers = SudoersDropIn::new(
-            tag,
-            &format!(
-                "Defaults:{u} pam_service={svc}\n\
-                 Defaults:{u} passwd_tries=1\n\
-                 Defaults:{u} timestamp_timeout=0\n\
-                 Defaults:{u} !lecture\n\
-                 {u} ALL=(root) ALL\n",
-                u = user.name,
-                svc = service.name
-            ),
-        );
+        let sudoers = SudoersDropIn::sudo_through(tag, &user.name, &service.name);
         let _ = std::fs::remove_file(&remote_socket);
         let sshd = Sshd::start(scratch, &user);
         Self {

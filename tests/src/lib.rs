@@ -714,6 +714,21 @@ impl SudoersDropIn {
         fs::rename(&tmp, &path).unwrap();
         Self { path }
     }
+
+    /// Points `user`'s sudo at the PAM service `service`, with one try, no cached
+    /// credentials and no lecture, so every `sudo` goes through that stack once.
+    pub fn sudo_through(tag: &str, user: &str, service: &str) -> Self {
+        Self::new(
+            tag,
+            &format!(
+                "Defaults:{user} pam_service={service}\n\
+                 Defaults:{user} passwd_tries=1\n\
+                 Defaults:{user} timestamp_timeout=0\n\
+                 Defaults:{user} !lecture\n\
+                 {user} ALL=(root) ALL\n"
+            ),
+        )
+    }
 }
 
 impl Drop for SudoersDropIn {
